@@ -1,0 +1,27 @@
+"""numamem: NUMA-aware memory for NumPy, and a NUMA-aware DNN planner and runtime.
+
+Arrays on a chosen node with proof of where their pages are::
+
+    >>> import numamem, numpy as np
+    >>> a = numamem.zeros((1024, 1024), np.float32, node=0)
+    >>> numamem.placement(a).bytes_per_node
+    {0: 4194304}
+"""
+from numamem._version import __version__
+from numamem._region import Region
+from numamem.arrays import (
+    ArrayBlock, Placement, asarray, blocks, empty, empty_like, full, full_like, migrate, ones,
+    ones_like, owner, page_nodes, placement, zeros, zeros_like,
+)
+from numamem.errors import (
+    HugePageError, NodeMemoryError, NumaUnavailableError, PageSizeError, PlacementError,
+)
+from numamem.threads import ThreadBinding, bind_thread
+from numamem.topology import HugePagePool, Node, Topology, topology
+
+__all__ = [
+    "__version__", "Region", "ArrayBlock", "Placement", "asarray", "blocks", "empty", "empty_like",
+    "full", "full_like", "migrate", "ones", "ones_like", "owner", "page_nodes", "placement", "zeros",
+    "zeros_like", "HugePageError", "NodeMemoryError", "NumaUnavailableError", "PageSizeError",
+    "PlacementError", "ThreadBinding", "bind_thread", "HugePagePool", "Node", "Topology", "topology",
+]
