@@ -17,7 +17,7 @@ from numamem.errors import (
     HugePageError, NodeMemoryError, NumaUnavailableError, PageSizeError, PlacementError,
 )
 from numamem.threads import ThreadBinding, bind_thread
-from numamem.topology import HugePagePool, Node, Topology, topology
+from numamem._topology import HugePagePool, Node, Topology, topology
 
 __all__ = [
     "__version__", "Region", "ArrayBlock", "Placement", "asarray", "blocks", "empty", "empty_like",

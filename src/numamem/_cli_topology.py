@@ -35,7 +35,7 @@ def format_topology(topo) -> str:
 
 def run_topology(args) -> int:
     """Print the topology (``--json``: as JSON)."""
-    from numamem.topology import topology
+    from numamem._topology import topology
 
     topo = topology()
     if args.json:

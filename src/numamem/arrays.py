@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numamem import _kernel, topology as _topology
+from numamem import _kernel, _topology
 from numamem._region import Region
 from numamem.errors import HugePageError, NodeMemoryError, PageSizeError, PlacementError
 
@@ -66,6 +66,9 @@ def _dtype(dtype) -> np.dtype:
         # Python object references in node-bound memory would be invisible to the garbage
         # collector's ownership rules; NumPy needs its own allocator for them.
         raise TypeError(f"dtype {descr} holds Python objects; numamem places plain data only")
+    if descr.itemsize == 0 and descr.kind in "SU":
+        # As NumPy's creators do: an unsized string dtype means one character.
+        descr = np.dtype(f"{descr.byteorder if descr.kind == 'U' else '|'}{descr.kind}1")
     return descr
 
 

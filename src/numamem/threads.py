@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import threading
 
-from numamem import _kernel, topology as _topology
+from numamem import _kernel, _topology
 
 __all__ = ["bind_thread", "ThreadBinding"]
 
@@ -87,6 +87,8 @@ def bind_thread(node: int, policy: str = "bind") -> ThreadBinding:
         Memory policy for the thread's new allocations: strictly on ``node`` (default), preferably
         there, or on the node of the CPU running (equivalent here, since the CPUs are ``node``'s).
         Under ``bind`` a thread that allocates more than the node holds is OOM-killed by the kernel.
+        Threads created while the binding is active inherit it (Linux copies affinity and policy
+        to new threads); threads already running are not affected.
 
     Examples
     --------

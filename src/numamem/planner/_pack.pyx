@@ -1,0 +1,628 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, nonecheck=False
+"""C-level loops of the memory packer (see :mod:`numamem.planner.packing`).
+
+Two pieces live here because they are the measured hot loops:
+
+* :func:`greedy` places buffers one by one, in a given order, at the best-fitting (or first)
+  gap left by the already placed buffers that are live at the same time.
+* :class:`SkylineSearch` decides whether the buffers fit under a capacity with a depth-first
+  branch and bound over canonical "skyline" placements (the method of MiniMalloc, Moffitt,
+  ASPLOS 2023): buffers are placed in non-decreasing offset order, each exactly on top of the
+  placed buffers it overlaps in time, with section-sum inference, dominance pruning and dynamic
+  temporal decomposition.
+
+Everything here works in *units* (sizes already divided by the alignment) and on validated,
+preprocessed arrays; the Python layer owns validation, alignment and the search schedule.
+"""
+from libc.stdint cimport int64_t, INT64_MAX
+from libc.stdlib cimport malloc, free, realloc, qsort
+from libc.string cimport memmove
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+import numpy as np
+
+
+cdef struct Placed:
+    int64_t lo
+    int64_t up
+    int64_t off
+    int64_t end
+
+
+def greedy(const int64_t[::1] lower, const int64_t[::1] upper, const int64_t[::1] size,
+           const int64_t[::1] order, bint best_fit):
+    """Place buffers greedily in ``order``; return their offsets.
+
+    Parameters
+    ----------
+    lower, upper : int64 arrays
+        Half-open lifetimes ``[lower[i], upper[i])``.
+    size : int64 array
+        Sizes (in units; zero-size buffers should be left out of ``order``).
+    order : int64 array
+        The buffers to place, in placement order (a permutation of a subset of indices).
+    best_fit : bool
+        Take the smallest gap that fits (ties: the lowest); otherwise the lowest gap that fits.
+        A buffer that fits no gap goes on top of everything it overlaps.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 offsets, ``-1`` for buffers not in ``order``.
+    """
+    cdef Py_ssize_t n = size.shape[0]
+    cdef Py_ssize_t m = order.shape[0]
+    if lower.shape[0] != n or upper.shape[0] != n:
+        raise ValueError("lower, upper and size must have the same length")
+    out = np.full(n, -1, dtype=np.int64)
+    cdef int64_t[::1] off = out
+    cdef Py_ssize_t k
+    for k in range(m):
+        if order[k] < 0 or order[k] >= n:
+            raise ValueError(f"order[{k}] = {order[k]} is not a buffer index")
+    if m == 0:
+        return out
+    cdef Placed* placed = <Placed*> malloc(m * sizeof(Placed))
+    if placed == NULL:
+        raise MemoryError("greedy packing: no memory for the placement list")
+    with nogil:
+        _greedy(m, &lower[0], &upper[0], &size[0], &order[0], best_fit, &off[0], placed)
+    free(placed)
+    return out
+
+
+cdef void _greedy(Py_ssize_t m, const int64_t* lo, const int64_t* up, const int64_t* sz,
+                  const int64_t* order, bint best_fit, int64_t* off, Placed* placed) noexcept nogil:
+    # ``placed`` is kept sorted by offset, so one pass over it meets the overlapping buffers
+    # bottom-up and sees every gap between them (``top`` = highest end met so far).
+    cdef Py_ssize_t k, j, count = 0, a, b, mid
+    cdef int64_t i, l, u, s, top, gap, best_gap, best_off
+    for k in range(m):
+        i = order[k]
+        l = lo[i]
+        u = up[i]
+        s = sz[i]
+        top = 0
+        best_off = -1
+        best_gap = INT64_MAX
+        for j in range(count):
+            if placed[j].lo < u and l < placed[j].up:
+                if placed[j].off > top:
+                    gap = placed[j].off - top
+                    if gap >= s and gap < best_gap:
+                        best_gap = gap
+                        best_off = top
+                        # The first fit, or a perfect fit, cannot be bettered.
+                        if not best_fit or gap == s:
+                            break
+                if placed[j].end > top:
+                    top = placed[j].end
+        if best_off < 0:
+            best_off = top
+        off[i] = best_off
+        # Insert after every entry with offset <= best_off (binary search, then shift).
+        a = 0
+        b = count
+        while a < b:
+            mid = (a + b) >> 1
+            if placed[mid].off <= best_off:
+                a = mid + 1
+            else:
+                b = mid
+        if a < count:
+            memmove(&placed[a + 1], &placed[a], (count - a) * sizeof(Placed))
+        placed[a].lo = l
+        placed[a].up = u
+        placed[a].off = best_off
+        placed[a].end = best_off + s
+        count += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Branch and bound over skyline placements
+# ---------------------------------------------------------------------------------------------
+
+cdef enum:
+    ST_OK = 0
+    ST_NOTFOUND = 1
+    ST_ABORTED = 2      # node budget used up
+    ST_DEADLINE = 3     # wall-clock deadline passed
+    ST_NOMEM = 4
+
+cdef enum:
+    LOG_MINOFF = 0
+    LOG_FLOOR = 1
+
+# A growable stack of int64 values. Recursion levels push their scratch lists on it and pop
+# them on return; they keep *indices* into it, never pointers, because it may move on growth.
+cdef struct Vec:
+    int64_t* data
+    Py_ssize_t size
+    Py_ssize_t cap
+
+cdef struct OrderItem:
+    int64_t off
+    int64_t p
+
+cdef struct PreItem:
+    int64_t k1
+    int64_t k2
+    int64_t k3
+    int64_t b
+
+
+cdef inline int vec_reserve(Vec* v, Py_ssize_t extra) noexcept nogil:
+    cdef Py_ssize_t cap
+    cdef int64_t* data
+    if v.size + extra <= v.cap:
+        return 0
+    cap = 2 * v.cap
+    if cap < v.size + extra:
+        cap = v.size + extra
+    if cap < 4096:
+        cap = 4096
+    data = <int64_t*> realloc(v.data, cap * sizeof(int64_t))
+    if data == NULL:
+        return -1
+    v.data = data
+    v.cap = cap
+    return 0
+
+
+cdef int cmp_order(const void* a, const void* b) noexcept nogil:
+    cdef const OrderItem* x = <const OrderItem*> a
+    cdef const OrderItem* y = <const OrderItem*> b
+    if x.off != y.off:
+        return -1 if x.off < y.off else 1
+    if x.p != y.p:
+        return -1 if x.p < y.p else 1
+    return 0
+
+
+cdef int cmp_pre(const void* a, const void* b) noexcept nogil:
+    # Larger keys first; the buffer index breaks ties so the order is total (determinism).
+    cdef const PreItem* x = <const PreItem*> a
+    cdef const PreItem* y = <const PreItem*> b
+    if x.k1 != y.k1:
+        return -1 if x.k1 > y.k1 else 1
+    if x.k2 != y.k2:
+        return -1 if x.k2 > y.k2 else 1
+    if x.k3 != y.k3:
+        return -1 if x.k3 > y.k3 else 1
+    if x.b != y.b:
+        return -1 if x.b < y.b else 1
+    return 0
+
+
+cdef inline double now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
+
+
+# The static preorderings tried in turn (MiniMalloc's defaults): W = lifetime width,
+# A = area (size x width), T = largest section total the buffer takes part in.
+HEURISTICS = ("WAT", "TAW", "TWA")
+
+
+cdef class SkylineSearch:
+    """Decision search: do the buffers fit under a capacity? (MiniMalloc-style.)
+
+    Parameters
+    ----------
+    size : int64 array, shape (n,)
+        Buffer sizes in units, all positive.
+    width : int64 array, shape (n,)
+        Lifetime lengths (for the preorderings).
+    sec_lo, sec_hi : int64 arrays, shape (n,)
+        Buffer ``i`` takes part in the sections ``sec_lo[i] <= s < sec_hi[i]`` (sections are
+        the maximal sets of co-live buffers, in time order; every buffer has at least one).
+    nbr_start, nbr : int64 arrays
+        CSR lists of the buffers overlapping each buffer in time.
+    sec_start, sec_mem : int64 arrays
+        CSR lists of the buffers in each section.
+
+    Notes
+    -----
+    Built once per instance by :func:`numamem.planner.packing.pack`; :meth:`solve` may be called
+    many times with different capacities and budgets. Every call leaves the internal state as it
+    found it, so results depend only on the arguments (the deadline aside).
+    """
+
+    cdef Py_ssize_t n, nsec
+    cdef int64_t cap
+    cdef int64_t[::1] size, width, slo, shi, nbr_start, nbr, sec_start, sec_mem
+    cdef int64_t[::1] offset, solution, min_off, floor_, total, cuts, stamp
+    cdef int64_t[::1] total0, cuts0
+    cdef int64_t epoch
+    cdef Vec log      # triples (kind, index, old value)
+    cdef Vec arena    # scratch lists of the recursion
+    cdef int heuristic
+    cdef int64_t nodes_left
+    cdef int64_t nodes
+    cdef double deadline
+
+    def __cinit__(self):
+        self.log.data = NULL
+        self.log.size = self.log.cap = 0
+        self.arena.data = NULL
+        self.arena.size = self.arena.cap = 0
+
+    def __init__(self, size, width, sec_lo, sec_hi, nbr_start, nbr, sec_start, sec_mem):
+        self.size = np.ascontiguousarray(size, dtype=np.int64)
+        self.width = np.ascontiguousarray(width, dtype=np.int64)
+        self.slo = np.ascontiguousarray(sec_lo, dtype=np.int64)
+        self.shi = np.ascontiguousarray(sec_hi, dtype=np.int64)
+        self.nbr_start = np.ascontiguousarray(nbr_start, dtype=np.int64)
+        self.nbr = np.ascontiguousarray(nbr, dtype=np.int64)
+        self.sec_start = np.ascontiguousarray(sec_start, dtype=np.int64)
+        self.sec_mem = np.ascontiguousarray(sec_mem, dtype=np.int64)
+        self.n = self.size.shape[0]
+        self.nsec = self.sec_start.shape[0] - 1
+        n, nsec = self.n, self.nsec
+        if n == 0 or nsec < 1:
+            raise ValueError("SkylineSearch needs at least one buffer and one section")
+        for name, arr, length in (("width", self.width, n), ("sec_lo", self.slo, n),
+                                  ("sec_hi", self.shi, n), ("nbr_start", self.nbr_start, n + 1)):
+            if arr.shape[0] != length:
+                raise ValueError(f"{name} must have length {length}")
+        sz = np.asarray(self.size)
+        lo, hi = np.asarray(self.slo), np.asarray(self.shi)
+        if (sz <= 0).any():
+            raise ValueError("SkylineSearch sizes must be positive")
+        if (lo < 0).any() or (hi > nsec).any() or (lo >= hi).any():
+            raise ValueError("section spans must be non-empty and inside [0, nsec)")
+        if self.nbr_start[n] != self.nbr.shape[0] or self.sec_start[nsec] != self.sec_mem.shape[0]:
+            raise ValueError("CSR arrays are inconsistent")
+        nb, sm = np.asarray(self.nbr), np.asarray(self.sec_mem)
+        if nb.size and ((nb < 0).any() or (nb >= n).any()):
+            raise ValueError("neighbour index out of range")
+        if sm.size and ((sm < 0).any() or (sm >= n).any()):
+            raise ValueError("section member index out of range")
+        # Section totals and cuts (buffers spanning the boundary s | s+1), by difference arrays.
+        diff = np.zeros(nsec + 1, dtype=np.int64)
+        np.add.at(diff, lo, sz)
+        np.add.at(diff, hi, -sz)
+        self.total0 = np.cumsum(diff[:-1])
+        cdiff = np.zeros(nsec + 1, dtype=np.int64)
+        multi = hi - lo > 1
+        np.add.at(cdiff, lo[multi], 1)
+        np.add.at(cdiff, hi[multi] - 1, -1)
+        self.cuts0 = np.cumsum(cdiff[:-1])
+        self.offset = np.full(n, -1, dtype=np.int64)
+        self.solution = np.full(n, -1, dtype=np.int64)
+        self.min_off = np.zeros(n, dtype=np.int64)
+        self.floor_ = np.zeros(nsec, dtype=np.int64)
+        self.total = np.array(self.total0, dtype=np.int64)
+        self.cuts = np.array(self.cuts0, dtype=np.int64)
+        self.stamp = np.zeros(nsec, dtype=np.int64)
+        self.epoch = 0
+
+    def __dealloc__(self):
+        free(self.log.data)
+        free(self.arena.data)
+
+    def solve(self, int64_t capacity, int64_t node_limit, double deadline, int heuristic):
+        """Search for a packing under ``capacity`` with one preordering heuristic.
+
+        Parameters
+        ----------
+        capacity : int
+            Largest allowed ``offset + size`` (units).
+        node_limit : int
+            Search nodes allowed (the deterministic budget).
+        deadline : float
+            ``time.monotonic()``-style wall-clock deadline (CLOCK_MONOTONIC seconds); ``inf``
+            for none.
+        heuristic : int
+            Index into :data:`HEURISTICS`.
+
+        Returns
+        -------
+        status : str
+            ``"ok"``, ``"infeasible"`` (proven: the search was exhaustive), ``"budget"``
+            or ``"deadline"``.
+        offsets : numpy.ndarray or None
+            int64 offsets (units) when ``status == "ok"``.
+        nodes : int
+            Search nodes used.
+        """
+        if not 0 <= heuristic < len(HEURISTICS):
+            raise ValueError(f"heuristic must be in [0, {len(HEURISTICS)})")
+        if node_limit < 1:
+            raise ValueError("node_limit must be positive")
+        self.cap = capacity
+        self.heuristic = heuristic
+        self.nodes_left = node_limit
+        self.nodes = 0
+        self.deadline = deadline
+        cdef int st
+        with nogil:
+            st = self._solve_all()
+        self.log.size = 0
+        self.arena.size = 0
+        if st == ST_NOMEM:
+            raise MemoryError("skyline search: out of memory")
+        names = {ST_OK: "ok", ST_NOTFOUND: "infeasible", ST_ABORTED: "budget",
+                 ST_DEADLINE: "deadline"}
+        offsets = np.array(self.solution, dtype=np.int64) if st == ST_OK else None
+        return names[st], offsets, int(self.nodes)
+
+    cdef int _solve_all(self) noexcept nogil:
+        # The initial partitions are the time components: boundaries with no cut.
+        cdef Py_ssize_t s, first = 0, i
+        cdef int st = ST_OK
+        cdef Py_ssize_t part
+        cdef int64_t cnt
+        for i in range(self.n):
+            self.offset[i] = -1
+            self.solution[i] = -1
+            self.min_off[i] = 0
+        for s in range(self.nsec):
+            self.floor_[s] = 0
+            self.total[s] = self.total0[s]
+            self.cuts[s] = self.cuts0[s]
+        # Quick infeasibility: a section whose total exceeds the capacity.
+        for s in range(self.nsec):
+            if self.total[s] > self.cap:
+                return ST_NOTFOUND
+        for s in range(self.nsec):
+            if s == self.nsec - 1 or self.cuts[s] == 0:
+                # Sections [first, s] form a component: collect its buffers.
+                part = self.arena.size
+                cnt = 0
+                for i in range(self.n):
+                    if self.slo[i] >= first and self.shi[i] <= s + 1:
+                        if vec_reserve(&self.arena, 1) < 0:
+                            return ST_NOMEM
+                        self.arena.data[self.arena.size] = i
+                        self.arena.size += 1
+                        cnt += 1
+                if cnt > 0:
+                    st = self._subsolve(part, cnt, first, s + 1)
+                self.arena.size = part
+                if st != ST_OK:
+                    return st
+                first = s + 1
+        return ST_OK
+
+    cdef int _subsolve(self, Py_ssize_t part, int64_t m, int64_t s_lo, int64_t s_hi) noexcept nogil:
+        # Sort the partition's buffers by the static preordering, then search.
+        cdef PreItem* items = <PreItem*> malloc(m * sizeof(PreItem))
+        cdef Py_ssize_t k, s, ordpos
+        cdef int64_t b, tot, area, w
+        cdef int st
+        if items == NULL:
+            return ST_NOMEM
+        for k in range(m):
+            b = self.arena.data[part + k]
+            tot = 0
+            for s in range(self.slo[b], self.shi[b]):
+                if self.total[s] > tot:
+                    tot = self.total[s]
+            w = self.width[b]
+            area = self.size[b] * w
+            items[k].b = b
+            if self.heuristic == 0:      # WAT
+                items[k].k1 = w
+                items[k].k2 = area
+                items[k].k3 = tot
+            elif self.heuristic == 1:    # TAW
+                items[k].k1 = tot
+                items[k].k2 = area
+                items[k].k3 = w
+            else:                        # TWA
+                items[k].k1 = tot
+                items[k].k2 = w
+                items[k].k3 = area
+        qsort(items, m, sizeof(PreItem), cmp_pre)
+        for k in range(m):
+            self.arena.data[part + k] = items[k].b
+        free(items)
+        # The initial candidate list: every preorder index.
+        ordpos = self.arena.size
+        if vec_reserve(&self.arena, 2 * m) < 0:
+            return ST_NOMEM
+        for k in range(m):
+            self.arena.data[ordpos + 2 * k] = 0
+            self.arena.data[ordpos + 2 * k + 1] = k
+        self.arena.size += 2 * m
+        st = self._search(part, m, s_lo, s_hi, ordpos, m, 0, 0)
+        self.arena.size = ordpos
+        return st
+
+    cdef int _search(self, Py_ssize_t part, int64_t m, int64_t s_lo, int64_t s_hi,
+                     Py_ssize_t prev, int64_t prev_m, int64_t min_offset, int64_t min_p) noexcept nogil:
+        cdef Py_ssize_t ordpos, k, j, logmark, affpos, s
+        cdef int64_t cnt = 0, p, b, o, min_height, h, t
+        cdef int st
+        if self.nodes_left <= 0:
+            return ST_ABORTED
+        self.nodes_left -= 1
+        self.nodes += 1
+        if (self.nodes & 1023) == 0 and now() > self.deadline:
+            return ST_DEADLINE
+        # The unplaced buffers of this partition, by (lowest feasible offset, preorder).
+        ordpos = self.arena.size
+        if vec_reserve(&self.arena, 2 * prev_m) < 0:
+            return ST_NOMEM
+        for k in range(prev_m):
+            p = self.arena.data[prev + 2 * k + 1]
+            b = self.arena.data[part + p]
+            if self.offset[b] < 0:
+                self.arena.data[ordpos + 2 * cnt] = self.min_off[b]
+                self.arena.data[ordpos + 2 * cnt + 1] = p
+                cnt += 1
+        self.arena.size += 2 * cnt
+        if cnt == 0:
+            for k in range(m):
+                b = self.arena.data[part + k]
+                self.solution[b] = self.offset[b]
+            self.arena.size = ordpos
+            return ST_OK
+        qsort(&self.arena.data[ordpos], cnt, sizeof(OrderItem), cmp_order)
+        # Dominance: placing anything at or above the lowest possible top of an unplaced
+        # buffer would leave a gap that buffer could take instead.
+        min_height = INT64_MAX
+        for k in range(cnt):
+            p = self.arena.data[ordpos + 2 * k + 1]
+            b = self.arena.data[part + p]
+            h = self.arena.data[ordpos + 2 * k] + self.size[b]
+            if h < min_height:
+                min_height = h
+        for k in range(cnt):
+            o = self.arena.data[ordpos + 2 * k]
+            p = self.arena.data[ordpos + 2 * k + 1]
+            b = self.arena.data[part + p]
+            # Canonical order: offsets never decrease; equal offsets go in preorder.
+            if o < min_offset or (o == min_offset and p < min_p):
+                continue
+            if o >= min_height:
+                continue
+            self.offset[b] = o
+            logmark = self.log.size
+            affpos = self.arena.size
+            st = self._place(b)
+            if st == ST_OK:
+                st = ST_NOTFOUND
+                if self._check(s_lo, s_hi, o):
+                    st = self._decompose(part, m, s_lo, s_hi, ordpos, cnt, o, p, b)
+            # Undo, newest change first.
+            j = self.log.size
+            while j > logmark:
+                j -= 3
+                t = self.log.data[j]
+                if t == LOG_MINOFF:
+                    self.min_off[self.log.data[j + 1]] = self.log.data[j + 2]
+                else:
+                    self.floor_[self.log.data[j + 1]] = self.log.data[j + 2]
+            self.log.size = logmark
+            for s in range(self.slo[b], self.shi[b]):
+                self.total[s] += self.size[b]
+            self.offset[b] = -1
+            self.arena.size = affpos
+            if st != ST_NOTFOUND:
+                self.arena.size = ordpos
+                return st
+        self.arena.size = ordpos
+        return ST_NOTFOUND
+
+    cdef int _place(self, int64_t b) noexcept nogil:
+        # Raise the lowest feasible offset of b's unplaced neighbours to b's top, then raise
+        # the floors of b's sections and of sections whose unplaced buffers all sit higher.
+        cdef int64_t height = self.offset[b] + self.size[b]
+        cdef int64_t j, q, s, lowest
+        cdef Py_ssize_t k, affpos = self.arena.size, naff
+        self.epoch += 1
+        for k in range(self.nbr_start[b], self.nbr_start[b + 1]):
+            j = self.nbr[k]
+            if self.offset[j] >= 0 or self.min_off[j] >= height:
+                continue
+            if vec_reserve(&self.log, 3) < 0:
+                return ST_NOMEM
+            self.log.data[self.log.size] = LOG_MINOFF
+            self.log.data[self.log.size + 1] = j
+            self.log.data[self.log.size + 2] = self.min_off[j]
+            self.log.size += 3
+            self.min_off[j] = height
+            for s in range(self.slo[j], self.shi[j]):
+                if self.stamp[s] != self.epoch:
+                    self.stamp[s] = self.epoch
+                    if vec_reserve(&self.arena, 1) < 0:
+                        return ST_NOMEM
+                    self.arena.data[self.arena.size] = s
+                    self.arena.size += 1
+        for s in range(self.slo[b], self.shi[b]):
+            if vec_reserve(&self.log, 3) < 0:
+                return ST_NOMEM
+            self.log.data[self.log.size] = LOG_FLOOR
+            self.log.data[self.log.size + 1] = s
+            self.log.data[self.log.size + 2] = self.floor_[s]
+            self.log.size += 3
+            self.floor_[s] = height
+            self.total[s] -= self.size[b]
+        naff = self.arena.size - affpos
+        for k in range(naff):
+            s = self.arena.data[affpos + k]
+            lowest = INT64_MAX
+            for q in range(self.sec_start[s], self.sec_start[s + 1]):
+                j = self.sec_mem[q]
+                if self.offset[j] < 0 and self.min_off[j] < lowest:
+                    lowest = self.min_off[j]
+            if lowest != INT64_MAX and self.floor_[s] < lowest:
+                if vec_reserve(&self.log, 3) < 0:
+                    return ST_NOMEM
+                self.log.data[self.log.size] = LOG_FLOOR
+                self.log.data[self.log.size + 1] = s
+                self.log.data[self.log.size + 2] = self.floor_[s]
+                self.log.size += 3
+                self.floor_[s] = lowest
+        return ST_OK
+
+    cdef bint _check(self, int64_t s_lo, int64_t s_hi, int64_t o) noexcept nogil:
+        # Everything still unplaced in a section must fit above its floor (and above o,
+        # since later placements never go lower).
+        cdef int64_t s, f
+        for s in range(s_lo, s_hi):
+            f = self.floor_[s]
+            if f < o:
+                f = o
+            if f + self.total[s] > self.cap:
+                return False
+        return True
+
+    cdef int _decompose(self, Py_ssize_t part, int64_t m, int64_t s_lo, int64_t s_hi,
+                        Py_ssize_t ordpos, int64_t cnt, int64_t o, int64_t p, int64_t b) noexcept nogil:
+        # Placing b may leave no unplaced buffer across some section boundaries; the pieces
+        # between such boundaries are then independent and are solved one after the other.
+        cdef Py_ssize_t cutpos = self.arena.size, ncut, c, k, sub
+        cdef int64_t s, a, z, j, subm
+        cdef int st = ST_OK
+        self.solution[b] = o
+        if vec_reserve(&self.arena, 1) < 0:
+            return ST_NOMEM
+        self.arena.data[self.arena.size] = s_lo
+        self.arena.size += 1
+        for s in range(self.slo[b], self.shi[b] - 1):
+            self.cuts[s] -= 1
+            if self.cuts[s] == 0:
+                if vec_reserve(&self.arena, 1) < 0:
+                    st = ST_NOMEM
+                    break
+                self.arena.data[self.arena.size] = s + 1
+                self.arena.size += 1
+        ncut = self.arena.size - cutpos
+        if st == ST_OK:
+            if ncut == 1:
+                st = self._search(part, m, s_lo, s_hi, ordpos, cnt, o, p)
+            elif vec_reserve(&self.arena, 1) < 0:
+                st = ST_NOMEM
+            else:
+                self.arena.data[self.arena.size] = s_hi
+                self.arena.size += 1
+                ncut += 1
+                for c in range(1, ncut):
+                    a = self.arena.data[cutpos + c - 1]
+                    z = self.arena.data[cutpos + c]
+                    sub = self.arena.size
+                    subm = 0
+                    for k in range(m):
+                        j = self.arena.data[part + k]
+                        if self.offset[j] >= 0:
+                            continue
+                        if self.shi[j] > a and self.slo[j] < z:
+                            if vec_reserve(&self.arena, 1) < 0:
+                                st = ST_NOMEM
+                                break
+                            self.arena.data[self.arena.size] = j
+                            self.arena.size += 1
+                            subm += 1
+                    if st == ST_OK and subm > 0:
+                        st = self._subsolve(sub, subm, a, z)
+                    self.arena.size = sub
+                    if st != ST_OK:
+                        break
+        for s in range(self.slo[b], self.shi[b] - 1):
+            self.cuts[s] += 1
+        self.arena.size = cutpos
+        return st

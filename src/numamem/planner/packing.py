@@ -1,0 +1,593 @@
+"""Static memory packing: give every buffer an offset so that co-live buffers never overlap.
+
+A buffer ``i`` is live on the half-open interval ``[lower[i], upper[i])`` and needs ``size[i]``
+bytes. :func:`pack` returns offsets whose peak (highest ``offset + size``) is as close as it can
+get to the lower bound (the largest total size live at one time), in two stages:
+
+1. **Greedy portfolio.** Several fixed orderings (by size, area, lifetime length, conflicts,
+   start) each placed by best fit and by first fit (:func:`numamem.planner._pack.greedy`, a C
+   loop). Greedy by size with best fit always runs first: the result is never worse than it.
+2. **Skyline search.** If the best greedy peak is above the lower bound, a branch and bound over
+   canonical placements (the method of MiniMalloc, Moffitt, ASPLOS 2023;
+   :class:`numamem.planner._pack.SkylineSearch`) tries capacities between the lower bound and
+   the best peak so far, with node budgets that double every round, until it reaches the lower
+   bound, proves a capacity infeasible all the way up, or runs out of time.
+
+Determinism: both stages are deterministic (fixed orders, ties broken by buffer index, node
+budgets rather than timers decide when an attempt gives up). The time limit can only cut the
+search short: a call that finishes before its limit (``result.timed_out`` is False) returns the
+same offsets for the same input on any machine; a call that hits the limit returns the best
+packing found so far, which may depend on machine speed.
+
+Alignment: with ``align > 1`` each buffer occupies its size rounded up to a multiple of ``align``
+and every offset is a multiple of ``align``. ``peak`` and ``lower_bound`` both count rounded sizes,
+so ``peak`` is a multiple of ``align`` and ``peak >= lower_bound`` always holds.
+
+The CSV form used by ``numamem pack`` is ``id,lower,upper,size`` with a header line; the output
+adds an ``offset`` column (:func:`read_csv`, :func:`write_csv`).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from numamem.planner import _pack
+
+__all__ = ["PackResult", "PackInput", "pack", "check", "lower_bound", "read_csv", "write_csv"]
+
+#: Default search time when ``time_limit`` is None (seconds); the search returns earlier when it
+#: reaches the lower bound or proves that nothing lower than its best peak fits.
+DEFAULT_TIME_LIMIT = 10.0
+
+# The skyline search keeps per-buffer neighbour lists and per-section member lists and recurses
+# once per placed buffer; past these sizes its memory and depth are not worth it (the large
+# instances we know are within 1 % of their bound with the greedy portfolio).
+SEARCH_MAX_BUFFERS = 4000
+SEARCH_MAX_PAIRS = 2_000_000
+SEARCH_MAX_MEMBERSHIP = 4_000_000
+
+# Initial node budget per buffer for one search attempt, and its growth per round.
+_BUDGET_PER_BUFFER = 4
+_BUDGET_GROWTH = 4
+
+
+@dataclass(frozen=True)
+class PackResult:
+    """The outcome of :func:`pack`.
+
+    Attributes
+    ----------
+    offsets : numpy.ndarray
+        int64 offset of every buffer (multiples of the alignment).
+    peak : int
+        Highest ``offset + size`` (sizes rounded up to the alignment); 0 with no buffers.
+    lower_bound : int
+        Largest total (rounded) size live at one time: no packing has a lower peak.
+    ratio : float
+        ``peak / lower_bound`` (1.0 when both are 0).
+    method : str
+        The algorithm that produced these offsets, e.g. ``"greedy:size/best-fit"`` or
+        ``"search:TAW"``.
+    seconds : float
+        Wall-clock time of the call.
+    greedy_peak : int
+        Peak of greedy by size with best fit, the baseline (``peak <= greedy_peak``).
+    timed_out : bool
+        True when the time limit cut the search short (the result may then vary with speed).
+    proven_optimal : bool
+        True when ``peak`` is known to be optimal (it equals the lower bound, or the search
+        proved that ``peak - align`` does not fit).
+    """
+
+    offsets: np.ndarray = field(repr=False)
+    peak: int
+    lower_bound: int
+    ratio: float
+    method: str
+    seconds: float
+    greedy_peak: int = 0
+    timed_out: bool = False
+    proven_optimal: bool = False
+
+
+@dataclass(frozen=True)
+class PackInput:
+    """Buffers read from a CSV file by :func:`read_csv` (all int64 arrays of one length)."""
+
+    ids: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    size: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.size.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and bounds
+# ---------------------------------------------------------------------------------------------
+
+def _as_int_array(name: str, values) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} has values beyond int64")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _validate(lower, upper, size, align: int):
+    lo = _as_int_array("lower", lower)
+    up = _as_int_array("upper", upper)
+    sz = _as_int_array("size", size)
+    if not (lo.shape == up.shape == sz.shape):
+        raise ValueError(
+            f"lower, upper and size must have the same length (got {lo.size}, {up.size}, {sz.size})"
+        )
+    bad = np.flatnonzero(lo >= up)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"buffer {i}: lower ({lo[i]}) must be less than upper ({up[i]})")
+    bad = np.flatnonzero(sz < 0)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"buffer {i}: size ({sz[i]}) must not be negative")
+    if isinstance(align, bool) or not isinstance(align, (int, np.integer)):
+        raise TypeError(f"align must be an int, got {type(align).__name__}")
+    align = int(align)
+    if align < 1 or align & (align - 1):
+        raise ValueError(f"align must be a positive power of two, got {align}")
+    return lo, up, sz, align
+
+
+def _live_profile(lo: np.ndarray, up: np.ndarray, sz: np.ndarray):
+    """Distinct times and the total size live on each elementary interval between them."""
+    times = np.unique(np.concatenate([lo, up]))
+    diff = np.zeros(times.size + 1, dtype=np.int64)
+    np.add.at(diff, np.searchsorted(times, lo), sz)
+    np.add.at(diff, np.searchsorted(times, up), -sz)
+    return times, np.cumsum(diff)[:-1]
+
+
+def lower_bound(lower, upper, size, *, align: int = 1) -> int:
+    """Return the largest total size live at one time (sizes rounded up to ``align``).
+
+    Parameters
+    ----------
+    lower, upper, size : sequences of int
+        Buffer ``i`` is live on ``[lower[i], upper[i])`` and needs ``size[i]`` bytes.
+    align : int, optional
+        Alignment (a power of two); sizes are rounded up to it.
+
+    Returns
+    -------
+    int
+        The bound; no packing has a lower peak.
+    """
+    lo, up, sz, align = _validate(lower, upper, size, align)
+    units = -(-sz // align)
+    if units.size == 0:
+        return 0
+    return int(_live_profile(lo, up, units)[1].max()) * align
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy portfolio
+# ---------------------------------------------------------------------------------------------
+
+def _range_max(values: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """``max(values[start[i]:stop[i]])`` for every i (non-empty ranges), by a sparse table."""
+    table = [values]
+    width = 1
+    while 2 * width <= values.size:
+        prev = table[-1]
+        table.append(np.maximum(prev[:-width], prev[width:]))
+        width *= 2
+    length = stop - start
+    level = np.floor(np.log2(np.maximum(length, 1))).astype(np.int64)
+    out = np.empty(start.size, dtype=values.dtype)
+    for k in np.unique(level):
+        sel = level == k
+        row = table[k]
+        out[sel] = np.maximum(row[start[sel]], row[stop[sel] - (1 << k)])
+    return out
+
+
+def _greedy_orders(lo, up, sz):
+    """The fixed greedy orderings, as (name, order) pairs; ties always go to the lower index."""
+    length = up - lo
+    area = sz * length
+    times, live = _live_profile(lo, up, sz)
+    # "Conflicts": the largest total live during the buffer's lifetime (MiniMalloc's T).
+    conflict = _range_max(live, np.searchsorted(times, lo), np.searchsorted(times, up))
+    # np.lexsort sorts by its last key first and is stable, so equal keys keep index order.
+    return [
+        ("size", np.lexsort((-length, -sz))),
+        ("area", np.lexsort((-sz, -area))),
+        ("length", np.lexsort((-sz, -length))),
+        ("conflicts", np.lexsort((-length, -sz, -conflict))),
+        ("start", np.lexsort((-sz, lo))),
+    ]
+
+
+def _peak(offsets: np.ndarray, units: np.ndarray) -> int:
+    return int((offsets + units).max()) if units.size else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Skyline search
+# ---------------------------------------------------------------------------------------------
+
+def _pair_count(lo: np.ndarray, up: np.ndarray) -> int:
+    """Number of pairs of buffers whose lifetimes overlap."""
+    los = np.sort(lo)
+    ups = np.sort(up)
+    started = np.searchsorted(los, up, "left")     # buffers starting before i ends (i included)
+    ended = np.searchsorted(ups, lo, "right")      # buffers ending before i starts
+    return int((started - ended - 1).sum() // 2)
+
+
+def _build_search(lo: np.ndarray, up: np.ndarray, units: np.ndarray):
+    """Preprocess buffers (all of positive size) for :class:`_pack.SkylineSearch`.
+
+    Returns None when the instance is past the search's size limits.
+    """
+    n = units.size
+    if n == 0 or n > SEARCH_MAX_BUFFERS or _pair_count(lo, up) > SEARCH_MAX_PAIRS:
+        return None
+    times = np.unique(np.concatenate([lo, up]))
+    rlo = np.searchsorted(times, lo)
+    rup = np.searchsorted(times, up)
+    starts = np.zeros(times.size, dtype=bool)
+    ends = np.zeros(times.size, dtype=bool)
+    starts[rlo] = True
+    ends[rup] = True
+    # Sections: elementary intervals [t_k, t_k+1) where some buffer starts at t_k and some ends
+    # at t_k+1. Any other interval's live set is contained in a neighbour's, so its constraint
+    # is implied; these are exactly the maximal sets of co-live buffers.
+    maximal = np.flatnonzero(starts[:-1] & ends[1:])
+    slo = np.searchsorted(maximal, rlo, "left")
+    shi = np.searchsorted(maximal, rup, "left")
+    span = shi - slo
+    if span.min() < 1:  # cannot happen: every lifetime contains a maximal interval
+        raise AssertionError("skyline preprocessing: a buffer spans no section")
+    membership = int(span.sum())
+    if membership > SEARCH_MAX_MEMBERSHIP:
+        return None
+    # Section member lists (CSR), buffers in index order within a section.
+    owner = np.repeat(np.arange(n, dtype=np.int64), span)
+    first = np.repeat(np.cumsum(span) - span, span)
+    section = np.repeat(slo, span) + (np.arange(membership, dtype=np.int64) - first)
+    order = np.argsort(section, kind="stable")
+    sec_mem = owner[order]
+    sec_start = np.zeros(maximal.size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(section, minlength=maximal.size), out=sec_start[1:])
+    # Neighbour lists (CSR): in start order, i overlaps every later-starting j with lo[j] < up[i].
+    by_start = np.argsort(lo, kind="stable")
+    lo_sorted = lo[by_start]
+    pos = np.arange(n, dtype=np.int64)
+    count = np.searchsorted(lo_sorted, up[by_start], "left") - pos - 1
+    count = np.maximum(count, 0)
+    total = int(count.sum())
+    a_pos = np.repeat(pos, count)
+    b_pos = a_pos + 1 + (np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(count) - count, count))
+    a, b = by_start[a_pos], by_start[b_pos]
+    src = np.concatenate([a, b])
+    dst = np.concatenate([b, a])
+    order = np.lexsort((dst, src))
+    nbr = dst[order]
+    nbr_start = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=nbr_start[1:])
+    return _pack.SkylineSearch(units, up - lo, slo, shi, nbr_start, nbr, sec_start, sec_mem)
+
+
+def _attempt(solver, cap: int, budget: int, deadline: float):
+    """Try every preordering heuristic at ``cap`` with ``budget`` nodes each.
+
+    Returns ``(outcome, offsets, heuristic)`` with outcome ``"ok"``, ``"infeasible"``
+    (proven), ``"budget"`` or ``"deadline"``.
+    """
+    for h, name in enumerate(_pack.HEURISTICS):
+        if time.monotonic() >= deadline:
+            return "deadline", None, ""
+        status, offsets, _ = solver.solve(cap, budget, deadline, h)
+        if status in ("ok", "infeasible", "deadline"):
+            return status, offsets, name
+    return "budget", None, ""
+
+
+def _search(solver, units, lb: int, best_peak: int, deadline: float):
+    """Run the capacity schedule; return (offsets or None, peak, heuristic, timed_out, proven).
+
+    Round r gives each heuristic ``n * 2**(r+2)`` nodes at the lowest capacity not proven
+    infeasible (MiniMalloc's own round robin: most instances fit their lower bound), then
+    bisects between that capacity and the best peak so far with a quarter of that budget per
+    attempt, down to a 0.1 % gap, so that hard instances still improve step by step.
+    A capacity the search proves infeasible raises the bound for good.
+    """
+    n = units.size
+    best = None
+    method = ""
+    proven_lb = lb               # nothing below this fits (proven)
+    tolerance = max(1, lb // 1000)
+    budget = 2 * n
+    while best_peak > proven_lb:
+        budget *= 2
+        outcome, offsets, name = _attempt(solver, proven_lb, budget, deadline)
+        if outcome == "deadline":
+            return best, best_peak, method, True, False
+        if outcome == "ok":
+            best, best_peak, method = offsets, _peak(offsets, units), name
+            break
+        lo = proven_lb + 1
+        if outcome == "infeasible":
+            proven_lb = lo
+        while best_peak - lo > tolerance:
+            cap = (lo + best_peak - 1) // 2
+            outcome, offsets, name = _attempt(solver, cap, max(n, budget // 4), deadline)
+            if outcome == "deadline":
+                return best, best_peak, method, True, False
+            if outcome == "ok":
+                best, best_peak, method = offsets, _peak(offsets, units), name
+            else:
+                lo = cap + 1
+                if outcome == "infeasible":
+                    proven_lb = lo
+    return best, best_peak, method, False, True
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+def pack(lower, upper, size, *, align: int = 1, time_limit: float | None = None) -> PackResult:
+    """Assign offsets to buffers so that buffers live at the same time never overlap.
+
+    Parameters
+    ----------
+    lower, upper : sequences of int
+        Buffer ``i`` is live on the half-open interval ``[lower[i], upper[i])``; ``lower < upper``.
+    size : sequence of int
+        Bytes each buffer needs (0 allowed: such a buffer gets offset 0 and occupies nothing).
+    align : int, optional
+        Every offset is a multiple of ``align`` (a power of two), and each buffer occupies its
+        size rounded up to ``align``.
+    time_limit : float or None, optional
+        Seconds the whole call may take (default :data:`DEFAULT_TIME_LIMIT`). The greedy
+        baseline always runs to completion; the search stops at the limit, or earlier when it
+        reaches the lower bound or proves its best peak optimal.
+
+    Returns
+    -------
+    PackResult
+        Offsets, peak, lower bound, their ratio, the method that won and the time taken.
+
+    Raises
+    ------
+    ValueError
+        On mismatched lengths, ``lower[i] >= upper[i]`` or a negative size (the message names
+        the buffer index), or an alignment that is not a positive power of two.
+    TypeError
+        On non-integer input.
+
+    Notes
+    -----
+    Deterministic: a call that finishes within its time limit returns the same offsets for the
+    same input every time; see the module documentation.
+    """
+    start = time.monotonic()
+    lo, up, sz, align = _validate(lower, upper, size, align)
+    if time_limit is None:
+        time_limit = DEFAULT_TIME_LIMIT
+    time_limit = float(time_limit)
+    if not time_limit >= 0:
+        raise ValueError(f"time_limit must be non-negative, got {time_limit}")
+    deadline = start + time_limit
+    n = sz.size
+    offsets = np.zeros(n, dtype=np.int64)
+    units_all = -(-sz // align)
+    live = np.flatnonzero(units_all > 0)  # zero-size buffers stay at offset 0
+    lo_l, up_l, un_l = lo[live], up[live], units_all[live]
+    lb = int(_live_profile(lo_l, up_l, un_l)[1].max()) if live.size else 0
+
+    best = np.zeros(live.size, dtype=np.int64)
+    best_peak = 0
+    greedy_peak = 0
+    method = "trivial"
+    timed_out = False
+    proven = True
+    if live.size:
+        best_peak = -1
+        for name, order in _greedy_orders(lo_l, up_l, un_l):
+            for best_fit in (True, False):
+                off = _pack.greedy(lo_l, up_l, un_l, order.astype(np.int64), best_fit)
+                peak = _peak(off, un_l)
+                if best_peak < 0:
+                    greedy_peak = peak
+                if best_peak < 0 or peak < best_peak:
+                    best, best_peak = off, peak
+                    method = f"greedy:{name}/{'best' if best_fit else 'first'}-fit"
+                if best_peak == lb:
+                    break
+                # Greedy by size always runs; the others only while time remains.
+                if time.monotonic() >= deadline:
+                    timed_out = True
+                    break
+            if best_peak == lb or timed_out:
+                break
+        proven = best_peak == lb
+        if not proven and not timed_out:
+            solver = _build_search(lo_l, up_l, un_l)
+            if solver is None:
+                proven = False
+            else:
+                found, peak, heuristic, timed_out, proven = _search(
+                    solver, un_l, lb, best_peak, deadline
+                )
+                if found is not None and peak < best_peak:
+                    best, best_peak, method = found, peak, f"search:{heuristic}"
+    offsets[live] = best * align
+    peak = best_peak * align
+    lb *= align
+    check(lo, up, units_all * align, offsets)
+    return PackResult(
+        offsets=offsets,
+        peak=int(peak),
+        lower_bound=int(lb),
+        ratio=float(peak / lb) if lb else 1.0,
+        method=method,
+        seconds=time.monotonic() - start,
+        greedy_peak=int(greedy_peak * align),
+        timed_out=bool(timed_out),
+        proven_optimal=bool(proven),
+    )
+
+
+def check(lower, upper, size, offsets) -> None:
+    """Raise if two buffers that are live at the same time overlap in memory.
+
+    Independent of the packer: a sweep over time keeps the live buffers sorted by offset and
+    checks each new buffer against its neighbours in that order.
+
+    Parameters
+    ----------
+    lower, upper, size, offsets : sequences of int
+        Lifetimes ``[lower[i], upper[i])``, sizes and offsets of the buffers.
+
+    Raises
+    ------
+    ValueError
+        On invalid input, a negative offset, or an overlap (naming both buffers).
+    """
+    lo, up, sz, _ = _validate(lower, upper, size, 1)
+    off = _as_int_array("offsets", offsets)
+    if off.shape != sz.shape:
+        raise ValueError(f"offsets must have length {sz.size}, got {off.size}")
+    bad = np.flatnonzero(off < 0)
+    if bad.size:
+        raise ValueError(f"buffer {int(bad[0])}: negative offset {off[bad[0]]}")
+    nz = np.flatnonzero(sz > 0)
+    # Events: ends before starts at the same time (lifetimes are half-open).
+    times = np.concatenate([up[nz], lo[nz]])
+    kinds = np.concatenate([np.zeros(nz.size, np.int8), np.ones(nz.size, np.int8)])
+    who = np.concatenate([nz, nz])
+    order = np.lexsort((kinds, times))
+    import bisect
+
+    keys: list[tuple[int, int]] = []   # (offset, buffer) of live buffers, sorted
+    offl, endl = off.tolist(), (off + sz).tolist()
+    for e in order.tolist():
+        b = int(who[e])
+        key = (offl[b], b)
+        if kinds[e] == 0:
+            del keys[bisect.bisect_left(keys, key)]
+            continue
+        k = bisect.bisect_left(keys, key)
+        if k > 0 and endl[keys[k - 1][1]] > offl[b]:
+            o = keys[k - 1][1]
+            raise ValueError(f"buffers {o} and {b} are live together and overlap in memory")
+        if k < len(keys) and keys[k][0] < endl[b]:
+            o = keys[k][1]
+            raise ValueError(f"buffers {b} and {o} are live together and overlap in memory")
+        keys.insert(k, key)
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV
+# ---------------------------------------------------------------------------------------------
+
+_COLUMNS = ("id", "lower", "upper", "size")
+
+
+def read_csv(path: str | os.PathLike) -> PackInput:
+    """Read buffers from a CSV file with the header ``id,lower,upper,size``.
+
+    Extra columns (such as ``offset``) are ignored.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to read.
+
+    Returns
+    -------
+    PackInput
+        ids, lower, upper and size as int64 arrays, in file order.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read.
+    ValueError
+        On a missing column, or a row that is short, not integers, has ``lower >= upper`` or a
+        negative size (the message names the file and line).
+    """
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ValueError(f"{path}: empty file, expected a header {','.join(_COLUMNS)}") from None
+        names = [h.strip().lower() for h in header]
+        missing = [c for c in _COLUMNS if c not in names]
+        if missing:
+            raise ValueError(f"{path}:1: header lacks column(s) {', '.join(missing)}")
+        cols = [names.index(c) for c in _COLUMNS]
+        rows = []
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) < len(names):
+                raise ValueError(f"{path}:{line}: expected {len(names)} fields, got {len(row)}")
+            try:
+                values = [int(row[c]) for c in cols]
+            except ValueError:
+                raise ValueError(
+                    f"{path}:{line}: id, lower, upper and size must be integers: {','.join(row)}"
+                ) from None
+            if values[1] >= values[2]:
+                raise ValueError(f"{path}:{line}: lower ({values[1]}) must be less than upper ({values[2]})")
+            if values[3] < 0:
+                raise ValueError(f"{path}:{line}: size ({values[3]}) must not be negative")
+            rows.append(values)
+    data = np.array(rows, dtype=np.int64).reshape(-1, 4)
+    return PackInput(ids=data[:, 0].copy(), lower=data[:, 1].copy(),
+                     upper=data[:, 2].copy(), size=data[:, 3].copy())
+
+
+def write_csv(path: str | os.PathLike, ids: Sequence[int], lower: Sequence[int],
+              upper: Sequence[int], size: Sequence[int], offsets: Sequence[int]) -> None:
+    """Write buffers and their offsets as CSV: ``id,lower,upper,size,offset`` with a header.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write (replaced).
+    ids, lower, upper, size, offsets : sequences of int
+        One entry per buffer, all the same length.
+
+    Raises
+    ------
+    ValueError
+        If the sequences differ in length.
+    OSError
+        If the file cannot be written.
+    """
+    cols = [np.asarray(c, dtype=np.int64) for c in (ids, lower, upper, size, offsets)]
+    if len({c.shape for c in cols}) != 1 or cols[0].ndim != 1:
+        raise ValueError("ids, lower, upper, size and offsets must be 1-D and of one length")
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow((*_COLUMNS, "offset"))
+        writer.writerows(np.stack(cols, axis=1).tolist())

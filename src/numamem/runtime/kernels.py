@@ -1,0 +1,1200 @@
+"""Block kernels of the ``numamem-graph/1`` ops, writing into caller-provided memory.
+
+The planned executor splits every layer's output into per-node *blocks* along one output axis
+(the batch axis 0, or the op's feature/channel axis) and has each node's worker threads compute
+their block straight into planned memory. A kernel here computes one such block.
+
+Blocks
+------
+A :class:`Block` ``(axis, start, stop)`` names the half-open range ``[start, stop)`` of output
+``axis`` (an axis of the layer's *full* output tensor, as the plan's ``slice`` entries do).
+``block=None`` means the whole output. Which axes an op can be split along is
+:func:`splittable`; it follows :mod:`numamem.planner.ops` (the two are cross-checked by the tests):
+
+* batch split (``axis=0``): every op;
+* feature split: ``dense`` and ``matmul`` on the last axis (weight columns ``[start, stop)``,
+  or rows of ``b`` with ``transpose_b``), ``conv2d`` on axis 1 (filters ``[start, stop)``; the
+  input channels of the groups those filters belong to), pools, ``global_avgpool`` and
+  ``batchnorm`` on axis 1, ``embedding`` on axis 2 (table columns);
+* also any axis of the elementwise ops, ``add``/``mul`` (broadcasting-aware), ``transpose``,
+  ``concat``, ``reshape``/``flatten`` where the output axis *is* an input axis, the spatial axes
+  of ``conv2d``/pools (the input rows read include the window's halo), every axis of ``layernorm``
+  and ``softmax`` except the one they normalise over.
+
+Calling a kernel
+----------------
+``run(op, inputs, out, attrs, block, scratch, shapes)``:
+
+``inputs``
+    The layer's operands in the op's order. Each is either the **full** tensor or exactly the
+    **region** of it the block reads (:func:`input_regions`); the kernel tells them apart by
+    comparing the array's shape with the operand's full shape (``shapes``, default: the shapes of
+    ``inputs`` themselves, i.e. all full). So a batch-split executor may pass the node-local
+    block of an activation, a feature-split executor the full activation and either the full
+    weight or the node's slice of it. A concat operand that the block does not read may be
+    ``None`` when ``shapes`` is given.
+``out``
+    The block of the output: an array of shape :func:`block_shape` and the graph's dtype (usually
+    a view into planned memory). It is written in place and returned. Matmul-based ops
+    (``dense``, ``matmul``, ``conv2d``) want ``out`` C-contiguous; given anything else they compute
+    into a temporary and copy (an allocation of the block's size). Elementwise ops (activations,
+    ``add``, ``mul``, ``batchnorm``) accept ``out`` being exactly one of their inputs (in place);
+    other overlaps between ``out`` and the inputs are not supported.
+``scratch``
+    ``None`` (the kernel allocates what it needs) or a 1-D ``uint8`` array of at least
+    :func:`scratch_bytes` bytes that the caller reserved (e.g. per worker thread in the node's
+    arena). Buffers are carved from it at 64-byte aligned offsets.
+
+With scratch given and ``out`` C-contiguous, a call allocates no memory proportional to the data
+(only Python objects and views); the tests check this with :mod:`tracemalloc`. Exceptions, which
+allocate a contiguous copy: ``reshape``/``flatten`` of a non-contiguous input region when the
+target cannot be a view; ``embedding`` ids that are not a C-contiguous int64 array.
+
+Scratch per op (``itemsize`` of the graph dtype; ``P`` = output pixels of the block per sample):
+
+==============  ==========================================================================
+op              scratch
+==============  ==========================================================================
+conv2d          im2col column buffer of one sample and one group: ``C/groups*kh*kw*P``
+                elements (none for 1x1, stride 1, unpadded, unsplit spatially); depthwise-like
+                (``C/groups == 1``): one sample's output block, ``O_block*P`` elements
+layernorm       per-row mean and variance: ``2*rows`` elements
+softmax         per-row maximum / sum: ``rows`` elements
+gelu, or fused  ``min(block size, CHUNK_ELEMENTS)`` elements (gelu is evaluated in chunks so it
+``gelu``        needs no temporary of the output's size and can work in place)
+others          none
+==============  ==========================================================================
+
+Numerics follow PyTorch: ``conv2d`` is cross-correlation with symmetric zero padding;
+``maxpool2d`` ignores padding (acts as ``-inf``), ``avgpool2d`` counts padded zeros
+(``count_include_pad=True``), neither uses ``ceil_mode``; ``gelu`` is the tanh form
+``0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x**3)))``; ``layernorm`` normalises the last axis with
+biased variance and ``eps`` (default ``1e-5``); ``batchnorm`` is the inference form
+``x*scale+shift`` per channel (axis 1). Kernels compute in the dtype of ``out``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+Shape = tuple[int, ...]
+#: A hyper-rectangle of a tensor: one half-open ``(start, stop)`` range per axis (as the planner's).
+Region = tuple[tuple[int, int], ...]
+
+ACTIVATIONS = ("relu", "relu6", "gelu")
+#: Elements of the chunk buffer that gelu works through (128 KiB in float32: stays in L2).
+CHUNK_ELEMENTS = 1 << 15
+#: Alignment of the buffers carved out of a scratch array.
+SCRATCH_ALIGN = 64
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+
+
+# ============================================================================ blocks, helpers
+@dataclass(frozen=True)
+class Block:
+    """The half-open range ``[start, stop)`` of output axis ``axis`` that one kernel call computes.
+
+    Attributes
+    ----------
+    axis : int
+        Axis of the full output tensor (non-negative).
+    start, stop : int
+        ``0 <= start <= stop <= out_shape[axis]``.
+    """
+
+    axis: int
+    start: int
+    stop: int
+
+    def __post_init__(self) -> None:
+        for name in ("axis", "start", "stop"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"Block.{name} must be an int, not {v!r}")
+        if self.start < 0 or self.stop < self.start:
+            raise ValueError(f"Block range [{self.start}, {self.stop}) is not a valid range")
+
+    @property
+    def length(self) -> int:
+        """Number of indices in the block along its axis."""
+        return self.stop - self.start
+
+
+def as_block(block: Any, out_shape: Sequence[int]) -> Block:
+    """Normalise ``block`` against the full output shape and check it fits.
+
+    Parameters
+    ----------
+    block : Block, mapping, tuple or None
+        A :class:`Block`, a plan ``slice`` mapping ``{"axis", "start", "stop"}``, a tuple
+        ``(axis, start, stop)``, or ``None`` for the whole output (axis 0).
+    out_shape : sequence of int
+        Shape of the layer's full output.
+
+    Returns
+    -------
+    Block
+        With a non-negative axis.
+
+    Raises
+    ------
+    ValueError
+        If the axis or the range does not fit ``out_shape``.
+    """
+    nd = len(out_shape)
+    if block is None:
+        if nd == 0:
+            raise ValueError("a 0-d output has no axis to split")
+        return Block(0, 0, int(out_shape[0]))
+    if isinstance(block, Block):
+        axis, start, stop = block.axis, block.start, block.stop
+    elif isinstance(block, Mapping):
+        axis, start, stop = block["axis"], block["start"], block["stop"]
+    else:
+        axis, start, stop = block
+    if not -nd <= axis < nd:
+        raise ValueError(f"block axis {axis} is out of range for a {nd}-d output")
+    axis = int(axis) % nd
+    b = Block(axis, int(start), int(stop))
+    if b.stop > out_shape[axis]:
+        raise ValueError(f"block [{b.start}, {b.stop}) exceeds output axis {axis} of size {out_shape[axis]}")
+    return b
+
+
+def _pair(value: Any, what: str) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value), int(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    raise ValueError(f"{what} must be an int or a pair of ints, not {value!r}")
+
+
+def _axis(axis: Any, ndim: int) -> int:
+    if not -ndim <= int(axis) < ndim:
+        raise ValueError(f"axis {axis} is out of range for {ndim} dimensions")
+    return int(axis) % ndim
+
+
+def _full(shape: Shape) -> Region:
+    return tuple((0, int(d)) for d in shape)
+
+
+def _on(shape: Shape, axis: int, lo: int, hi: int) -> Region:
+    return tuple((lo, hi) if k == axis else (0, int(d)) for k, d in enumerate(shape))
+
+
+def _region_shape(region: Region) -> Shape:
+    return tuple(b - a for a, b in region)
+
+
+def _broadcast_region(shape: Shape, out_ndim: int, axis: int, lo: int, hi: int) -> Region:
+    j = axis - (out_ndim - len(shape))
+    if j < 0 or shape[j] == 1:
+        return _full(shape)
+    return _on(shape, j, lo, hi)
+
+
+def _halo(lo: int, hi: int, kernel: int, stride: int, pad: int, size: int) -> tuple[int, int]:
+    """Input rows that output rows ``[lo, hi)`` of a sliding window read, clipped to the input."""
+    return max(0, lo * stride - pad), min(size, (hi - 1) * stride - pad + kernel)
+
+
+def _valid(n_out: int, offset: int, stride: int, size: int) -> tuple[int, int, int]:
+    """Output positions ``[t0, t1)`` whose input index ``t*stride + offset`` lies in ``[0, size)``.
+
+    Returns ``(t0, t1, first input index)``; ``t0 == t1`` when none does. ``offset`` already holds
+    the kernel tap, the padding and where the block and the input region start.
+    """
+    t0 = max(0, -(offset // stride))  # ceil(-offset / stride)
+    t1 = min(n_out, (size - 1 - offset) // stride + 1)
+    if t1 <= t0:
+        return 0, 0, 0
+    return t0, t1, t0 * stride + offset
+
+
+def _view_as(a: np.ndarray, shape: Shape) -> np.ndarray | None:
+    """``a`` reshaped to ``shape`` without a copy, or None when NumPy would have to copy."""
+    try:
+        v = a.reshape(shape)
+    except ValueError:
+        return None
+    if v.size and not np.may_share_memory(v, a):
+        return None
+    return v
+
+
+def _activate(out: np.ndarray, act: str | None, chunk: np.ndarray | None) -> None:
+    """Apply the fused activation ``act`` to ``out`` in place."""
+    if act is None:
+        return
+    if act == "relu":
+        np.maximum(out, 0, out=out)
+    elif act == "relu6":
+        np.clip(out, 0, 6, out=out)
+    elif act == "gelu":
+        _gelu(out, out, chunk)
+    else:
+        raise ValueError(f"unknown activation {act!r} (expected one of {', '.join(ACTIVATIONS)})")
+
+
+def _chunks(shape: Shape, limit: int):
+    """Index tuples cutting an array of ``shape`` into pieces of at most ``limit`` elements.
+
+    Pieces are leading-axis ranges when a row fits, else the method recurses into the row; the
+    last axis alone is cut into ranges. Works for arrays of any strides.
+    """
+    if len(shape) == 0:
+        yield ()
+        return
+    inner = math.prod(shape[1:])
+    if inner <= limit:
+        rows = max(1, limit // max(inner, 1))
+        for i in range(0, shape[0], rows):
+            yield (slice(i, min(i + rows, shape[0])),)
+        return
+    for i in range(shape[0]):
+        for rest in _chunks(shape[1:], limit):
+            yield (i,) + rest
+
+
+def _gelu(x: np.ndarray, out: np.ndarray, chunk: np.ndarray | None) -> None:
+    """tanh-form GELU of ``x`` into ``out`` chunk by chunk (``out`` may be ``x``)."""
+    if chunk is None:
+        chunk = np.empty(min(x.size, CHUNK_ELEMENTS), dtype=out.dtype)
+    for idx in _chunks(x.shape, chunk.size):
+        xc, oc = x[idx], out[idx]
+        t = chunk[: xc.size].reshape(xc.shape)
+        np.multiply(xc, xc, out=t)
+        t *= _GELU_A
+        t += 1.0
+        t *= xc  # x + a*x**3
+        t *= _GELU_C
+        np.tanh(t, out=t)
+        t += 1.0
+        t *= xc
+        np.multiply(t, 0.5, out=oc)
+
+
+# ========================================================================== shape inference
+def _check_act(attrs: Mapping[str, Any]) -> None:
+    act = attrs.get("activation")
+    if act is not None and act not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)} or None, not {act!r}")
+
+
+def _window_out(size: int, k: int, s: int, p: int) -> int:
+    if k < 1 or s < 1 or p < 0:
+        raise ValueError("kernel and stride must be >= 1 and padding >= 0")
+    n = (size + 2 * p - k) // s + 1
+    if n < 1:
+        raise ValueError(f"kernel {k} does not fit input size {size} with padding {p}")
+    return n
+
+
+def _conv_params(attrs: Mapping[str, Any]):
+    return (_pair(attrs.get("stride", 1), "stride"), _pair(attrs.get("padding", 0), "padding"),
+            int(attrs.get("groups", 1)))
+
+
+def _pool_params(attrs: Mapping[str, Any]):
+    if "kernel" not in attrs:
+        raise ValueError("pooling needs attribute 'kernel'")
+    kernel = _pair(attrs["kernel"], "kernel")
+    return (kernel, _pair(attrs.get("stride", attrs["kernel"]), "stride"),
+            _pair(attrs.get("padding", 0), "padding"))
+
+
+def _reshape_target(x: Shape, target: Sequence[int]) -> Shape:
+    total = math.prod(x)
+    target = [int(d) for d in target]
+    if target.count(-1) == 1:
+        known = math.prod(d for d in target if d != -1)
+        if known == 0 or total % known:
+            raise ValueError(f"cannot reshape {list(x)} to {target}")
+        target = [total // known if d == -1 else d for d in target]
+    if math.prod(target) != total or any(d < 0 for d in target):
+        raise ValueError(f"cannot reshape {list(x)} to {target}")
+    return tuple(target)
+
+
+def _perm(x: Shape, attrs: Mapping[str, Any]) -> tuple[int, ...]:
+    perm = attrs.get("perm")
+    if perm is None:
+        return tuple(reversed(range(len(x))))
+    perm = tuple(int(p) % len(x) for p in perm)
+    if sorted(perm) != list(range(len(x))):
+        raise ValueError(f"perm {attrs.get('perm')!r} is not a permutation of {len(x)} axes")
+    return perm
+
+
+def _reshape_axis(x: Shape, out: Shape, axis: int) -> int | None:
+    """The input axis that output ``axis`` of a reshape is (same size, same elements before)."""
+    before = math.prod(out[:axis])
+    for j, d in enumerate(x):
+        if d == out[axis] and math.prod(x[:j]) == before:
+            return j
+    return None
+
+
+def _infer(op: str, s: Sequence[Shape], attrs: Mapping[str, Any]) -> Shape:
+    x = tuple(s[0])
+    if op == "dense":
+        _check_act(attrs)
+        w = s[1]
+        if len(x) < 2 or len(w) != 2 or x[-1] != w[0] or (len(s) == 3 and tuple(s[2]) != (w[1],)):
+            raise ValueError(f"dense: shapes {list(map(list, s))} do not fit x[..., K], w[K, M], b[M]")
+        return x[:-1] + (w[1],)
+    if op == "matmul":
+        a, b = x, tuple(s[1])
+        tb = bool(attrs.get("transpose_b", False))
+        kb, n = (b[-1], b[-2]) if tb else (b[-2], b[-1])
+        if len(a) < 2 or len(b) < 2 or a[-1] != kb:
+            raise ValueError(f"matmul: shapes {list(a)} and {list(b)} do not fit")
+        return tuple(np.broadcast_shapes(a[:-2], b[:-2])) + (a[-2], n)
+    if op == "conv2d":
+        _check_act(attrs)
+        w = s[1]
+        (sh, sw), (ph, pw), g = _conv_params(attrs)
+        if len(x) != 4 or len(w) != 4 or g < 1 or x[1] % g or w[0] % g or w[1] != x[1] // g:
+            raise ValueError(f"conv2d: shapes {list(x)}, {list(w)} do not fit groups={g}")
+        if len(s) == 3 and tuple(s[2]) != (w[0],):
+            raise ValueError(f"conv2d: bias must have shape [{w[0]}]")
+        return (x[0], w[0], _window_out(x[2], w[2], sh, ph), _window_out(x[3], w[3], sw, pw))
+    if op in ("relu", "relu6", "gelu", "sigmoid", "softmax"):
+        if op == "softmax":
+            _axis(attrs.get("axis", -1), len(x))
+        return x
+    if op in ("add", "mul"):
+        _check_act(attrs)
+        return tuple(np.broadcast_shapes(x, tuple(s[1])))
+    if op in ("maxpool2d", "avgpool2d"):
+        (kh, kw), (sh, sw), (ph, pw) = _pool_params(attrs)
+        if len(x) != 4 or 2 * ph > kh or 2 * pw > kw:
+            raise ValueError(f"{op}: needs a 4-D input and padding at most half the kernel")
+        return (x[0], x[1], _window_out(x[2], kh, sh, ph), _window_out(x[3], kw, sw, pw))
+    if op == "global_avgpool":
+        if len(x) != 4:
+            raise ValueError("global_avgpool: needs a 4-D input")
+        return x[:2]
+    if op == "batchnorm":
+        if len(x) < 2 or tuple(s[1]) != (x[1],) or tuple(s[2]) != (x[1],):
+            raise ValueError(f"batchnorm: scale and shift must have shape [{x[1] if len(x) > 1 else '?'}]")
+        return x
+    if op == "layernorm":
+        if tuple(s[1]) != (x[-1],) or tuple(s[2]) != (x[-1],):
+            raise ValueError(f"layernorm: gamma and beta must have shape [{x[-1]}]")
+        return x
+    if op == "reshape":
+        return _reshape_target(x, attrs["shape"])
+    if op == "flatten":
+        return (x[0], math.prod(x[1:]))
+    if op == "transpose":
+        return tuple(x[p] for p in _perm(x, attrs))
+    if op == "concat":
+        ax = _axis(attrs.get("axis", 0), len(x))
+        for t in s[1:]:
+            if len(t) != len(x) or any(a != b for k, (a, b) in enumerate(zip(t, x)) if k != ax):
+                raise ValueError(f"concat: shapes differ outside axis {ax}")
+        return x[:ax] + (sum(t[ax] for t in s),) + x[ax + 1:]
+    if op == "embedding":
+        if len(x) != 2 or len(s[1]) != 2:
+            raise ValueError("embedding: ids must be [N, L] and table [V, D]")
+        return x + (s[1][1],)
+    raise ValueError(f"unknown op {op!r}")
+
+
+# ======================================================================= splits and regions
+_ELEMENTWISE = ("relu", "relu6", "gelu", "sigmoid")
+
+
+def _splittable(op: str, s: Sequence[Shape], out: Shape, attrs: Mapping[str, Any], axis: int) -> bool:
+    nd = len(out)
+    if not 0 <= axis < nd:
+        return False
+    if op == "layernorm":
+        return axis != nd - 1
+    if op == "softmax":
+        return axis != _axis(attrs.get("axis", -1), nd)
+    if op in ("reshape", "flatten"):
+        return _reshape_axis(tuple(s[0]), out, axis) is not None
+    return op in KERNELS
+
+
+def _regions(op: str, s: Sequence[Shape], out: Shape, attrs: Mapping[str, Any], b: Block) -> list[Region | None]:
+    nd, axis, lo, hi = len(out), b.axis, b.start, b.stop
+    x = tuple(s[0])
+    if op == "dense":
+        if axis == nd - 1:
+            regs: list[Region | None] = [_full(x), _on(tuple(s[1]), 1, lo, hi)]
+            return regs + ([((lo, hi),)] if len(s) == 3 else [])
+        return [_on(x, axis, lo, hi)] + [_full(tuple(t)) for t in s[1:]]
+    if op == "matmul":
+        a, bb = x, tuple(s[1])
+        if axis == nd - 2:
+            return [_on(a, len(a) - 2, lo, hi), _full(bb)]
+        if axis == nd - 1:
+            tb = bool(attrs.get("transpose_b", False))
+            return [_full(a), _on(bb, len(bb) - (2 if tb else 1), lo, hi)]
+        return [_broadcast_region(a[:-2], nd - 2, axis, lo, hi) + _full(a[-2:]),
+                _broadcast_region(bb[:-2], nd - 2, axis, lo, hi) + _full(bb[-2:])]
+    if op == "conv2d":
+        w = tuple(s[1])
+        if axis == 0:
+            return [_on(x, 0, lo, hi)] + [_full(tuple(t)) for t in s[1:]]
+        if axis == 1:
+            g = int(attrs.get("groups", 1))
+            if g == 1:
+                xr = _full(x)
+            else:
+                opg, ipg = w[0] // g, x[1] // g
+                xr = _on(x, 1, (lo // opg) * ipg, ((hi - 1) // opg + 1) * ipg)
+            return [xr, _on(w, 0, lo, hi)] + ([((lo, hi),)] if len(s) == 3 else [])
+        k = axis - 2
+        (stride, pad, _g) = _conv_params(attrs)
+        return [_on(x, axis, *_halo(lo, hi, w[2 + k], stride[k], pad[k], x[axis]))] + [
+            _full(tuple(t)) for t in s[1:]]
+    if op in ("maxpool2d", "avgpool2d"):
+        if axis < 2:
+            return [_on(x, axis, lo, hi)]
+        kernel, stride, pad = _pool_params(attrs)
+        k = axis - 2
+        return [_on(x, axis, *_halo(lo, hi, kernel[k], stride[k], pad[k], x[axis]))]
+    if op == "global_avgpool":
+        return [_on(x, axis, lo, hi)]
+    if op == "batchnorm":
+        return [_on(x, axis, lo, hi)] + [((lo, hi),) if axis == 1 else _full(tuple(t)) for t in s[1:]]
+    if op == "layernorm":
+        return [_on(x, axis, lo, hi), _full(tuple(s[1])), _full(tuple(s[2]))]
+    if op in ("add", "mul"):
+        return [_broadcast_region(tuple(t), nd, axis, lo, hi) for t in s]
+    if op in _ELEMENTWISE or op == "softmax":
+        return [_on(x, axis, lo, hi)]
+    if op in ("reshape", "flatten"):
+        j = _reshape_axis(x, out, axis)
+        return [_on(x, j, lo, hi)]
+    if op == "transpose":
+        return [_on(x, _perm(x, attrs)[axis], lo, hi)]
+    if op == "concat":
+        cat = _axis(attrs.get("axis", 0), nd)
+        if axis != cat:
+            return [_on(tuple(t), axis, lo, hi) for t in s]
+        regs = []
+        start = 0
+        for t in s:
+            a, c = max(lo - start, 0), min(hi - start, t[cat])
+            regs.append(_on(tuple(t), cat, a, c) if a < c else None)
+            start += t[cat]
+        return regs
+    if op == "embedding":
+        if axis == 2:
+            return [_full(x), _on(tuple(s[1]), 1, lo, hi)]
+        return [_on(x, axis, lo, hi), _full(tuple(s[1]))]
+    raise ValueError(f"unknown op {op!r}")
+
+
+# ========================================================================== call context
+@dataclass
+class _Ctx:
+    """Everything a kernel body knows about its call besides the arrays."""
+
+    op: str
+    shapes: list[Shape]  # full operand shapes
+    out_shape: Shape  # full output shape
+    block: Block
+    bshape: Shape  # shape of the output block
+    regions: list[Region | None]
+    attrs: Mapping[str, Any]
+    dtype: np.dtype
+
+
+# ============================================================================== conv2d
+def _conv_geom(c: _Ctx):
+    """Per spatial axis: (output positions in the block, offset of output 0's first tap)."""
+    (sh, sw), (ph, pw), g = _conv_params(c.attrs)
+    return _window_geom(c, (sh, sw), (ph, pw)) + (g,)
+
+
+def _window_geom(c: _Ctx, stride: tuple[int, int], pad: tuple[int, int]):
+    """Return ``(nh, nw, org_h, org_w, sh, sw)`` of a sliding-window block.
+
+    Output position ``t`` (block-local) of the block reads input position
+    ``t*stride + tap + org`` of the input *region* (region-local), with
+    ``org = block_start*stride - pad - region_start`` on a spatially split axis, else ``-pad``.
+    """
+    b, xr = c.block, c.regions[0]
+    orgs = []
+    for k in (0, 1):
+        ax = 2 + k
+        lo = b.start if b.axis == ax else 0
+        orgs.append(lo * stride[k] - pad[k] - xr[ax][0])
+    return (c.bshape[2], c.bshape[3], orgs[0], orgs[1], stride[0], stride[1])
+
+
+def _conv_method(c: _Ctx) -> str:
+    cg = c.shapes[1][1]
+    if cg == 1:
+        return "depthwise"
+    kh, kw = c.shapes[1][2:]
+    nh, nw, oh, ow, sh, sw, _g = _conv_geom(c)
+    xr = _region_shape(c.regions[0])
+    spatial_full = xr[2:] == tuple(c.shapes[0][2:])  # then x[n, chans] is one contiguous run
+    if kh == kw == 1 and sh == sw == 1 and oh == ow == 0 and (nh, nw) == xr[2:] and spatial_full:
+        return "gemm"
+    # "_method" is a private knob (not a graph attribute) that the benchmark and the tests use to
+    # run the per-tap variant, which measured slower than im2col (see the module docstring).
+    return c.attrs.get("_method", "im2col")
+
+
+def _conv_scratch(c: _Ctx) -> list[tuple[Shape, np.dtype]]:
+    method = _conv_method(c)
+    _o, cg, kh, kw = c.shapes[1]
+    nh, nw = c.bshape[2], c.bshape[3]
+    bufs: list[tuple[Shape, np.dtype]] = []
+    if method == "im2col":
+        bufs.append(((cg * kh * kw, nh * nw), c.dtype))
+    elif method == "offsets":
+        g = int(c.attrs.get("groups", 1))
+        opg = c.shapes[1][0] // g
+        ob = min(opg, c.bshape[1])
+        bufs += [((cg, nh * nw), c.dtype), ((ob, nh * nw), c.dtype), ((kh * kw, ob, cg), c.dtype)]
+    elif method == "depthwise":
+        bufs.append(((c.bshape[1], nh, nw), c.dtype))
+    return bufs + _act_scratch(c)
+
+
+def _conv_groups(c: _Ctx):
+    """Groups the block's output channels meet: (block rows, x region channels) per group."""
+    g = int(c.attrs.get("groups", 1))
+    o_full, cg = c.shapes[1][0], c.shapes[1][1]
+    opg = o_full // g
+    lo, hi = (c.block.start, c.block.stop) if c.block.axis == 1 else (0, o_full)
+    cx0 = c.regions[0][1][0]
+    for grp in range(lo // opg, (hi - 1) // opg + 1):
+        a, b = max(lo, grp * opg), min(hi, (grp + 1) * opg)
+        yield slice(a - lo, b - lo), slice(grp * cg - cx0, (grp + 1) * cg - cx0)
+
+
+def _fill_cols(xn: np.ndarray, col: np.ndarray, geom) -> None:
+    """im2col of one sample: ``col[c, i, j, t, u] = x[c, t*sh+i+org_h, u*sw+j+org_w]`` or 0."""
+    nh, nw, org_h, org_w, sh, sw = geom
+    _c, kh, kw = col.shape[:3]
+    H, W = xn.shape[1:]
+    for i in range(kh):
+        t0, t1, h0 = _valid(nh, i + org_h, sh, H)
+        for j in range(kw):
+            u0, u1, w0 = _valid(nw, j + org_w, sw, W)
+            dst = col[:, i, j]
+            if t1 == t0 or u1 == u0:
+                dst[...] = 0
+                continue
+            # Only the border the padding covers is zeroed: the rest is overwritten below.
+            if t0 > 0:
+                dst[:, :t0] = 0
+            if t1 < nh:
+                dst[:, t1:] = 0
+            if u0 > 0:
+                dst[:, t0:t1, :u0] = 0
+            if u1 < nw:
+                dst[:, t0:t1, u1:] = 0
+            src = xn[:, h0: h0 + (t1 - t0 - 1) * sh + 1: sh, w0: w0 + (u1 - u0 - 1) * sw + 1: sw]
+            np.copyto(dst[:, t0:t1, u0:u1], src)
+
+
+def _conv_run(ins, out, c: _Ctx, bufs) -> None:
+    x, w = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    act = c.attrs.get("activation")
+    method = _conv_method(c)
+    nh, nw, org_h, org_w, sh, sw, g = _conv_geom(c)
+    geom = (nh, nw, org_h, org_w, sh, sw)
+    _o, cg, kh, kw = w.shape
+    P = nh * nw
+    chunk = bufs[-1] if act == "gelu" else None
+    if method == "depthwise":
+        return _conv_depthwise(x, w, bias, out, c, geom, bufs[0], act, chunk)
+    groups = list(_conv_groups(c))
+    w2 = [w[rows].reshape(rows.stop - rows.start, cg * kh * kw) for rows, _ in groups]
+    for n in range(out.shape[0]):
+        on = out[n]
+        for (rows, chans), wg in zip(groups, w2):
+            og = on[rows].reshape(rows.stop - rows.start, P)  # a view: `out` is C-contiguous here
+            xg = x[n, chans]
+            if method == "gemm":
+                src = _view_as(xg, (cg, P))
+                if src is None:
+                    src = np.ascontiguousarray(xg).reshape(cg, P)
+                np.matmul(wg, src, out=og)
+            elif method == "im2col":
+                col = bufs[0]
+                _fill_cols(xg, col.reshape(cg, kh, kw, nh, nw), geom)
+                np.matmul(wg, col, out=og)
+            else:
+                _conv_offsets(xg, w[rows], og, geom, bufs)
+            if bias is not None:
+                og += bias[rows, None]
+        _activate(on, act, chunk)
+
+
+def _conv_offsets(xg, wg, og, geom, bufs) -> None:
+    """Per-kernel-tap accumulation: ``out += w[:, :, i, j] @ shifted(x)`` for every tap."""
+    nh, nw, org_h, org_w, sh, sw = geom
+    ob, cg, kh, kw = wg.shape
+    slab = bufs[0].reshape(cg, nh, nw)
+    acc = bufs[1][:ob]
+    wt = bufs[2][:, :ob].reshape(kh, kw, ob, cg)
+    np.copyto(wt, wg.transpose(2, 3, 0, 1))  # taps outermost, so each tap's matrix is contiguous
+    H, W = xg.shape[1:]
+    first = True
+    for i in range(kh):
+        t0, t1, h0 = _valid(nh, i + org_h, sh, H)
+        for j in range(kw):
+            u0, u1, w0 = _valid(nw, j + org_w, sw, W)
+            if t1 == t0 or u1 == u0:
+                continue
+            slab[...] = 0
+            np.copyto(slab[:, t0:t1, u0:u1],
+                      xg[:, h0: h0 + (t1 - t0 - 1) * sh + 1: sh, w0: w0 + (u1 - u0 - 1) * sw + 1: sw])
+            if first:
+                np.matmul(wt[i, j], slab.reshape(cg, nh * nw), out=og)
+                first = False
+            else:
+                np.matmul(wt[i, j], slab.reshape(cg, nh * nw), out=acc)
+                og += acc
+    if first:
+        og[...] = 0
+
+
+def _conv_depthwise(x, w, bias, out, c: _Ctx, geom, tmp, act, chunk) -> None:
+    """Convolution with one input channel per group (depthwise, any channel multiplier).
+
+    Output channel ``o`` reads input channel ``o // (O/groups)``; the block's channels that share
+    a residue modulo the multiplier read a contiguous run of input channels, so each residue is a
+    handful of vectorised multiply-adds per kernel tap over all those channels at once.
+    """
+    nh, nw, org_h, org_w, sh, sw = geom
+    g = int(c.attrs.get("groups", 1))
+    o_full = c.shapes[1][0]
+    opg = o_full // g
+    lo, hi = (c.block.start, c.block.stop) if c.block.axis == 1 else (0, o_full)
+    cx0 = c.regions[0][1][0]
+    _ob, _one, kh, kw = w.shape
+    H, W = x.shape[2:]
+    for n in range(out.shape[0]):
+        on = out[n]
+        for r in range(opg):
+            first = lo + ((r - lo) % opg)
+            if first >= hi:
+                continue
+            cnt = len(range(first, hi, opg))
+            osl = slice(first - lo, first - lo + (cnt - 1) * opg + 1, opg)
+            ic0 = first // opg - cx0
+            xs = x[n, ic0: ic0 + cnt]
+            ws = w[osl, 0]
+            ov, tv = on[osl], tmp[osl]
+            if bias is None:
+                ov[...] = 0
+            else:
+                np.copyto(ov, bias[osl, None, None])
+            for i in range(kh):
+                t0, t1, h0 = _valid(nh, i + org_h, sh, H)
+                if t1 == t0:
+                    continue
+                for j in range(kw):
+                    u0, u1, w0 = _valid(nw, j + org_w, sw, W)
+                    if u1 == u0:
+                        continue
+                    src = xs[:, h0: h0 + (t1 - t0 - 1) * sh + 1: sh, w0: w0 + (u1 - u0 - 1) * sw + 1: sw]
+                    t = tv[:, t0:t1, u0:u1]
+                    np.multiply(src, ws[:, i, j, None, None], out=t)
+                    o = ov[:, t0:t1, u0:u1]
+                    np.add(o, t, out=o)
+        _activate(on, act, chunk)
+
+
+# ============================================================================ other bodies
+def _act_scratch(c: _Ctx) -> list[tuple[Shape, np.dtype]]:
+    if c.attrs.get("activation") == "gelu" or c.op == "gelu":
+        return [((min(math.prod(c.bshape), CHUNK_ELEMENTS),), c.dtype)]
+    return []
+
+
+def _dense_run(ins, out, c: _Ctx, bufs) -> None:
+    x, w = ins[0], ins[1]
+    x2, o2 = x, out
+    if x.ndim > 2:
+        # One GEMM over all leading rows instead of one per leading index, when views allow.
+        xv, ov = _view_as(x, (-1, x.shape[-1])), _view_as(out, (-1, out.shape[-1]))
+        if xv is not None and ov is not None:
+            x2, o2 = xv, ov
+    np.matmul(x2, w, out=o2)
+    if len(ins) > 2:
+        np.add(out, ins[2], out=out)
+    _activate(out, c.attrs.get("activation"), bufs[0] if bufs else None)
+
+
+def _matmul_run(ins, out, c: _Ctx, bufs) -> None:
+    a, b = ins
+    if c.attrs.get("transpose_b", False):
+        b = np.swapaxes(b, -1, -2)
+    np.matmul(a, b, out=out)
+
+
+def _unary_run(ins, out, c: _Ctx, bufs) -> None:
+    x = ins[0]
+    if c.op == "relu":
+        np.maximum(x, 0, out=out)
+    elif c.op == "relu6":
+        np.clip(x, 0, 6, out=out)
+    elif c.op == "gelu":
+        _gelu(x, out, bufs[0])
+    else:  # sigmoid: exp(-x) overflows to inf for x << 0, and 1/(1+inf) = 0 is the right answer
+        np.negative(x, out=out)
+        with np.errstate(over="ignore"):
+            np.exp(out, out=out)
+        out += 1.0
+        np.reciprocal(out, out=out)
+
+
+def _binary_run(ins, out, c: _Ctx, bufs) -> None:
+    a, b = ins
+    (np.add if c.op == "add" else np.multiply)(a, b, out=out)
+    _activate(out, c.attrs.get("activation"), bufs[0] if bufs else None)
+
+
+def _pool_run(ins, out, c: _Ctx, bufs) -> None:
+    x = ins[0]
+    (kh, kw), stride, pad = _pool_params(c.attrs)
+    nh, nw, org_h, org_w, sh, sw = _window_geom(c, stride, pad)
+    H, W = x.shape[2:]
+    is_max = c.op == "maxpool2d"
+    # Every window holds at least one real element (padding <= kernel/2), so -inf never survives.
+    out[...] = -np.inf if is_max else 0
+    for i in range(kh):
+        t0, t1, h0 = _valid(nh, i + org_h, sh, H)
+        if t1 == t0:
+            continue
+        for j in range(kw):
+            u0, u1, w0 = _valid(nw, j + org_w, sw, W)
+            if u1 == u0:
+                continue
+            src = x[:, :, h0: h0 + (t1 - t0 - 1) * sh + 1: sh, w0: w0 + (u1 - u0 - 1) * sw + 1: sw]
+            o = out[:, :, t0:t1, u0:u1]
+            (np.maximum if is_max else np.add)(o, src, out=o)
+    if not is_max:
+        out *= 1.0 / (kh * kw)  # count_include_pad: padded zeros count in the average
+
+
+def _global_avgpool_run(ins, out, c: _Ctx, bufs) -> None:
+    x = ins[0]
+    np.sum(x, axis=(2, 3), out=out)
+    out *= 1.0 / (x.shape[2] * x.shape[3])
+
+
+def _batchnorm_run(ins, out, c: _Ctx, bufs) -> None:
+    x, scale, shift = ins
+    shape = (-1,) + (1,) * (x.ndim - 2)
+    np.multiply(x, scale.reshape(shape), out=out)
+    np.add(out, shift.reshape(shape), out=out)
+
+
+def _layernorm_scratch(c: _Ctx) -> list[tuple[Shape, np.dtype]]:
+    rows = c.bshape[:-1] + (1,)
+    return [(rows, c.dtype), (rows, c.dtype)]
+
+
+def _layernorm_run(ins, out, c: _Ctx, bufs) -> None:
+    x, gamma, beta = ins
+    mean, var = bufs
+    d = x.shape[-1]
+    np.sum(x, axis=-1, keepdims=True, out=mean)
+    mean *= 1.0 / d
+    np.subtract(x, mean, out=out)
+    # Sum of squares per row without a squared temporary of the block's size.
+    np.einsum("...i,...i->...", out, out, out=var[..., 0])
+    var *= 1.0 / d
+    var += float(c.attrs.get("eps", 1e-5))
+    np.sqrt(var, out=var)
+    np.divide(out, var, out=out)
+    out *= gamma
+    out += beta
+
+
+def _softmax_scratch(c: _Ctx) -> list[tuple[Shape, np.dtype]]:
+    ax = _axis(c.attrs.get("axis", -1), len(c.out_shape))
+    return [(tuple(1 if k == ax else d for k, d in enumerate(c.bshape)), c.dtype)]
+
+
+def _softmax_run(ins, out, c: _Ctx, bufs) -> None:
+    x = ins[0]
+    ax = _axis(c.attrs.get("axis", -1), x.ndim)
+    (m,) = bufs
+    np.max(x, axis=ax, keepdims=True, out=m)
+    np.subtract(x, m, out=out)
+    np.exp(out, out=out)
+    np.sum(out, axis=ax, keepdims=True, out=m)
+    np.divide(out, m, out=out)
+
+
+def _copy_into(out: np.ndarray, src: np.ndarray) -> None:
+    """Copy ``src`` (same number of elements, row-major order) into ``out``."""
+    v = _view_as(out, src.shape)
+    if v is not None:
+        np.copyto(v, src)
+    else:
+        np.copyto(out, src.reshape(out.shape))  # reshape copies: neither side has a viewable layout
+
+
+def _reshape_run(ins, out, c: _Ctx, bufs) -> None:
+    _copy_into(out, ins[0])
+
+
+def _transpose_run(ins, out, c: _Ctx, bufs) -> None:
+    np.copyto(out, np.transpose(ins[0], _perm(c.shapes[0], c.attrs)))
+
+
+def _concat_run(ins, out, c: _Ctx, bufs) -> None:
+    cat = _axis(c.attrs.get("axis", 0), out.ndim)
+    pos = 0
+    for a in ins:
+        if a is None:
+            continue
+        n = a.shape[cat]
+        idx = (slice(None),) * cat + (slice(pos, pos + n),)
+        np.copyto(out[idx], a)
+        pos += n
+
+
+def _embedding_run(ins, out, c: _Ctx, bufs) -> None:
+    ids, table = ins
+    if ids.dtype != np.int64 or not ids.flags.c_contiguous:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+    v = table.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= v):
+        raise IndexError(f"embedding ids must lie in [0, {v})")
+    # mode="clip" (ids were checked above) because mode="raise" buffers the whole output.
+    np.take(table, ids, axis=0, out=out, mode="clip")
+
+
+def _none(c: _Ctx) -> list[tuple[Shape, np.dtype]]:
+    return []
+
+
+# ============================================================================= registry
+@dataclass(frozen=True)
+class Kernel:
+    """The block kernel of one op.
+
+    Attributes
+    ----------
+    op : str
+    run : callable
+        ``run(inputs, out, ctx, buffers)``: the body, given inputs already cut to their regions
+        and the scratch buffers of ``scratch``. Call it through :func:`run`.
+    scratch : callable
+        ``scratch(ctx)`` -> list of ``(shape, dtype)`` buffers the body takes, in order.
+    contiguous_out : bool
+        Whether the body needs ``out`` C-contiguous (matmul-based ops).
+    """
+
+    op: str
+    run: Callable[..., None]
+    scratch: Callable[[_Ctx], list[tuple[Shape, np.dtype]]]
+    contiguous_out: bool = False
+
+
+KERNELS: dict[str, Kernel] = {
+    k.op: k
+    for k in (
+        Kernel("dense", _dense_run, _act_scratch, True),
+        Kernel("matmul", _matmul_run, _none, True),
+        Kernel("conv2d", _conv_run, _conv_scratch, True),
+        Kernel("relu", _unary_run, _none),
+        Kernel("relu6", _unary_run, _none),
+        Kernel("gelu", _unary_run, _act_scratch),
+        Kernel("sigmoid", _unary_run, _none),
+        Kernel("add", _binary_run, _act_scratch),
+        Kernel("mul", _binary_run, _none),
+        Kernel("maxpool2d", _pool_run, _none),
+        Kernel("avgpool2d", _pool_run, _none),
+        Kernel("global_avgpool", _global_avgpool_run, _none),
+        Kernel("batchnorm", _batchnorm_run, _none),
+        Kernel("layernorm", _layernorm_run, _layernorm_scratch),
+        Kernel("softmax", _softmax_run, _softmax_scratch),
+        Kernel("reshape", _reshape_run, _none),
+        Kernel("flatten", _reshape_run, _none),
+        Kernel("transpose", _transpose_run, _none),
+        Kernel("concat", _concat_run, _none),
+        Kernel("embedding", _embedding_run, _none),
+    )
+}
+
+
+def _kernel(op: str) -> Kernel:
+    try:
+        return KERNELS[op]
+    except KeyError:
+        raise ValueError(f"unknown op {op!r} (known: {', '.join(sorted(KERNELS))})") from None
+
+
+def _context(op, shapes, attrs, block, dtype) -> _Ctx:
+    _kernel(op)
+    attrs = dict(attrs or {})
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    out_shape = _infer(op, shapes, attrs)
+    b = as_block(block, out_shape)
+    if not _splittable(op, shapes, out_shape, attrs, b.axis):
+        full_range = b.start == 0 and b.stop == out_shape[b.axis]
+        if not full_range:
+            raise ValueError(f"{op} cannot be split along output axis {b.axis}")
+    bshape = tuple(b.length if k == b.axis else d for k, d in enumerate(out_shape))
+    regions = (_regions(op, shapes, out_shape, attrs, b) if b.length
+               else [None] * len(shapes))
+    if b.length and op in ("layernorm", "softmax", "reshape", "flatten") and not _splittable(
+            op, shapes, out_shape, attrs, b.axis):
+        regions = [_full(s) for s in shapes]  # the whole output as one block: read everything
+    return _Ctx(op, shapes, out_shape, b, bshape, regions, attrs, np.dtype(dtype))
+
+
+# =============================================================================== public API
+def output_shape(op: str, shapes: Sequence[Sequence[int]], attrs: Mapping[str, Any] | None = None) -> Shape:
+    """Full output shape of ``op`` on operands of ``shapes``.
+
+    Parameters
+    ----------
+    op : str
+        An op of the ``numamem-graph/1`` table.
+    shapes : sequence of sequence of int
+        Full operand shapes, in the op's order.
+    attrs : mapping, optional
+        The layer's attributes.
+
+    Returns
+    -------
+    tuple of int
+
+    Raises
+    ------
+    ValueError
+        If the op is unknown or the shapes and attributes do not fit it.
+
+    Examples
+    --------
+    >>> output_shape("conv2d", [(1, 3, 224, 224), (64, 3, 7, 7)], {"stride": 2, "padding": 3})
+    (1, 64, 112, 112)
+    """
+    _kernel(op)
+    return _infer(op, [tuple(int(d) for d in s) for s in shapes], attrs or {})
+
+
+def splittable(op: str, shapes: Sequence[Sequence[int]], attrs: Mapping[str, Any] | None, axis: int) -> bool:
+    """Whether the kernel of ``op`` computes blocks along output ``axis``.
+
+    Parameters
+    ----------
+    op : str
+    shapes : sequence of sequence of int
+        Full operand shapes.
+    attrs : mapping or None
+    axis : int
+        A non-negative axis of the full output.
+
+    Returns
+    -------
+    bool
+    """
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    out = output_shape(op, shapes, attrs)
+    return _splittable(op, shapes, out, attrs or {}, axis)
+
+
+def block_shape(op: str, shapes: Sequence[Sequence[int]], attrs: Mapping[str, Any] | None, block: Any) -> Shape:
+    """Shape of the ``out`` array a call computing ``block`` takes.
+
+    Parameters
+    ----------
+    op : str
+    shapes : sequence of sequence of int
+        Full operand shapes.
+    attrs : mapping or None
+    block : Block, mapping, tuple or None
+        See :func:`as_block`.
+
+    Returns
+    -------
+    tuple of int
+    """
+    return _context(op, shapes, attrs, block, np.float32).bshape
+
+
+def input_regions(op: str, shapes: Sequence[Sequence[int]], attrs: Mapping[str, Any] | None,
+                  block: Any) -> list[Region | None]:
+    """The part of each operand that computing ``block`` reads.
+
+    Parameters
+    ----------
+    op : str
+    shapes : sequence of sequence of int
+        Full operand shapes.
+    attrs : mapping or None
+    block : Block, mapping, tuple or None
+
+    Returns
+    -------
+    list of Region or None
+        Per operand, one ``(start, stop)`` pair per axis in full-tensor coordinates, or ``None``
+        for a concat operand the block does not read. An operand passed to :func:`run` may be cut
+        to exactly this region. For locality accounting, these are the bytes the block reads.
+
+    Examples
+    --------
+    >>> input_regions("dense", [(8, 64), (64, 128)], {}, Block(1, 0, 64))
+    [((0, 8), (0, 64)), ((0, 64), (0, 64))]
+    """
+    return list(_context(op, shapes, attrs, block, np.float32).regions)
+
+
+def _carve(ctx: _Ctx, specs) -> list[tuple[int, int]]:
+    """Byte offset and size of each scratch buffer (relative to a 64-byte aligned base)."""
+    out, off = [], 0
+    for shape, dt in specs:
+        n = math.prod(shape) * np.dtype(dt).itemsize
+        out.append((off, n))
+        off += -(-n // SCRATCH_ALIGN) * SCRATCH_ALIGN
+    return out
+
+
+def scratch_bytes(op: str, shapes: Sequence[Sequence[int]], attrs: Mapping[str, Any] | None, block: Any,
+                  dtype: Any = "float32") -> int:
+    """Bytes of scratch memory one call computing ``block`` needs (0 if none).
+
+    Parameters
+    ----------
+    op : str
+    shapes : sequence of sequence of int
+        Full operand shapes.
+    attrs : mapping or None
+    block : Block, mapping, tuple or None
+    dtype : dtype-like
+        The graph's dtype (the dtype of ``out``).
+
+    Returns
+    -------
+    int
+        Includes the slack that aligning the buffers to ``SCRATCH_ALIGN`` bytes may take, so any
+        ``uint8`` array of this size works wherever it starts.
+
+    Examples
+    --------
+    >>> scratch_bytes("conv2d", [(1, 64, 56, 56), (64, 64, 3, 3)], {"padding": 1}, None)
+    7225408
+    """
+    ctx = _context(op, shapes, attrs, block, dtype)
+    if not ctx.block.length:
+        return 0
+    specs = _kernel(op).scratch(ctx)
+    if not specs:
+        return 0
+    last_off, last_n = _carve(ctx, specs)[-1]
+    return last_off + last_n + SCRATCH_ALIGN
+
+
+def _restrict(a: np.ndarray | None, full: Shape, region: Region | None, what: str) -> np.ndarray | None:
+    if region is None:
+        return None
+    if a is None:
+        raise ValueError(f"{what} is None but the block reads it")
+    if a.shape == full:
+        return a[tuple(slice(lo, hi) for lo, hi in region)]
+    if a.shape == _region_shape(region):
+        return a
+    raise ValueError(f"{what} has shape {list(a.shape)}: neither the full {list(full)} nor the "
+                     f"block's region {list(_region_shape(region))}")
+
+
+def run(op: str, inputs: Sequence[np.ndarray | None], out: np.ndarray, attrs: Mapping[str, Any] | None = None,
+        block: Any = None, scratch: np.ndarray | None = None,
+        shapes: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """Compute ``block`` of layer ``op`` into ``out``.
+
+    Parameters
+    ----------
+    op : str
+        An op of the ``numamem-graph/1`` table.
+    inputs : sequence of ndarray
+        Operands in the op's order, each the full tensor or exactly its region
+        (:func:`input_regions`).
+    out : ndarray
+        The output block, shape :func:`block_shape`; written in place.
+    attrs : mapping, optional
+        The layer's attributes.
+    block : Block, mapping, tuple or None
+        The output range to compute (see :func:`as_block`); ``None``: the whole output.
+    scratch : ndarray of uint8, optional
+        At least :func:`scratch_bytes` bytes; ``None`` lets the kernel allocate its temporaries.
+    shapes : sequence of sequence of int, optional
+        Full operand shapes; default: the shapes of ``inputs`` (all given full).
+
+    Returns
+    -------
+    ndarray
+        ``out``.
+
+    Raises
+    ------
+    ValueError
+        If the op is unknown, the block cannot be computed on its own, shapes do not fit, or the
+        scratch array is too small.
+
+    Examples
+    --------
+    >>> x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    >>> w = np.eye(3, 4, dtype=np.float32)
+    >>> out = np.empty((2, 2), np.float32)
+    >>> run("dense", [x, w], out, block=Block(1, 1, 3))
+    array([[1., 2.],
+           [4., 5.]], dtype=float32)
+    """
+    kern = _kernel(op)
+    if shapes is None:
+        shapes = [a.shape for a in inputs]
+    if len(shapes) != len(inputs):
+        raise ValueError(f"{len(inputs)} inputs but {len(shapes)} shapes")
+    ctx = _context(op, shapes, attrs, block, out.dtype)
+    if tuple(out.shape) != ctx.bshape:
+        raise ValueError(f"{op}: out has shape {list(out.shape)}, the block needs {list(ctx.bshape)}")
+    if not ctx.block.length:
+        return out
+    ins = [_restrict(a, s, r, f"{op} operand {i}")
+           for i, (a, s, r) in enumerate(zip(inputs, ctx.shapes, ctx.regions))]
+    specs = kern.scratch(ctx)
+    bufs: list[np.ndarray] = []
+    if specs:
+        if scratch is None:
+            bufs = [np.empty(shape, dt) for shape, dt in specs]
+        else:
+            raw = scratch.reshape(-1).view(np.uint8)
+            base = (-raw.ctypes.data) % SCRATCH_ALIGN
+            for off, n in _carve(ctx, specs):
+                if base + off + n > raw.size:
+                    need = scratch_bytes(op, ctx.shapes, ctx.attrs, ctx.block, ctx.dtype)
+                    raise ValueError(f"{op}: scratch of {raw.size} bytes is too small, needs {need}")
+            bufs = [raw[base + off: base + off + n].view(dt).reshape(shape)
+                    for (off, n), (shape, dt) in zip(_carve(ctx, specs), specs)]
+    if kern.contiguous_out and not out.flags.c_contiguous:
+        tmp = np.empty(out.shape, out.dtype)
+        kern.run(ins, tmp, ctx, bufs)
+        np.copyto(out, tmp)
+    else:
+        kern.run(ins, out, ctx, bufs)
+    return out
+
+
+__all__ = [
+    "ACTIVATIONS", "Block", "CHUNK_ELEMENTS", "KERNELS", "Kernel", "Region", "SCRATCH_ALIGN",
+    "as_block", "block_shape", "input_regions", "output_shape", "run", "scratch_bytes", "splittable",
+]
