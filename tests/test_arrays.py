@@ -199,6 +199,40 @@ def test_pages_elsewhere_after_populate_is_an_error_and_unmaps(monkeypatch, node
     assert mapping_counter() == (1, 1)
 
 
+@pytest.mark.parametrize("nbytes", [1 << 20, 16 << 20])
+def test_sampled_misplacement_in_large_ranges(monkeypatch, node0, mapping_counter, nbytes):
+    # Large ranges are checked on a sample plus the kernel's strict walk; a sampled page off the
+    # node must still be an error naming how many pages are elsewhere.
+    real = _kernel.page_status
+
+    def spilled(addresses, target_node=None):
+        status = real(addresses, target_node)
+        status[-1] = node0 + 1
+        return status
+
+    monkeypatch.setattr(_kernel, "page_status", spilled)
+    with pytest.raises(NodeMemoryError, match="landed elsewhere"):
+        numamem.empty(nbytes, np.uint8, node=node0)
+    monkeypatch.undo()
+    assert mapping_counter() == (1, 1)
+
+
+def test_kernel_strict_check_failure_is_an_error(monkeypatch, node0, mapping_counter):
+    # mbind(MPOL_BIND, MPOL_MF_STRICT) fails with EIO when a page is off the node.
+    real = _kernel.bind_range
+
+    def strict_fails(address, length, policy, nodes=(), flags=0):
+        if flags & _kernel.MF_STRICT:
+            raise OSError(errno.EIO, "mbind: Input/output error")
+        return real(address, length, policy, nodes, flags)
+
+    monkeypatch.setattr(_kernel, "bind_range", strict_fails)
+    with pytest.raises(NodeMemoryError, match="landed elsewhere"):
+        numamem.empty(16 << 20, np.uint8, node=node0)
+    monkeypatch.undo()
+    assert mapping_counter() == (1, 1)
+
+
 def test_lazy_bind_leaves_pages_unfaulted(node0):
     array = numamem.empty(64 * 4096, np.uint8, node=node0, populate=False)
     status = numamem.page_nodes(array)

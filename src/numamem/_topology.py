@@ -192,18 +192,13 @@ def _read(path: Path, default: str | None = None) -> str:
         return default
 
 
+_MEMINFO = re.compile(r"^Node\s+\d+\s+(MemTotal|MemFree):\s+(\d+)\s*kB", re.MULTILINE)
+
+
 def _node_meminfo(node_dir: Path) -> tuple[int, int]:
-    total = free = 0
-    for line in _read(node_dir / "meminfo", "").splitlines():
-        # "Node 0 MemTotal:       24512345 kB"
-        match = re.match(r"Node\s+\d+\s+(MemTotal|MemFree):\s+(\d+)\s*kB", line)
-        if match:
-            value = int(match.group(2)) * 1024
-            if match.group(1) == "MemTotal":
-                total = value
-            else:
-                free = value
-    return total, free
+    # Lines look like "Node 0 MemTotal:       24512345 kB".
+    values = {key: int(kib) * 1024 for key, kib in _MEMINFO.findall(_read(node_dir / "meminfo", ""))}
+    return values.get("MemTotal", 0), values.get("MemFree", 0)
 
 
 def _hugepage_pools(node_dir: Path) -> dict:
