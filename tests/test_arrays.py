@@ -194,12 +194,12 @@ def test_pages_elsewhere_after_populate_is_an_error_and_unmaps(monkeypatch, node
 
     monkeypatch.setattr(_kernel, "page_status", spilled)
     with pytest.raises(NodeMemoryError, match="landed elsewhere"):
-        numamem.empty(1 << 20, np.uint8, node=node0)
+        numamem.empty(1 << 20, np.uint8, node=node0, pages="4k")  # a mapping of its own
     monkeypatch.undo()
     assert mapping_counter() == (1, 1)
 
 
-@pytest.mark.parametrize("nbytes", [1 << 20, 16 << 20])
+@pytest.mark.parametrize("nbytes", [(1 << 20) + 4096, 16 << 20])
 def test_sampled_misplacement_in_large_ranges(monkeypatch, node0, mapping_counter, nbytes):
     # Large ranges are checked on a sample plus the kernel's strict walk; a sampled page off the
     # node must still be an error naming how many pages are elsewhere.
@@ -371,7 +371,10 @@ def test_migrate_keeps_content(node0):
 def test_migrate_errors(node0):
     with pytest.raises(TypeError, match="asarray"):
         numamem.migrate(np.zeros(10), node0)
-    array = numamem.zeros(10, node=node0)
+    pooled = numamem.zeros(10, node=node0)
+    with pytest.raises(TypeError, match="pool"):
+        numamem.migrate(pooled, node0)
+    array = numamem.zeros(10, node=node0, pages="4k")
     with pytest.raises(ValueError, match="no such node"):
         numamem.migrate(array, 4242)
     with pytest.raises(TypeError):

@@ -12,11 +12,17 @@ import numamem
 from numamem import Region
 
 
-def test_base_chain_ends_in_the_region(node0):
-    array = numamem.zeros((4, 4), node=node0)
+# Small default arrays come from pools (tests/test_pools.py); pages="4k" or a size above the pool
+# limit gives an array a Region of its own, which these tests are about.
+OWN = dict(pages="4k")
+
+
+@pytest.mark.parametrize("kw, owner_type", [(OWN, Region), ({}, numamem.PoolAllocation)])
+def test_base_chain_ends_in_the_owner(node0, kw, owner_type):
+    array = numamem.zeros((4, 4), node=node0, **kw)
     assert isinstance(array.base, memoryview)
     region = array.base.obj
-    assert isinstance(region, Region) and numamem.owner(array) is region
+    assert isinstance(region, owner_type) and numamem.owner(array) is region
     assert numamem.owner(array[1:, ::2].T) is region
     assert numamem.owner(np.zeros(3)) is None
 
@@ -37,7 +43,7 @@ def test_slice_outlives_array_and_stays_readable(node0, mapping_counter):
 
 
 def test_each_mapping_released_exactly_once(node0, mapping_counter):
-    arrays = [numamem.zeros(1000 + i, node=node0) for i in range(50)]
+    arrays = [numamem.zeros(1000 + i, node=node0, **OWN) for i in range(50)]
     views = [a[::2] for a in arrays[:10]]
     assert mapping_counter() == (50, 0)
     del arrays
@@ -47,7 +53,7 @@ def test_each_mapping_released_exactly_once(node0, mapping_counter):
 
 
 def test_close_refuses_while_views_live(node0, mapping_counter):
-    array = numamem.zeros(100, node=node0)
+    array = numamem.zeros(100, node=node0, **OWN)
     region = numamem.owner(array)
     view = array[10:20]
     del array
@@ -116,7 +122,7 @@ def test_mmap_failure_is_oserror():
 
 
 def test_regions_freed_from_other_threads(node0, mapping_counter):
-    arrays = [numamem.zeros(5000, node=node0) for _ in range(20)]
+    arrays = [numamem.zeros(5000, node=node0, **OWN) for _ in range(20)]
     done = threading.Event()
 
     def drop():

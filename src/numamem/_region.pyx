@@ -8,13 +8,10 @@ keeps the mapping alive for as long as any view exists, ``close()`` refuses (``B
 one does, and the mapping is unmapped exactly once — by ``close()`` or by the last reference going.
 """
 from cpython.buffer cimport PyBUF_FORMAT
-from cpython.memoryview cimport PyMemoryView_FromObject
-from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject, PyTypeObject
 from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
-cimport numpy as cnp
-import numpy as np
+from numamem._ndarray cimport wrap_ndarray
 
 from numamem._libnuma cimport (
     MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_FAILED, MAP_HUGE_1GB,
@@ -24,17 +21,7 @@ from numamem._libnuma cimport (
 from numamem.errors import oserror
 
 import errno as _errno
-import operator
 import os
-
-cdef extern from "numpy/arrayobject.h":
-    # Declared here rather than taken from NumPy's pxd so the reference it steals from the
-    # descriptor is explicit at the call site.
-    PyObject *PyArray_NewFromDescr(PyTypeObject *subtype, cnp.PyArray_Descr *descr, int nd,
-                                   cnp.npy_intp *dims, cnp.npy_intp *strides, void *data,
-                                   int flags, PyObject *obj) except NULL
-
-cnp.import_array()
 
 cdef size_t BASE_PAGE = os.sysconf("SC_PAGE_SIZE")
 cdef char *BYTE_FORMAT = b"B"
@@ -228,40 +215,12 @@ cdef class Region:
         dtype : numpy.dtype
         order : {"C", "F"}
         offset : int
-            Byte offset of the first element (must respect the dtype's alignment for speed).
+            Byte offset of the first element.
         """
         self._check_open()
-        cdef cnp.dtype descr = np.dtype(dtype)
-        cdef tuple dims = tuple(operator.index(extent) for extent in shape)
-        cdef int nd = len(dims)
-        cdef cnp.npy_intp c_dims[64]
-        cdef size_t needed = descr.itemsize
-        cdef int i
-        cdef int flags = cnp.NPY_ARRAY_WRITEABLE
-        if nd > 64:
-            raise ValueError(f"at most 64 dimensions, not {nd}")
-        for i in range(nd):
-            if dims[i] < 0:
-                raise ValueError(f"negative dimension {dims[i]} in shape {dims}")
-            c_dims[i] = dims[i]
-            needed *= <size_t>dims[i]
-        if offset > self._size or needed > self._size - offset:
-            raise ValueError(
-                f"an array of {needed} bytes at offset {offset} does not fit the {self._size}-byte region")
-        if order == "F":
-            flags |= cnp.NPY_ARRAY_F_CONTIGUOUS
-        elif order != "C":
-            raise ValueError(f"order must be 'C' or 'F', not {order!r}")
-        export = PyMemoryView_FromObject(self)
-        # PyArray_NewFromDescr steals one reference to the descriptor.
-        Py_INCREF(descr)
-        cdef PyObject *raw = PyArray_NewFromDescr(
-            <PyTypeObject *>np.ndarray, <cnp.PyArray_Descr *>descr, nd, c_dims, NULL,
-            self._address + offset, flags, NULL)
-        cdef cnp.ndarray array = <cnp.ndarray>raw
-        Py_DECREF(array)  # the cast above took its own reference; drop the one returned
-        cnp.set_array_base(array, export)
-        return array
+        if offset > self._size:
+            raise ValueError(f"offset {offset} does not fit the {self._size}-byte region")
+        return wrap_ndarray(self, self._address + offset, self._size - offset, shape, dtype, order)
 
     def zero(self):
         """Write zeros over the caller's bytes (for memory that may have been used before)."""

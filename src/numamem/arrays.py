@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from numamem import _kernel, _topology
+from numamem._pool import PoolAllocation, get_pool
 from numamem._region import Region
 from numamem.errors import HugePageError, NodeMemoryError, PageSizeError, PlacementError
 
@@ -414,9 +415,26 @@ def _describe(req: _Request, kind: str) -> str:
     return f"{where}, pages={kind}"
 
 
-def _allocate(shape, dtype, order, req: _Request) -> np.ndarray:
+# Arrays up to this size come from the node's pool (see pools.py) when nothing about the request
+# needs a mapping of its own: no block split, default page kind, alignment the pool guarantees.
+POOL_MAX_BYTES = 1 << 20
+POOL_ALIGN = 64
+
+
+def _poolable(req: _Request, nbytes: int) -> bool:
+    return (nbytes <= POOL_MAX_BYTES and req.policy in ("bind", "preferred") and req.node is not None
+            and req.pages == ("auto",) and isinstance(req.align, int) and req.align <= POOL_ALIGN
+            and (req.populate or req.policy == "preferred"))
+
+
+def _allocate(shape, dtype, order, req: _Request, zero: bool = False) -> np.ndarray:
     topo = _topology.topology(refresh=False)
     nbytes = _nbytes(shape, dtype)
+    if _poolable(req, nbytes):
+        allocation = get_pool(req.node, req.policy).allocation(nbytes, zero)
+        allocation.info.update(request=req, pages="auto", alignment=POOL_ALIGN, shape=shape, dtype=dtype,
+                               order=order, blocks=(), description=_describe(req, "auto") + ", pooled")
+        return allocation.ndarray(shape, dtype, order)
     errors = []
     for kind in req.pages:
         try:
@@ -490,22 +508,25 @@ def empty(shape, dtype=float, order="C", *, node=None, nodes=None, axis=None, po
     >>> set(numamem.page_nodes(a)) == {0}
     True
     """
+    return _create(shape, dtype, order, node, nodes, axis, policy, align, pages, populate, zero=False)
+
+
+def _create(shape, dtype, order, node, nodes, axis, policy, align, pages, populate, zero):
     shape = _shape(shape)
     dtype = _dtype(dtype)
     order = _order(order)
     req = _request(node, nodes, axis, policy, align, pages, populate)
-    return _allocate(shape, dtype, order, req)
+    return _allocate(shape, dtype, order, req, zero)
 
 
-def zeros(shape, dtype=float, order="C", **placement_kw) -> np.ndarray:
+def zeros(shape, dtype=float, order="C", *, node=None, nodes=None, axis=None, policy="bind",
+          align=DEFAULT_ALIGN, pages="auto", populate=None) -> np.ndarray:
     """Return a new array of zeros placed as asked (see :func:`empty` for the keywords).
 
-    Fresh mappings are zero-filled by the kernel, so no extra pass is made over new memory.
+    Fresh mappings are zero-filled by the kernel, so no extra pass is made over them; memory
+    recycled by a pool is cleared explicitly (invariant 5).
     """
-    array = empty(shape, dtype, order, **placement_kw)
-    if owner(array).info.get("recycled"):
-        array[...] = 0
-    return array
+    return _create(shape, dtype, order, node, nodes, axis, policy, align, pages, populate, zero=True)
 
 
 def ones(shape, dtype=float, order="C", **placement_kw) -> np.ndarray:
@@ -589,14 +610,16 @@ def asarray(a, dtype=None, order="K", **placement_kw) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Inspecting and moving
 # --------------------------------------------------------------------------------------------
-def owner(array) -> Region | None:
-    """Return the :class:`numamem.Region` owning ``array``'s memory, or None for other memory.
+def owner(array) -> Region | PoolAllocation | None:
+    """Return the numamem owner of ``array``'s memory, or None for other memory.
 
-    Follows the ``.base`` chain (ndarray views, then the memoryview export of the region).
+    The owner is a :class:`numamem.Region` (a mapping of its own) or a
+    :class:`numamem.PoolAllocation` (a block of a node's pool). Follows the ``.base`` chain
+    (ndarray views, then the memoryview export of the owner).
     """
     obj = array
     while obj is not None:
-        if isinstance(obj, Region):
+        if isinstance(obj, (Region, PoolAllocation)):
             return obj
         if isinstance(obj, memoryview):
             obj = obj.obj
@@ -780,6 +803,11 @@ def migrate(array, node) -> np.ndarray:
     region = owner(array)
     if region is None:
         raise TypeError("migrate() moves numamem arrays; copy other arrays with numamem.asarray(a, node=...)")
+    if isinstance(region, PoolAllocation):
+        raise TypeError(
+            "this array is a block of a node pool, whose pages it shares with other arrays of that node; "
+            "copy it with numamem.asarray(a, node=...) or allocate it with populate/pages/align options "
+            "that give it a mapping of its own")
     node = _node_id(node, "node")
     topo = _topology.topology(refresh=False)
     _check_node(topo, node)

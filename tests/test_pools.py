@@ -1,0 +1,413 @@
+"""Per-node pools (with a fake chunk source and the kernel's) and the NEP 49 ``on_node`` scope."""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import os
+import queue
+import random
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import numamem
+from numamem import _pool
+from numamem.pools import handler_name, on_node
+
+from conftest import run_in_child
+
+SMALL_MAX = _pool.SMALL_MAX
+MIDDLE_MAX = _pool.MIDDLE_MAX
+
+
+def fake_pool(**kw):
+    return _pool.Pool(0, "bind", "fake", **kw)
+
+
+def write(address, nbytes, value):
+    ctypes.memset(address, value, nbytes)
+
+
+def read(address, nbytes):
+    return ctypes.string_at(address, nbytes)
+
+
+# ---- pool logic on a fake chunk source ------------------------------------------------------------
+def test_size_classes_are_64_byte_multiples_and_cover_small_sizes():
+    sizes = _pool.class_sizes()
+    assert sizes[0] == 64 and sizes[-1] == SMALL_MAX
+    assert all(s % 64 == 0 for s in sizes) and sizes == sorted(set(sizes))
+    pool = fake_pool()
+    for request in (1, 63, 64, 65, 300, 4095, 4097, 40000, SMALL_MAX):
+        address = pool.malloc(request)
+        usable = pool.usable_size(address)
+        assert address % 64 == 0 and usable >= request
+        # Four classes per doubling: at most 25% (plus the 64-byte floor) wasted.
+        assert usable <= max(64, request * 1.25 + 64)
+        pool.free(address)
+    assert pool.stats()["in_use"] == 0
+
+
+def test_freed_blocks_are_reused_per_class():
+    pool = fake_pool()
+    a = pool.malloc(100)
+    pool.free(a)
+    assert pool.malloc(120) == a  # same class
+    b = pool.malloc(3000)
+    assert b != a
+
+
+def test_runs_and_direct_mappings():
+    pool = fake_pool()
+    run = pool.malloc(SMALL_MAX + 1)
+    assert pool.usable_size(run) == 2 * SMALL_MAX and run % 65536 == 0
+    big = pool.malloc(MIDDLE_MAX + 1)
+    stats = pool.stats()
+    assert stats["direct"] == 1 and pool.usable_size(big) % _pool.CHUNK_BYTES == 0
+    pool.free(big)
+    assert pool.stats()["direct"] == 0
+    pool.free(run)
+    assert pool.malloc(SMALL_MAX + 100) == run  # run of the same length reused
+
+
+def test_calloc_zeroes_recycled_blocks():
+    pool = fake_pool()
+    for size in (64, 1000, 70000):
+        a = pool.malloc(size)
+        write(a, size, 0xAB)
+        pool.free(a)
+        b = pool.calloc(size, 1)
+        assert b == a and read(b, size) == bytes(size)
+        pool.free(b)
+    with pytest.raises(MemoryError):
+        pool.calloc(2**62, 16)  # nelem * elsize overflows
+
+
+def test_realloc_keeps_content_and_pool():
+    pool = fake_pool()
+    a = pool.malloc(100)
+    write(a, 100, 7)
+    assert pool.realloc(a, 110) == a  # fits its class
+    b = pool.realloc(a, 5000)
+    assert read(b, 100) == bytes([7]) * 100 and pool.usable_size(b) >= 5000
+    c = pool.realloc(b, 3 << 20)  # to a direct mapping
+    assert read(c, 100) == bytes([7]) * 100
+    d = pool.realloc(0, 10)  # NULL: a plain malloc
+    pool.free(c)
+    pool.free(d)
+    assert pool.stats()["in_use"] == 0 and pool.stats()["allocations"] == 0
+
+
+def test_exhausted_source_raises_node_memory_error():
+    pool = fake_pool(fake_chunk_limit=1)
+    pool.malloc(100)  # takes the only chunk (one granule of 32)
+    pool.malloc(SMALL_MAX * 16)  # sixteen more granules still fit it
+    with pytest.raises(numamem.NodeMemoryError) as info:
+        pool.malloc(SMALL_MAX * 16)  # needs a second chunk, which the source refuses
+    assert info.value.node == 0
+
+
+def test_unknown_addresses_are_refused():
+    pool = fake_pool()
+    buffer = ctypes.create_string_buffer(128)
+    with pytest.raises(ValueError, match="not allocated"):
+        pool.free(ctypes.addressof(buffer))
+    with pytest.raises(ValueError, match="not allocated"):
+        pool.usable_size(ctypes.addressof(buffer))
+
+
+def test_release_returns_empty_chunks_only():
+    pool = fake_pool()
+    keep = pool.malloc(100)
+    filler = [pool.malloc(SMALL_MAX * 16) for _ in range(3)]  # spills into further chunks
+    assert pool.stats()["chunks"] >= 2
+    for address in filler:
+        pool.free(address)
+    released = pool.release()
+    assert released >= _pool.CHUNK_BYTES and pool.stats()["chunks"] == 1
+    assert pool.malloc(90) != keep  # the live chunk still serves
+    pool.free(keep)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 3 * MIDDLE_MAX)), min_size=1, max_size=120))
+def test_live_blocks_never_overlap(operations):
+    pool = fake_pool()
+    live = {}
+    for allocate, size in operations:
+        if allocate or not live:
+            address = pool.malloc(size)
+            assert address % 64 == 0
+            live[address] = max(size, 1)
+        else:
+            address = sorted(live)[size % len(live)]
+            del live[address]
+            pool.free(address)
+        spans = sorted((a, a + pool.usable_size(a)) for a in live)
+        assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
+        assert pool.stats()["in_use"] == sum(pool.usable_size(a) for a in live)
+    for address in list(live):
+        pool.free(address)
+    assert pool.stats()["in_use"] == 0
+    pool.release()
+    assert pool.stats()["mapped"] == 0
+
+
+# ---- kernel pools, numamem arrays ----------------------------------------------------------------
+def test_small_arrays_come_from_the_nodes_pool(node0):
+    before = _pool.get_pool(node0).stats()["in_use"]
+    a = numamem.zeros(1000, np.float64, node=node0)
+    owner = numamem.owner(a)
+    assert isinstance(owner, numamem.PoolAllocation) and owner.pool.node == node0
+    assert set(numamem.page_nodes(a).tolist()) == {node0}
+    info = numamem.placement(a)
+    assert info.bytes_per_node == {node0: a.nbytes} and info.policy == "bind"
+    assert info.requested["node"] == node0
+    assert _pool.get_pool(node0).stats()["in_use"] > before
+    del a, owner, info
+    gc.collect()
+    assert _pool.get_pool(node0).stats()["in_use"] == before
+
+
+def test_pool_allocation_ownership(node0):
+    pool = _pool.get_pool(node0)
+    before = pool.stats()["in_use"]
+    a = numamem.ones(100, node=node0)
+    owner = numamem.owner(a)
+    view = a[10:20]
+    del a
+    with pytest.raises(BufferError):
+        owner.close()
+    assert view.sum() == 10
+    del view
+    gc.collect()
+    owner.close()
+    owner.close()
+    assert pool.stats()["in_use"] == before
+
+
+def test_pooled_zeros_are_zero_after_reuse(node0):
+    for _ in range(5):
+        dirty = numamem.empty(777, np.uint8, node=node0)
+        dirty[:] = 255
+        del dirty
+        assert not numamem.zeros(777, np.uint8, node=node0).any()
+
+
+def test_preferred_pool_is_separate(node0):
+    a = numamem.empty(64, node=node0, policy="preferred")
+    b = numamem.empty(64, node=node0)
+    assert numamem.owner(a).pool is not numamem.owner(b).pool
+    assert numamem.placement(a).policy == "preferred" and numamem.placement(b).policy == "bind"
+    # Different policies never share a page (invariant 2).
+    page = 4096
+    assert numamem.owner(a).address // page != numamem.owner(b).address // page
+
+
+# ---- on_node -----------------------------------------------------------------------------------
+def test_on_node_places_numpy_allocations(node0):
+    pool = _pool.get_pool(node0)
+    before = pool.stats()["in_use"]
+    with on_node(node0) as scoped:
+        assert scoped is pool
+        x = np.arange(100_000, dtype=np.float64)
+        y = np.sort(x * 2 + 1)
+        z = np.dot(x, x)
+    assert handler_name(x) == handler_name(y) == f"numamem_node{node0}_bind"
+    assert handler_name() == "default_allocator"
+    assert set(numamem.page_nodes(y).tolist()) == {node0}
+    assert pool.stats()["in_use"] > before
+    del x, y, z
+    gc.collect()
+    assert pool.stats()["in_use"] == before
+
+
+def test_on_node_nesting_restores_exactly(node0):
+    assert handler_name() == "default_allocator"
+    with on_node(node0):
+        with on_node(node0, policy="preferred"):
+            assert handler_name() == f"numamem_node{node0}_preferred"
+            with on_node(node0):
+                assert handler_name() == f"numamem_node{node0}_bind"
+            assert handler_name() == f"numamem_node{node0}_preferred"
+        assert handler_name() == f"numamem_node{node0}_bind"
+    assert handler_name() == "default_allocator"
+    with pytest.raises(RuntimeError):
+        with on_node(node0):
+            raise RuntimeError("inside")
+    assert handler_name() == "default_allocator"
+
+
+def test_on_node_validates(node0):
+    with pytest.raises(ValueError, match="no such node"):
+        with on_node(4242):
+            pass
+    with pytest.raises(ValueError, match="policy"):
+        with on_node(node0, policy="interleave"):
+            pass
+    with pytest.raises(TypeError):
+        with on_node("0"):
+            pass
+
+
+def test_on_node_is_per_thread(node0):
+    # Two threads in different scopes at the same time each get their own pool; a thread started
+    # inside a scope starts with NumPy's default.
+    results = {}
+    barrier = threading.Barrier(2)
+
+    def worker(policy):
+        with on_node(node0, policy=policy):
+            barrier.wait()
+            array = np.ones(10_000)
+            barrier.wait()
+            results[policy] = handler_name(array)
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in ("bind", "preferred")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {"bind": f"numamem_node{node0}_bind", "preferred": f"numamem_node{node0}_preferred"}
+    seen = []
+    with on_node(node0):
+        t = threading.Thread(target=lambda: seen.append(handler_name(np.ones(3))))
+        t.start()
+        t.join()
+    assert seen == ["default_allocator"]
+
+
+def test_on_node_is_per_asyncio_task(node0):
+    async def task(policy, started, release):
+        with on_node(node0, policy=policy):
+            started.set()
+            await release.wait()
+            return handler_name(np.ones(100))
+
+    async def main():
+        events = [asyncio.Event() for _ in range(3)]
+        a = asyncio.create_task(task("bind", events[0], events[2]))
+        b = asyncio.create_task(task("preferred", events[1], events[2]))
+        await events[0].wait()
+        await events[1].wait()
+        outside = handler_name(np.ones(100))
+        events[2].set()
+        return await a, await b, outside
+
+    assert asyncio.run(main()) == (f"numamem_node{node0}_bind", f"numamem_node{node0}_preferred",
+                                   "default_allocator")
+
+
+def test_arrays_freed_outside_and_in_other_threads(node0):
+    pool = _pool.get_pool(node0)
+    before = pool.stats()["in_use"]
+    with on_node(node0):
+        arrays = [np.full(n, 1.5) for n in (1, 100, 10_000, 200_000, 400_000)]
+    handoff = queue.Queue()
+    handoff.put(arrays)
+    del arrays
+    t = threading.Thread(target=lambda: handoff.get().clear())
+    t.start()
+    t.join()
+    gc.collect()
+    assert pool.stats()["in_use"] == before
+
+
+def test_resize_keeps_node_and_content(node0):
+    with on_node(node0):
+        a = np.arange(1000, dtype=np.int64)
+    a.resize(300_000, refcheck=False)  # NumPy reallocates through the array's own handler
+    assert handler_name(a) == f"numamem_node{node0}_bind"
+    np.testing.assert_array_equal(a[:1000], np.arange(1000))
+    assert not a[1000:].any()
+    assert set(numamem.page_nodes(a).tolist()) == {node0}
+
+
+def test_on_node_zeros_from_recycled_memory(node0):
+    with on_node(node0):
+        for _ in range(5):
+            dirty = np.empty(5000)
+            dirty.fill(3.0)
+            del dirty
+            assert not np.zeros(5000).any()
+
+
+def test_forked_child_allocates_from_pools(node0):
+    with on_node(node0):
+        parent = np.ones(1000)
+
+    def child():
+        with on_node(node0):
+            a = np.arange(50_000.0)
+            assert handler_name(a) == f"numamem_node{node0}_bind"
+        assert float(parent.sum()) == 1000.0
+        b = numamem.zeros(100, node=node0)
+        assert not b.any()
+
+    status = run_in_child(child)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_release_pools_and_stats(node0):
+    stats = numamem.pool_stats()
+    assert (node0, "bind") in stats and set(stats[(node0, "bind")]) >= {"in_use", "mapped", "cached"}
+    released = numamem.release_pools()
+    assert released >= 0
+    after = numamem.pool_stats()[(node0, "bind")]
+    assert after["mapped"] >= after["in_use"]
+
+
+def test_stress_threads_random_sizes_cross_thread_frees(node0, stress):
+    rounds = 4000 if stress else 400
+    pool = _pool.get_pool(node0)
+    gc.collect()
+    before = pool.stats()["in_use"]
+    handoff = queue.Queue()
+    errors = []
+
+    def worker(seed):
+        rng = random.Random(seed)
+        mine = []
+        try:
+            with on_node(node0):
+                for i in range(rounds):
+                    size = rng.choice([rng.randint(1, 512), rng.randint(1, 70_000), rng.randint(1, 300_000)])
+                    if rng.random() < 0.2:
+                        z = np.zeros(size, np.uint8)
+                        assert not z.any()
+                        mine.append((z, 0))
+                    else:
+                        a = np.empty(size, np.uint8)
+                        value = (seed * 31 + i) % 251
+                        a.fill(value)
+                        mine.append((a, value))
+                    if len(mine) > 20:
+                        array, value = mine.pop(rng.randrange(len(mine)))
+                        assert np.all(array == value), "a block was overwritten while live"
+                        if rng.random() < 0.5:
+                            handoff.put((array, value))  # freed by another thread
+                        del array
+                    try:
+                        other, value = handoff.get_nowait()
+                        assert np.all(other == value)
+                        del other
+                    except queue.Empty:
+                        pass
+            for array, value in mine:
+                assert np.all(array == value)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    while not handoff.empty():
+        handoff.get_nowait()
+    gc.collect()
+    assert not errors, errors[0]
+    assert pool.stats()["in_use"] == before
