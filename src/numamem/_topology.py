@@ -317,6 +317,9 @@ def topology(refresh: bool = True) -> Topology:
     True
     """
     global _cached
+    snapshot = _cached
+    if not refresh and snapshot is not None:
+        return snapshot  # the hot path of every allocation: no lock for a read of one reference
     with _cache_lock:
         if refresh or _cached is None:
             _cached = read_topology()

@@ -49,6 +49,8 @@ _NO_NODE = object()
 # Argument validation: every check runs before anything is mapped.
 # --------------------------------------------------------------------------------------------
 def _shape(shape) -> tuple[int, ...]:
+    if type(shape) is int and shape >= 0:
+        return (shape,)
     if isinstance(shape, (bool, np.bool_)):
         raise TypeError(f"shape must be an int or a sequence of ints, not {shape!r}")
     try:
@@ -79,10 +81,13 @@ def _dtype(dtype) -> np.dtype:
     return descr
 
 
+_MAX_BYTES = np.iinfo(np.intp).max
+
+
 def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
     count = math.prod(shape)
     nbytes = count * dtype.itemsize
-    if nbytes > np.iinfo(np.intp).max:
+    if nbytes > _MAX_BYTES:
         raise ValueError(f"shape {shape} of {dtype} needs {nbytes} bytes, more than this platform can address")
     return nbytes
 
@@ -149,7 +154,29 @@ class _Request:
     populate: bool
 
 
+_REQUEST_CACHE: dict = {}
+
+
 def _request(node, nodes, axis, policy, align, pages, populate) -> _Request:
+    """Validate a placement request, memoised per topology snapshot (validation is pure)."""
+    topo = _topology.topology(refresh=False)
+    try:
+        key = (node, None if nodes is None else tuple(nodes), axis, policy, align,
+               pages if isinstance(pages, str) else tuple(pages), populate)
+        cached = _REQUEST_CACHE.get(key)
+    except TypeError:  # unhashable or non-iterable arguments: validate to name the problem
+        key = cached = None
+    if cached is not None and cached[0] is topo:
+        return cached[1]
+    req = _validate_request(node, nodes, axis, policy, align, pages, populate)
+    if key is not None:
+        if len(_REQUEST_CACHE) > 256:
+            _REQUEST_CACHE.clear()
+        _REQUEST_CACHE[key] = (topo, req)
+    return req
+
+
+def _validate_request(node, nodes, axis, policy, align, pages, populate) -> _Request:
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
     topo = _topology.topology(refresh=False)
@@ -432,8 +459,7 @@ def _allocate(shape, dtype, order, req: _Request, zero: bool = False) -> np.ndar
     nbytes = _nbytes(shape, dtype)
     if _poolable(req, nbytes):
         allocation = get_pool(req.node, req.policy).allocation(nbytes, zero)
-        allocation.info.update(request=req, pages="auto", alignment=POOL_ALIGN, shape=shape, dtype=dtype,
-                               order=order, blocks=(), description=_describe(req, "auto") + ", pooled")
+        allocation.info = {"request": req, "pages": "auto", "alignment": POOL_ALIGN, "shape": shape}
         return allocation.ndarray(shape, dtype, order)
     errors = []
     for kind in req.pages:
