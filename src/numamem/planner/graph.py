@@ -203,8 +203,9 @@ class Graph:
                 raise GraphError(f"tensor {t.name!r}: no layer produces it")
 
     # ------------------------------------------------------------------ queries
-    def tensor(self, name: str) -> Tensor:
-        """The tensor called ``name`` (``KeyError`` naming it if there is none)."""
+    def tensor(self, name: "str | Tensor") -> Tensor:
+        """The tensor called ``name`` (or of the same name as a given tensor); ``KeyError`` if none."""
+        name = name.name if isinstance(name, Tensor) else name
         try:
             return self.tensors[name]
         except KeyError:
@@ -288,7 +289,7 @@ class Graph:
         1) gives 9.1875 MiB.
         """
         live = self.lifetimes() if live is None else live
-        steps = np.zeros(len(self.layers) + 1, dtype=np.int64)
+        steps = np.zeros(len(self.layers) + 2, dtype=np.int64)
         for name in self.activations:
             a, b = live[name]
             steps[a] += self.nbytes(name)

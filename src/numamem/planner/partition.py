@@ -72,6 +72,7 @@ class Layout:
 
     @property
     def nodes(self) -> list[int]:
+        """Node of each part, in order."""
         return [n for n, _ in self.parts]
 
     @property
@@ -96,14 +97,17 @@ def split_bounds(extent: int, parts: int) -> list[tuple[int, int]]:
 
 
 def full_region(shape: Sequence[int]) -> Region:
+    """The region covering all of a tensor of ``shape``."""
     return tuple((0, int(d)) for d in shape)
 
 
 def region_on(shape: Sequence[int], axis: int, lo: int, hi: int) -> Region:
+    """The region ``[lo, hi)`` along ``axis`` and everything along the other axes."""
     return tuple((lo, hi) if k == axis else (0, int(d)) for k, d in enumerate(shape))
 
 
 def volume(region: Region) -> int:
+    """Number of elements in ``region``."""
     return math.prod(max(0, b - a) for a, b in region)
 
 
@@ -220,6 +224,8 @@ class Partitioner:
                     parts = [(n, region_on(out_shape, k, a, b))
                              for n, (a, b) in zip(self.nodes, split_bounds(out_shape[k], len(self.nodes))) if b > a]
                     cands.append((k, parts))
+        if self.batch_axis_only and cands:
+            return cands  # the consistent pattern: whole-layer placement only where it cannot split
         for n in self.nodes:
             cands.append((None, [(n, full_region(out_shape))]))
         return cands

@@ -203,6 +203,18 @@ class Plan:
         """Blocks in ``node``'s arena."""
         return [b for b in self.blocks if b.node == node]
 
+    def block_index(self, block: Block) -> tuple[slice, ...]:
+        """NumPy index of ``block``'s part of its tensor (``tensor[plan.block_index(b)]``).
+
+        Examples
+        --------
+        >>> import numamem.models
+        >>> p = plan(numamem.models.get("mlp", batch=8, features=(4, 2)), nodes=[0, 1])
+        >>> p.block_index(p.blocks_of("x")[1])
+        (slice(4, 8, None), slice(0, 4, None))
+        """
+        return tuple(slice(a, b) for a, b in _block_region(block, self.tensors[block.tensor]))
+
     @property
     def remote_bytes(self) -> int:
         """Total bytes read across nodes in one pass."""
@@ -361,6 +373,18 @@ class Plan:
                 )
                 for b in d["blocks"]
             ]
+            # Plans written by other tools may carry only the required fields: infer what the
+            # page rule implies (blocks of a tensor on several nodes reserve whole pages) and lay
+            # the arenas out back to back.
+            page, align = int(d["page_size"]), int(d.get("alignment", 1))
+            spread = {}
+            for b in blocks:
+                spread.setdefault(b.tensor, set()).add(b.node if b.slice is not None else -1)
+            for b, raw in zip(blocks, d["blocks"]):
+                if "reserved" not in raw:
+                    multi = len(spread[b.tensor] - {-1}) > 1
+                    b.reserved = _round_up(max(b.size, 1), page if multi else align)
+                    b.page_aligned = multi
             arenas = [
                 Arena(node=int(a["node"]), size=int(a["size"]), lower_bound=int(a["lower_bound"]),
                       **{k: int(a[k]) for k in ("peak", "base", "page_padding", "block_padding",
@@ -370,6 +394,11 @@ class Plan:
             if not any("peak" in a for a in d["arenas"]):
                 for a in arenas:
                     a.peak = max((b.offset + b.reserved for b in blocks if b.node == a.node), default=0)
+                    a.page_padding = a.size - a.peak
+            if not any("base" in a for a in d["arenas"]):
+                base = 0
+                for a in arenas:
+                    a.base, base = base, base + a.size
             layers = [
                 LayerPlan(name=l["name"], step=int(l["step"]), axis=None if l.get("axis") is None else int(l["axis"]),
                           local_bytes=int(l["local_bytes"]), remote_bytes=int(l["remote_bytes"]),
@@ -382,7 +411,7 @@ class Plan:
                 for n, t in d.get("tensors", {}).items()
             }
             return cls(graph=d["graph"], nodes=[int(n) for n in d["nodes"]], page_size=int(d["page_size"]),
-                       arenas=arenas, blocks=blocks, layers=layers, alignment=int(d.get("alignment", 1)),
+                       arenas=arenas, blocks=blocks, layers=layers, alignment=align,
                        steps=int(d.get("steps", len(layers))), tensors=tensors, info=dict(d.get("info", {})))
         except (KeyError, TypeError, IndexError, AttributeError) as exc:
             raise ValueError(f"plan: malformed numamem-plan/1 document ({type(exc).__name__}: {exc})") from None
@@ -550,7 +579,7 @@ def _check_traffic(p: Plan, graph: Graph) -> list[str]:
     for b in p.blocks:
         blocks_of.setdefault(b.tensor, []).append(b)
     if [l.name for l in p.layers] != [l.name for l in graph.layers] or [l.step for l in p.layers] != list(range(len(graph.layers))):
-        return [f"plan layers do not follow the graph's execution order"]
+        return ["plan layers do not follow the graph's execution order"]
     for lp in p.layers:
         local, remote, _ = _layer_traffic(graph, lp.step, blocks_of, infos, lp.axis)
         if (local, remote) != (lp.local_bytes, lp.remote_bytes):
@@ -664,11 +693,20 @@ def plan(
     Examples
     --------
     >>> import numamem.models
-    >>> p = plan(numamem.models.get("resnet50", batch=2), nodes=[0, 1])
+    >>> g = numamem.models.get("resnet50", batch=2)
+    >>> p = plan(g, nodes=[0, 1], batch_axis_only=True)
     >>> {l.axis for l in p.layers}, p.remote_bytes
     ({0}, 0)
     >>> all(a.peak == a.lower_bound for a in p.arenas)
     True
+
+    Without ``batch_axis_only`` the cost model splits the weight-bound last stage by output
+    channel instead (each node then reads half of those weights, at the price of some remote
+    reads of activations):
+
+    >>> p = plan(g, nodes=[0, 1])
+    >>> sorted({l.axis for l in p.layers}), p.remote_bytes > 0
+    ([0, 1], True)
     """
     if not isinstance(graph, Graph):
         raise TypeError(f"graph must be a numamem.planner.Graph, not {type(graph).__name__}")
