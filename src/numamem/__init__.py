@@ -17,6 +17,7 @@ from numamem.arrays import (
 from numamem.errors import (
     HugePageError, NodeMemoryError, NumaUnavailableError, PageSizeError, PlacementError,
 )
+from numamem.planner import Graph, GraphBuilder, GraphError, Plan, PlanError, load_graph, plan
 from numamem.pools import on_node, pool_stats, release_pools
 from numamem.threads import ThreadBinding, bind_thread
 from numamem._topology import HugePagePool, Node, Topology, topology
@@ -25,5 +26,8 @@ __all__ = [
     "__version__", "Region", "Pool", "PoolAllocation", "on_node", "pool_stats", "release_pools", "ArrayBlock", "Placement", "asarray", "blocks", "empty", "empty_like",
     "full", "full_like", "migrate", "ones", "ones_like", "owner", "page_nodes", "placement", "zeros",
     "zeros_like", "HugePageError", "NodeMemoryError", "NumaUnavailableError", "PageSizeError",
-    "PlacementError", "ThreadBinding", "bind_thread", "HugePagePool", "Node", "Topology", "topology",
+    "PlacementError", "Graph", "GraphBuilder", "GraphError", "Plan", "PlanError", "load_graph", "plan",
+    "ThreadBinding", "bind_thread", "HugePagePool", "Node", "Topology", "topology",
 ]
+
+from numamem import models  # noqa: E402  (built-in layer graphs: numamem.models.get)
