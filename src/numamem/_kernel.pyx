@@ -95,43 +95,33 @@ def bind_range(uintptr_t address, size_t length, str policy, nodes=(), unsigned 
         raise oserror(err, f"mbind({policy}, nodes={list(nodes)}, {length} bytes)")
 
 
-def range_policy(uintptr_t address):
-    """Return ``(policy, nodes)`` in force for the page at ``address`` (``get_mempolicy(MPOL_F_ADDR)``)."""
+cdef tuple _get_policy(void *address, unsigned flags, str call):
     cdef int words = _mask_words()
     cdef unsigned long *mask = _make_mask((), words)
     cdef int mode = 0
     cdef long rc
     cdef int err = 0
     with nogil:
-        rc = get_mempolicy(&mode, mask, words * BITS_PER_WORD + 1, <void *>address, MPOL_F_ADDR)
+        rc = get_mempolicy(&mode, mask, words * BITS_PER_WORD + 1, address, flags)
         if rc != 0:
             err = errno
     try:
         if rc != 0:
-            raise oserror(err, "get_mempolicy(MPOL_F_ADDR)")
+            raise oserror(err, call)
         # High bits carry mode flags (MPOL_F_STATIC_NODES etc.); the mode is the low byte.
         return POLICY_NAMES.get(mode & 0xFF, f"mode-{mode & 0xFF}"), _mask_nodes(mask, words)
     finally:
         free(mask)
 
 
+def range_policy(uintptr_t address):
+    """Return ``(policy, nodes)`` in force for the page at ``address`` (``get_mempolicy(MPOL_F_ADDR)``)."""
+    return _get_policy(<void *>address, MPOL_F_ADDR, "get_mempolicy(MPOL_F_ADDR)")
+
+
 def thread_policy():
     """Return ``(policy, nodes)`` of the calling thread (``get_mempolicy`` with no address)."""
-    cdef int words = _mask_words()
-    cdef unsigned long *mask = _make_mask((), words)
-    cdef int mode = 0
-    cdef long rc
-    cdef int err = 0
-    with nogil:
-        rc = get_mempolicy(&mode, mask, words * BITS_PER_WORD + 1, NULL, 0)
-        if rc != 0:
-            err = errno
-    try:
-        if rc != 0:
-            raise oserror(err, "get_mempolicy()")
-        return POLICY_NAMES.get(mode & 0xFF, f"mode-{mode & 0xFF}"), _mask_nodes(mask, words)
-    finally:
-        free(mask)
+    return _get_policy(NULL, 0, "get_mempolicy()")
 
 
 def set_thread_policy(str policy, nodes=()):

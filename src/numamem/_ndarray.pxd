@@ -1,1 +1,17 @@
+cdef class BufferOwner:
+    # The memory an owner exports: [_address, _address + _size). Subclasses map and free it.
+    cdef char *_address
+    cdef size_t _size
+    cdef Py_ssize_t _exports
+    cdef bint _closed
+    cdef Py_ssize_t _shape[1]
+    cdef Py_ssize_t _strides[1]
+    cdef public dict info
+    cdef object __weakref__
+
+    cdef void _set_memory(self, char *address, size_t size)
+    cdef int _check_open(self) except -1
+    cdef int _check_no_exports(self) except -1
+
+
 cdef object wrap_ndarray(object exporter, char *data, size_t available, object shape, object dtype, str order)

@@ -1,1 +1,18 @@
-# Cython-only module: wrap_ndarray is a cdef function used by _region and _pool.
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+class BufferOwner:
+    """Base of numamem's memory owners (Region, PoolAllocation)."""
+    info: dict[str, Any]
+    def __buffer__(self, flags: int) -> memoryview: ...
+    def ndarray(self, shape: tuple[int, ...], dtype: npt.DTypeLike, order: str = ..., offset: int = ...) -> np.ndarray: ...
+    @property
+    def address(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def exports(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...

@@ -1,8 +1,11 @@
-"""Building ndarrays over memory that an owner object exports through the buffer protocol.
+"""Owners of numamem memory and the ndarrays built over them.
 
-One function shared by every owner type (regions, pool allocations): the array's ``.base`` is a
-``memoryview`` of the owner, so the owner's export count says whether any view is alive.
+:class:`BufferOwner` is the base of every owner type (regions, pool allocations). It exports its
+bytes through the buffer protocol and counts the exports; every array numamem returns has a
+``memoryview`` of its owner as ``.base``, so the count says whether any array or view is alive, and
+an owner refuses to free its memory (``BufferError``) until it is zero.
 """
+from cpython.buffer cimport PyBUF_FORMAT
 from cpython.memoryview cimport PyMemoryView_FromObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject, PyTypeObject
 
@@ -18,6 +21,96 @@ cdef extern from "numpy/arrayobject.h":
                                    int flags, PyObject *obj) except NULL
 
 cnp.import_array()
+
+cdef char *BYTE_FORMAT = b"B"
+
+
+cdef class BufferOwner:
+    """Base of numamem's memory owners: exports ``nbytes`` bytes at ``address``, writable."""
+
+    def __cinit__(self, *args, **kwargs):
+        # Subclasses' constructor arguments reach every __cinit__ of the hierarchy: accept them.
+        self._address = NULL
+        self._closed = True
+        self.info = {}
+
+    cdef void _set_memory(self, char *address, size_t size):
+        self._address = address
+        self._size = size
+        self._shape[0] = size
+        self._strides[0] = 1
+        self._closed = False
+
+    cdef int _check_open(self) except -1:
+        if self._closed:
+            raise ValueError(f"operation on a closed {type(self).__name__}")
+        return 0
+
+    cdef int _check_no_exports(self) except -1:
+        if self._exports:
+            raise BufferError(
+                f"cannot close {type(self).__name__}: {self._exports} exported buffer(s) "
+                "(arrays or views) still use it")
+        return 0
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        self._check_open()
+        buffer.buf = self._address
+        buffer.obj = self
+        buffer.len = self._size
+        buffer.readonly = 0
+        buffer.itemsize = 1
+        buffer.format = BYTE_FORMAT if (flags & PyBUF_FORMAT) else NULL
+        buffer.ndim = 1
+        buffer.shape = self._shape
+        buffer.strides = self._strides
+        buffer.suboffsets = NULL
+        buffer.internal = NULL
+        self._exports += 1
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        self._exports -= 1
+
+    def ndarray(self, shape, dtype, str order="C", size_t offset=0):
+        """Return an ndarray over the owner's bytes starting at ``offset``.
+
+        The array's ``.base`` is a ``memoryview`` of this owner: that buffer export keeps the
+        memory alive while the array or any view of it exists (``close()`` refuses until then).
+
+        Parameters
+        ----------
+        shape : tuple of int
+            Non-negative extents; their product times the item size must fit.
+        dtype : numpy.dtype
+        order : {"C", "F"}
+        offset : int
+            Byte offset of the first element.
+        """
+        self._check_open()
+        if offset > self._size:
+            raise ValueError(f"offset {offset} does not fit the {self._size}-byte {type(self).__name__}")
+        return wrap_ndarray(self, self._address + offset, self._size - offset, shape, dtype, order)
+
+    @property
+    def address(self):
+        """Address of the first byte (an ``int``)."""
+        self._check_open()
+        return <size_t>self._address
+
+    @property
+    def nbytes(self):
+        """Bytes the caller asked for."""
+        return self._size
+
+    @property
+    def exports(self):
+        """Number of live buffer exports (arrays and memoryviews built on this owner)."""
+        return self._exports
+
+    @property
+    def closed(self):
+        """True once the memory is given back."""
+        return self._closed
 
 
 cdef object wrap_ndarray(object exporter, char *data, size_t available, object shape, object dtype, str order):

@@ -1,3 +1,4 @@
+from numamem._ndarray import BufferOwner
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ class Pool:
     def handler(self) -> Any: ...
     def allocation(self, size: int, zero: bool = ...) -> PoolAllocation: ...
 
-class PoolAllocation:
+class PoolAllocation(BufferOwner):
     pool: Pool
     info: dict[str, Any]
     def __buffer__(self, flags: int) -> memoryview: ...

@@ -21,7 +21,6 @@ the GIL, so allocation from NumPy (GIL held) cannot deadlock with another thread
 runs under the pool mutex; it makes system calls only. ``pthread_atfork`` takes every pool lock
 before ``fork()`` and releases them in both processes, so a child finds consistent pools.
 """
-from cpython.buffer cimport PyBUF_FORMAT
 from cpython.pycapsule cimport PyCapsule_New
 from libc.stdint cimport uint8_t, uintptr_t
 from libc.stdlib cimport calloc as c_calloc, free as c_free
@@ -32,7 +31,7 @@ from numamem._libnuma cimport (
     MPOL_PREFERRED, PROT_READ, PROT_WRITE, errno, madvise, mbind, mmap, move_pages, munmap,
     numa_max_possible_node,
 )
-from numamem._ndarray cimport wrap_ndarray
+from numamem._ndarray cimport BufferOwner
 
 cimport numpy as cnp
 import numpy as np
@@ -788,21 +787,13 @@ def pools():
     return dict(_POOLS)
 
 
-cdef class PoolAllocation:
+cdef class PoolAllocation(BufferOwner):
     """The owner of a block carved from a :class:`Pool` (the root of an array's ``.base`` chain).
 
     Exports its bytes through the buffer protocol like :class:`numamem.Region`; returns the block to
     its pool exactly once, when the last export and reference are gone (or at ``close()``).
     """
-    cdef char *_address
-    cdef size_t _size
-    cdef Py_ssize_t _exports
-    cdef bint _closed
-    cdef Py_ssize_t _shape[1]
-    cdef Py_ssize_t _strides[1]
     cdef readonly Pool pool
-    cdef public dict info
-    cdef object __weakref__
 
     @staticmethod
     cdef PoolAllocation _create(Pool pool, size_t size, bint zero):
@@ -814,18 +805,9 @@ cdef class PoolAllocation:
             pool._raise_exhausted(size)
         if zero:
             memset(memory, 0, size)
-        self._address = <char *>memory
-        self._size = size
-        self._shape[0] = size
-        self._strides[0] = 1
-        self._closed = False
+        self._set_memory(<char *>memory, size)
         self.pool = pool
-        self.info = {}
         return self
-
-    def __cinit__(self):
-        self._closed = True
-        self._address = NULL
 
     def __dealloc__(self):
         if not self._closed and self._address != NULL:
@@ -833,72 +815,24 @@ cdef class PoolAllocation:
         self._closed = True
         self._address = NULL
 
-    def __getbuffer__(self, Py_buffer *buffer, int flags):
-        if self._closed:
-            raise ValueError("operation on a closed PoolAllocation")
-        buffer.buf = self._address
-        buffer.obj = self
-        buffer.len = self._size
-        buffer.readonly = 0
-        buffer.itemsize = 1
-        buffer.format = BYTE_FORMAT if (flags & PyBUF_FORMAT) else NULL
-        buffer.ndim = 1
-        buffer.shape = self._shape
-        buffer.strides = self._strides
-        buffer.suboffsets = NULL
-        buffer.internal = NULL
-        self._exports += 1
-
-    def __releasebuffer__(self, Py_buffer *buffer):
-        self._exports -= 1
-
-    def ndarray(self, shape, dtype, str order="C"):
-        """Return an ndarray over the block (its ``.base`` is a memoryview of this owner)."""
-        if self._closed:
-            raise ValueError("operation on a closed PoolAllocation")
-        return wrap_ndarray(self, self._address, self._size, shape, dtype, order)
-
     def close(self):
         """Return the block to its pool now; ``BufferError`` while arrays or views use it."""
         if self._closed:
             return
-        if self._exports:
-            raise BufferError(
-                f"cannot close PoolAllocation: {self._exports} exported buffer(s) (arrays or views) still use it")
+        self._check_no_exports()
         _pool_free(self._address)
         self._closed = True
         self._address = NULL
-
-    @property
-    def address(self):
-        """Address of the first byte."""
-        return <uintptr_t>self._address
-
-    @property
-    def nbytes(self):
-        """Bytes asked for."""
-        return self._size
 
     @property
     def page_size(self):
         """The base page size (pool chunks are made of base pages, or THP where the kernel folds them)."""
         return BASE_PAGE
 
-    @property
-    def exports(self):
-        """Number of live buffer exports."""
-        return self._exports
-
-    @property
-    def closed(self):
-        """True once returned to the pool."""
-        return self._closed
-
     def __repr__(self):
         return f"<numamem.PoolAllocation {self._size} bytes node={self.pool.node} {self.pool.policy}>"
 
 
-cdef char *BYTE_FORMAT = b"B"
 
 
 def set_handler(handler):

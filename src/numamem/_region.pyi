@@ -1,3 +1,4 @@
+from numamem._ndarray import BufferOwner
 from typing import Any
 
 import numpy as np
@@ -7,7 +8,7 @@ ADVICE: dict[str, int]
 
 def mapping_counts() -> tuple[int, int]: ...
 
-class Region:
+class Region(BufferOwner):
     info: dict[str, Any]
     def __init__(self, size: int, align: int = ..., hugetlb: int = ...) -> None: ...
     def __buffer__(self, flags: int) -> memoryview: ...

@@ -7,11 +7,10 @@ of its region, so the array's ``.base`` is a ``memoryview`` whose ``.obj`` is th
 keeps the mapping alive for as long as any view exists, ``close()`` refuses (``BufferError``) while
 one does, and the mapping is unmapped exactly once — by ``close()`` or by the last reference going.
 """
-from cpython.buffer cimport PyBUF_FORMAT
 from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
-from numamem._ndarray cimport wrap_ndarray
+from numamem._ndarray cimport BufferOwner
 
 from numamem._libnuma cimport (
     MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_FAILED, MAP_HUGE_1GB,
@@ -24,7 +23,6 @@ import errno as _errno
 import os
 
 cdef size_t BASE_PAGE = os.sysconf("SC_PAGE_SIZE")
-cdef char *BYTE_FORMAT = b"B"
 # Counts unmaps, so tests can prove that each mapping is released exactly once.
 cdef Py_ssize_t _unmapped = 0
 cdef Py_ssize_t _mapped = 0
@@ -37,7 +35,7 @@ def mapping_counts():
     return _mapped, _unmapped
 
 
-cdef class Region:
+cdef class Region(BufferOwner):
     """One anonymous, aligned memory mapping (the owner at the root of an array's ``.base`` chain).
 
     Parameters
@@ -56,16 +54,8 @@ cdef class Region:
     The mapping is private and anonymous; it is not touched here, so no page exists until the
     layer above has applied its policy and populated it.
     """
-    cdef char *_address
     cdef size_t _length
-    cdef size_t _size
     cdef size_t _page_size
-    cdef Py_ssize_t _exports
-    cdef bint _closed
-    cdef Py_ssize_t _shape[1]
-    cdef Py_ssize_t _strides[1]
-    cdef public dict info
-    cdef object __weakref__
 
     def __cinit__(self, size_t size, size_t align=0, size_t hugetlb=0):
         global _mapped
@@ -75,9 +65,6 @@ cdef class Region:
         cdef uintptr_t raw, start
         cdef void *addr
         cdef int err = 0
-        self._address = NULL
-        self._closed = True
-        self.info = {}
         if hugetlb:
             if hugetlb == 2 * 1024 * 1024:
                 flags |= MAP_HUGETLB | MAP_HUGE_2MB
@@ -111,13 +98,9 @@ cdef class Region:
         trimmed_head = start - raw
         if mapped_length - trimmed_head > length:
             munmap(<void *>(start + length), mapped_length - trimmed_head - length)
-        self._address = <char *>start
+        self._set_memory(<char *>start, size)
         self._length = length
-        self._size = size
         self._page_size = page
-        self._shape[0] = size
-        self._strides[0] = 1
-        self._closed = False
         _mapped += 1
 
     def __dealloc__(self):
@@ -129,26 +112,6 @@ cdef class Region:
             _unmapped += 1
         self._address = NULL
         self._closed = True
-
-    # -- buffer protocol: each export pins the mapping ---------------------------------------
-    def __getbuffer__(self, Py_buffer *buffer, int flags):
-        if self._closed:
-            raise ValueError("operation on a closed Region")
-        buffer.buf = self._address
-        buffer.obj = self
-        buffer.len = self._size
-        buffer.readonly = 0
-        buffer.itemsize = 1
-        buffer.format = BYTE_FORMAT if (flags & PyBUF_FORMAT) else NULL
-        buffer.ndim = 1
-        buffer.shape = self._shape
-        buffer.strides = self._strides
-        buffer.suboffsets = NULL
-        buffer.internal = NULL
-        self._exports += 1
-
-    def __releasebuffer__(self, Py_buffer *buffer):
-        self._exports -= 1
 
     # -- operations the layer above composes --------------------------------------------------
     def advise(self, str advice, size_t offset=0, length=None):
@@ -202,26 +165,6 @@ cdef class Region:
                 position += page
         return "touch"
 
-    def ndarray(self, shape, dtype, str order="C", size_t offset=0):
-        """Return an ndarray over the region's bytes starting at ``offset``.
-
-        The array's ``.base`` is a ``memoryview`` of this region: that buffer export keeps the
-        mapping alive while the array or any view of it exists (``close()`` refuses until then).
-
-        Parameters
-        ----------
-        shape : tuple of int
-            Non-negative extents; their product times the item size must fit.
-        dtype : numpy.dtype
-        order : {"C", "F"}
-        offset : int
-            Byte offset of the first element.
-        """
-        self._check_open()
-        if offset > self._size:
-            raise ValueError(f"offset {offset} does not fit the {self._size}-byte region")
-        return wrap_ndarray(self, self._address + offset, self._size - offset, shape, dtype, order)
-
     def zero(self):
         """Write zeros over the caller's bytes (for memory that may have been used before)."""
         self._check_open()
@@ -239,9 +182,7 @@ cdef class Region:
         global _unmapped
         if self._closed:
             return
-        if self._exports:
-            raise BufferError(
-                f"cannot close Region: {self._exports} exported buffer(s) (arrays or views) still use it")
+        self._check_no_exports()
         munmap(self._address, self._length)
         _unmapped += 1
         self._closed = True
@@ -254,23 +195,7 @@ cdef class Region:
             raise ValueError(f"range [{offset}, {offset}+{span}) is outside the {self._length}-byte region")
         return span
 
-    cdef int _check_open(self) except -1:
-        if self._closed:
-            raise ValueError("operation on a closed Region")
-        return 0
-
     # -- read-only facts ----------------------------------------------------------------------
-    @property
-    def address(self):
-        """Address of the first byte (an ``int``)."""
-        self._check_open()
-        return <uintptr_t>self._address
-
-    @property
-    def nbytes(self):
-        """Bytes the caller asked for."""
-        return self._size
-
     @property
     def mapped_bytes(self):
         """Bytes mapped: ``nbytes`` rounded up to whole pages (at least one page)."""
@@ -280,16 +205,6 @@ cdef class Region:
     def page_size(self):
         """The mapping's page size: the base page, or the hugetlbfs page size."""
         return self._page_size
-
-    @property
-    def exports(self):
-        """Number of live buffer exports (arrays and memoryviews built on this region)."""
-        return self._exports
-
-    @property
-    def closed(self):
-        """True once unmapped."""
-        return self._closed
 
     def __repr__(self):
         if self._closed:
