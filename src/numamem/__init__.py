@@ -8,7 +8,7 @@ Arrays on a chosen node with proof of where their pages are::
     {0: 4194304}
 """
 from numamem._version import __version__
-from numamem._pool import Pool, PoolAllocation
+from numamem._pool import Pool, PoolAllocation, get_pool
 from numamem._region import Region
 from numamem.arrays import (
     ArrayBlock, Placement, asarray, blocks, empty, empty_like, full, full_like, migrate, ones,
@@ -23,7 +23,7 @@ from numamem.threads import ThreadBinding, bind_thread
 from numamem._topology import HugePagePool, Node, Topology, topology
 
 __all__ = [
-    "__version__", "Region", "Pool", "PoolAllocation", "on_node", "pool_stats", "release_pools", "ArrayBlock", "Placement", "asarray", "blocks", "empty", "empty_like",
+    "__version__", "Region", "Pool", "PoolAllocation", "get_pool", "on_node", "pool_stats", "release_pools", "ArrayBlock", "Placement", "asarray", "blocks", "empty", "empty_like",
     "full", "full_like", "migrate", "ones", "ones_like", "owner", "page_nodes", "placement", "zeros",
     "zeros_like", "HugePageError", "NodeMemoryError", "NumaUnavailableError", "PageSizeError",
     "PlacementError", "Graph", "GraphBuilder", "GraphError", "Plan", "PlanError", "load_graph", "plan",
