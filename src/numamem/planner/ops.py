@@ -447,8 +447,12 @@ def _broadcast_region(shape: Shape, out_shape: Shape, axis: int, lo: int, hi: in
 
 
 def _halo(lo: int, hi: int, kernel: int, stride: int, pad: int, size: int) -> tuple[int, int]:
-    """Input rows read by output rows [lo, hi) of a sliding window (clipped to the input)."""
-    return max(0, lo * stride - pad), min(size, (hi - 1) * stride - pad + kernel)
+    """Input rows read by output rows [lo, hi) of a sliding window (clipped to the input).
+
+    Windows lying wholly in the padding read nothing: the range is then empty, never reversed.
+    """
+    start = min(size, max(0, lo * stride - pad))
+    return start, max(start, min(size, (hi - 1) * stride - pad + kernel))
 
 
 def input_regions(

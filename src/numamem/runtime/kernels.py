@@ -23,7 +23,11 @@ A :class:`Block` ``(axis, start, stop)`` names the half-open range ``[start, sto
 
 Calling a kernel
 ----------------
-``run(op, inputs, out, attrs, block, scratch, shapes)``:
+``run(op, inputs, out, attrs, block, scratch, shapes)`` computes one block. An executor that runs
+a plan repeatedly binds each (layer, block) once, ``k = bind(op, shapes, attrs, block, dtype)``,
+and calls ``k(inputs, out, scratch)`` each iteration (``k.out_shape``, ``k.regions`` and
+``k.scratch_bytes`` tell it what to provide); that skips the per-call shape and region work
+(a few microseconds of Python per call instead of 10-20). The arguments:
 
 ``inputs``
     The layer's operands in the op's order. Each is either the **full** tensor or exactly the
@@ -45,10 +49,18 @@ Calling a kernel
     :func:`scratch_bytes` bytes that the caller reserved (e.g. per worker thread in the node's
     arena). Buffers are carved from it at 64-byte aligned offsets.
 
-With scratch given and ``out`` C-contiguous, a call allocates no memory proportional to the data
-(only Python objects and views); the tests check this with :mod:`tracemalloc`. Exceptions, which
-allocate a contiguous copy: ``reshape``/``flatten`` of a non-contiguous input region when the
-target cannot be a view; ``embedding`` ids that are not a C-contiguous int64 array.
+Allocations
+-----------
+With scratch given and ``out`` C-contiguous, a call allocates no memory proportional to the data,
+only Python objects, views and NumPy's own ufunc iterator buffers (at most 8192 elements per
+operand, taken when an operand is strided or broadcast: about 100 KiB in float32 whatever the
+size of the data). The tests check this with :mod:`tracemalloc` on blocks of 2 MiB and more.
+Exceptions: ``out`` not C-contiguous for ``dense``/``matmul``/``conv2d`` (a block-sized
+temporary); ``reshape``/``flatten`` when neither the input region nor ``out`` can be viewed in
+the other's shape (a copy of the region); ``embedding`` ids that are not C-contiguous int64 (a
+copy of the ids); an ``embedding`` column block cut from a full table gathers 8192 elements at a
+time through a temporary of that size (pass the node's own contiguous slice of the table to
+avoid even that).
 
 Scratch per op (``itemsize`` of the graph dtype; ``P`` = output pixels of the block per sample):
 
@@ -57,13 +69,32 @@ op              scratch
 ==============  ==========================================================================
 conv2d          im2col column buffer of one sample and one group: ``C/groups*kh*kw*P``
                 elements (none for 1x1, stride 1, unpadded, unsplit spatially); depthwise-like
-                (``C/groups == 1``): one sample's output block, ``O_block*P`` elements
+                (``C/groups == 1``): one sample's output block, ``O_block*P`` elements; plus
+                the gelu chunk when the fused activation is gelu
 layernorm       per-row mean and variance: ``2*rows`` elements
 softmax         per-row maximum / sum: ``rows`` elements
 gelu, or fused  ``min(block size, CHUNK_ELEMENTS)`` elements (gelu is evaluated in chunks so it
 ``gelu``        needs no temporary of the output's size and can work in place)
 others          none
 ==============  ==========================================================================
+
+conv2d strategy
+---------------
+Measured on ResNet-50 layers at batch 1 (float32, one BLAS thread; ``tests/runtime/bench_conv2d.py``,
+methods interleaved run by run; four invocations of 15-21 runs each, ranges of the per-invocation
+medians, time relative to the kept method, on a shared, loaded 2-core machine):
+
+* im2col with one strided copy per kernel tap, then one GEMM per sample and group: **kept**;
+* im2col through ``sliding_window_view`` of a padded copy: 0.98-1.10x (7x7/2 stem), 0.97-1.11x
+  (3x3, 64 ch, 56x56), 0.98-1.02x (3x3, 256 ch, 14x14), 0.77-1.04x (3x3, 512 ch, 7x7): a tie,
+  and it needs a padded copy of the sample on top of the column buffer;
+* per-tap accumulation, one GEMM per tap added into ``out``: 2.67-3.14x, 0.86-0.96x, 0.99-1.08x,
+  1.58-1.77x: slower overall (kept only as a private variant for the benchmark and tests).
+
+Layers with one input channel per group (depthwise, as in MobileNetV2) use per-tap vectorised
+multiply-adds over all channels instead of grouped im2col: 0.87-0.90x (144 channels, 56x56) and
+0.03-0.07x (960 channels, 14x14, stride 2). 1x1, stride-1, unpadded convolutions skip im2col
+(the sample already is the matrix).
 
 Numerics follow PyTorch: ``conv2d`` is cross-correlation with symmetric zero padding;
 ``maxpool2d`` ignores padding (acts as ``-inf``), ``avgpool2d`` counts padded zeros
@@ -89,6 +120,8 @@ ACTIVATIONS = ("relu", "relu6", "gelu")
 CHUNK_ELEMENTS = 1 << 15
 #: Alignment of the buffers carved out of a scratch array.
 SCRATCH_ALIGN = 64
+#: Rows an embedding gathers at a time from a non-contiguous table block (bounds its temporary).
+_GATHER_ELEMENTS = 1 << 13
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
@@ -200,8 +233,13 @@ def _broadcast_region(shape: Shape, out_ndim: int, axis: int, lo: int, hi: int) 
 
 
 def _halo(lo: int, hi: int, kernel: int, stride: int, pad: int, size: int) -> tuple[int, int]:
-    """Input rows that output rows ``[lo, hi)`` of a sliding window read, clipped to the input."""
-    return max(0, lo * stride - pad), min(size, (hi - 1) * stride - pad + kernel)
+    """Input rows that output rows ``[lo, hi)`` of a sliding window read, clipped to the input.
+
+    Windows that lie wholly in the padding (possible when the padding exceeds the kernel) read
+    nothing: the range is then empty, never reversed.
+    """
+    start = min(size, max(0, lo * stride - pad))
+    return start, max(start, min(size, (hi - 1) * stride - pad + kernel))
 
 
 def _valid(n_out: int, offset: int, stride: int, size: int) -> tuple[int, int, int]:
@@ -546,7 +584,7 @@ def _conv_method(c: _Ctx) -> str:
     if kh == kw == 1 and sh == sw == 1 and oh == ow == 0 and (nh, nw) == xr[2:] and spatial_full:
         return "gemm"
     # "_method" is a private knob (not a graph attribute) that the benchmark and the tests use to
-    # run the per-tap variant, which measured slower than im2col (see the module docstring).
+    # run the per-tap GEMM variant, which measured slower than im2col (module docstring).
     return c.attrs.get("_method", "im2col")
 
 
@@ -754,7 +792,7 @@ def _unary_run(ins, out, c: _Ctx, bufs) -> None:
         _gelu(x, out, bufs[0])
     else:  # sigmoid: exp(-x) overflows to inf for x << 0, and 1/(1+inf) = 0 is the right answer
         np.negative(x, out=out)
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", under="ignore"):
             np.exp(out, out=out)
         out += 1.0
         np.reciprocal(out, out=out)
@@ -876,8 +914,21 @@ def _embedding_run(ins, out, c: _Ctx, bufs) -> None:
     v = table.shape[0]
     if ids.size and (ids.min() < 0 or ids.max() >= v):
         raise IndexError(f"embedding ids must lie in [0, {v})")
-    # mode="clip" (ids were checked above) because mode="raise" buffers the whole output.
-    np.take(table, ids, axis=0, out=out, mode="clip")
+    if table.flags.c_contiguous:
+        # mode="clip" (ids were checked above) because mode="raise" buffers the whole output.
+        np.take(table, ids, axis=0, out=out, mode="clip")
+        return
+    # A column block cut from the full table: np.take would copy the whole block first, so
+    # gather a bounded number of rows at a time instead (allocates <= _GATHER_ELEMENTS items).
+    flat_ids = ids.reshape(-1)
+    flat_out = _view_as(out, (flat_ids.size, out.shape[-1]))
+    if flat_out is None:
+        flat_out = out.reshape(flat_ids.size, out.shape[-1])
+    rows = max(1, _GATHER_ELEMENTS // max(1, table.shape[1]))
+    for r in range(0, flat_ids.size, rows):
+        np.copyto(flat_out[r: r + rows], table[flat_ids[r: r + rows]])
+    if not np.may_share_memory(flat_out, out):
+        np.copyto(out, flat_out.reshape(out.shape))
 
 
 def _none(c: _Ctx) -> list[tuple[Shape, np.dtype]]:
@@ -947,16 +998,16 @@ def _context(op, shapes, attrs, block, dtype) -> _Ctx:
     shapes = [tuple(int(d) for d in s) for s in shapes]
     out_shape = _infer(op, shapes, attrs)
     b = as_block(block, out_shape)
-    if not _splittable(op, shapes, out_shape, attrs, b.axis):
-        full_range = b.start == 0 and b.stop == out_shape[b.axis]
-        if not full_range:
-            raise ValueError(f"{op} cannot be split along output axis {b.axis}")
+    split = _splittable(op, shapes, out_shape, attrs, b.axis)
+    if not split and not (b.start == 0 and b.stop == out_shape[b.axis]):
+        raise ValueError(f"{op} cannot be split along output axis {b.axis}")
     bshape = tuple(b.length if k == b.axis else d for k, d in enumerate(out_shape))
-    regions = (_regions(op, shapes, out_shape, attrs, b) if b.length
-               else [None] * len(shapes))
-    if b.length and op in ("layernorm", "softmax", "reshape", "flatten") and not _splittable(
-            op, shapes, out_shape, attrs, b.axis):
-        regions = [_full(s) for s in shapes]  # the whole output as one block: read everything
+    if not b.length:
+        regions: list[Region | None] = [None] * len(shapes)
+    elif split:
+        regions = _regions(op, shapes, out_shape, attrs, b)
+    else:  # the whole output along an axis it cannot be cut on: the block reads everything
+        regions = [_full(s) for s in shapes]
     return _Ctx(op, shapes, out_shape, b, bshape, regions, attrs, np.dtype(dtype))
 
 
@@ -1093,33 +1144,152 @@ def scratch_bytes(op: str, shapes: Sequence[Sequence[int]], attrs: Mapping[str, 
     >>> scratch_bytes("conv2d", [(1, 64, 56, 56), (64, 64, 3, 3)], {"padding": 1}, None)
     7225408
     """
-    ctx = _context(op, shapes, attrs, block, dtype)
-    if not ctx.block.length:
-        return 0
-    specs = _kernel(op).scratch(ctx)
-    if not specs:
-        return 0
-    last_off, last_n = _carve(ctx, specs)[-1]
-    return last_off + last_n + SCRATCH_ALIGN
+    return BoundKernel(op, shapes, attrs, block, dtype).scratch_bytes
 
 
-def _restrict(a: np.ndarray | None, full: Shape, region: Region | None, what: str) -> np.ndarray | None:
-    if region is None:
-        return None
-    if a is None:
-        raise ValueError(f"{what} is None but the block reads it")
-    if a.shape == full:
-        return a[tuple(slice(lo, hi) for lo, hi in region)]
-    if a.shape == _region_shape(region):
-        return a
-    raise ValueError(f"{what} has shape {list(a.shape)}: neither the full {list(full)} nor the "
-                     f"block's region {list(_region_shape(region))}")
+class BoundKernel:
+    """One block of one layer, with everything but the arrays worked out once.
+
+    Made by :func:`bind`; calling it computes the block. An executor that runs the same plan many
+    times binds each (layer, block) once and calls the result every iteration, which skips the
+    shape inference, region and scratch-layout work :func:`run` redoes on each call.
+
+    Attributes
+    ----------
+    op : str
+    block : Block
+    out_shape : tuple of int
+        Shape of the ``out`` array a call takes (the block's shape).
+    regions : list of Region or None
+        What each operand's block reads (see :func:`input_regions`).
+    scratch_bytes : int
+        Size of the ``scratch`` array a call needs to allocate nothing (see :func:`scratch_bytes`).
+    """
+
+    def __init__(self, op: str, shapes: Sequence[Sequence[int]], attrs: Mapping[str, Any] | None,
+                 block: Any, dtype: Any):
+        self._kern = _kernel(op)
+        self._ctx = ctx = _context(op, shapes, attrs, block, dtype)
+        self.op = op
+        self.block = ctx.block
+        self.out_shape = ctx.bshape
+        self.regions = list(ctx.regions)
+        self._cuts = [None if r is None else tuple(slice(lo, hi) for lo, hi in r) for r in ctx.regions]
+        self._region_shapes = [None if r is None else _region_shape(r) for r in ctx.regions]
+        self._specs = self._kern.scratch(ctx) if ctx.block.length else []
+        self._layout = _carve(ctx, self._specs)
+        self.scratch_bytes = (self._layout[-1][0] + self._layout[-1][1] + SCRATCH_ALIGN
+                              if self._specs else 0)
+
+    def __repr__(self) -> str:
+        return f"BoundKernel({self.op!r}, {self.block}, out_shape={self.out_shape})"
+
+    def __call__(self, inputs: Sequence[np.ndarray | None], out: np.ndarray,
+                 scratch: np.ndarray | None = None) -> np.ndarray:
+        """Compute the block into ``out``; see :func:`run` for ``inputs``, ``out`` and ``scratch``.
+
+        Parameters
+        ----------
+        inputs : sequence of ndarray or None
+        out : ndarray
+        scratch : ndarray of uint8, optional
+
+        Returns
+        -------
+        ndarray
+            ``out``.
+        """
+        ctx = self._ctx
+        if out.shape != self.out_shape:
+            raise ValueError(f"{self.op}: out has shape {list(out.shape)}, the block needs {list(self.out_shape)}")
+        if out.dtype != ctx.dtype:
+            raise ValueError(f"{self.op}: out has dtype {out.dtype}, the kernel was bound for {ctx.dtype}")
+        if len(inputs) != len(ctx.shapes):
+            raise ValueError(f"{self.op}: {len(inputs)} inputs, expected {len(ctx.shapes)}")
+        if not ctx.block.length:
+            return out
+        ins = []
+        for i, a in enumerate(inputs):
+            cut = self._cuts[i]
+            if cut is None:
+                ins.append(None)
+            elif a is None:
+                raise ValueError(f"{self.op} operand {i} is None but the block reads it")
+            elif a.shape == ctx.shapes[i]:
+                ins.append(a[cut])
+            elif a.shape == self._region_shapes[i]:
+                ins.append(a)
+            else:
+                raise ValueError(
+                    f"{self.op} operand {i} has shape {list(a.shape)}: neither the full {list(ctx.shapes[i])} "
+                    f"nor the block's region {list(self._region_shapes[i])}")
+        bufs: list[np.ndarray] = []
+        if self._specs:
+            if scratch is None:
+                bufs = [np.empty(shape, dt) for shape, dt in self._specs]
+            else:
+                raw = scratch.reshape(-1).view(np.uint8)
+                base = (-raw.ctypes.data) % SCRATCH_ALIGN
+                if base + self._layout[-1][0] + self._layout[-1][1] > raw.size:
+                    raise ValueError(f"{self.op}: scratch of {raw.size} bytes is too small, "
+                                     f"needs {self.scratch_bytes}")
+                bufs = [raw[base + off: base + off + n].view(dt).reshape(shape)
+                        for (off, n), (shape, dt) in zip(self._layout, self._specs)]
+        if self._kern.contiguous_out and not out.flags.c_contiguous:
+            tmp = np.empty(out.shape, out.dtype)  # documented: BLAS wants a contiguous target
+            self._kern.run(ins, tmp, ctx, bufs)
+            np.copyto(out, tmp)
+        else:
+            self._kern.run(ins, out, ctx, bufs)
+        return out
+
+
+def bind(op: str, shapes: Sequence[Sequence[int]], attrs: Mapping[str, Any] | None = None, block: Any = None,
+         dtype: Any = "float32") -> BoundKernel:
+    """Prepare the computation of ``block`` of layer ``op`` for repeated calls.
+
+    Parameters
+    ----------
+    op : str
+        An op of the ``numamem-graph/1`` table.
+    shapes : sequence of sequence of int
+        Full operand shapes, in the op's order.
+    attrs : mapping, optional
+        The layer's attributes.
+    block : Block, mapping, tuple or None
+        The output range (see :func:`as_block`); ``None``: the whole output.
+    dtype : dtype-like
+        The dtype of ``out`` (the graph's).
+
+    Returns
+    -------
+    BoundKernel
+        ``bound(inputs, out, scratch)`` computes the block.
+
+    Raises
+    ------
+    ValueError
+        If the op is unknown, the shapes or attributes do not fit, or the op cannot be split along
+        the block's axis.
+
+    Examples
+    --------
+    >>> k = bind("relu", [(4, 3)], None, Block(0, 1, 3))
+    >>> k.out_shape, k.regions, k.scratch_bytes
+    ((2, 3), [((1, 3), (0, 3))], 0)
+    >>> k([np.array([[-1.0, 2, 3]] * 4, np.float32)], np.empty((2, 3), np.float32))
+    array([[0., 2., 3.],
+           [0., 2., 3.]], dtype=float32)
+    """
+    return BoundKernel(op, shapes, attrs, block, dtype)
 
 
 def run(op: str, inputs: Sequence[np.ndarray | None], out: np.ndarray, attrs: Mapping[str, Any] | None = None,
         block: Any = None, scratch: np.ndarray | None = None,
         shapes: Sequence[Sequence[int]] | None = None) -> np.ndarray:
     """Compute ``block`` of layer ``op`` into ``out``.
+
+    Equivalent to ``bind(op, shapes, attrs, block, out.dtype)(inputs, out, scratch)``.
 
     Parameters
     ----------
@@ -1159,42 +1329,14 @@ def run(op: str, inputs: Sequence[np.ndarray | None], out: np.ndarray, attrs: Ma
     array([[1., 2.],
            [4., 5.]], dtype=float32)
     """
-    kern = _kernel(op)
     if shapes is None:
         shapes = [a.shape for a in inputs]
     if len(shapes) != len(inputs):
         raise ValueError(f"{len(inputs)} inputs but {len(shapes)} shapes")
-    ctx = _context(op, shapes, attrs, block, out.dtype)
-    if tuple(out.shape) != ctx.bshape:
-        raise ValueError(f"{op}: out has shape {list(out.shape)}, the block needs {list(ctx.bshape)}")
-    if not ctx.block.length:
-        return out
-    ins = [_restrict(a, s, r, f"{op} operand {i}")
-           for i, (a, s, r) in enumerate(zip(inputs, ctx.shapes, ctx.regions))]
-    specs = kern.scratch(ctx)
-    bufs: list[np.ndarray] = []
-    if specs:
-        if scratch is None:
-            bufs = [np.empty(shape, dt) for shape, dt in specs]
-        else:
-            raw = scratch.reshape(-1).view(np.uint8)
-            base = (-raw.ctypes.data) % SCRATCH_ALIGN
-            for off, n in _carve(ctx, specs):
-                if base + off + n > raw.size:
-                    need = scratch_bytes(op, ctx.shapes, ctx.attrs, ctx.block, ctx.dtype)
-                    raise ValueError(f"{op}: scratch of {raw.size} bytes is too small, needs {need}")
-            bufs = [raw[base + off: base + off + n].view(dt).reshape(shape)
-                    for (off, n), (shape, dt) in zip(_carve(ctx, specs), specs)]
-    if kern.contiguous_out and not out.flags.c_contiguous:
-        tmp = np.empty(out.shape, out.dtype)
-        kern.run(ins, tmp, ctx, bufs)
-        np.copyto(out, tmp)
-    else:
-        kern.run(ins, out, ctx, bufs)
-    return out
+    return BoundKernel(op, shapes, attrs, block, out.dtype)(inputs, out, scratch)
 
 
 __all__ = [
-    "ACTIVATIONS", "Block", "CHUNK_ELEMENTS", "KERNELS", "Kernel", "Region", "SCRATCH_ALIGN",
+    "ACTIVATIONS", "Block", "BoundKernel", "bind", "CHUNK_ELEMENTS", "KERNELS", "Kernel", "Region", "SCRATCH_ALIGN",
     "as_block", "block_shape", "input_regions", "output_shape", "run", "scratch_bytes", "splittable",
 ]

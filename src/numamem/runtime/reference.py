@@ -14,7 +14,7 @@ the planner's classes.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -55,7 +55,19 @@ def activation(x: np.ndarray, name: str | None) -> np.ndarray:
 
 
 def dense(x, w, b=None, activation_name=None):
-    """``x @ w + b`` over the last axis of ``x``, then the activation (float64)."""
+    """``x @ w + b`` over the last axis of ``x``, then the activation.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., K)
+    w : array_like, shape (K, M)
+    b : array_like, shape (M,), optional
+    activation_name : {None, "relu", "relu6", "gelu"}
+
+    Returns
+    -------
+    ndarray, shape (..., M), float64
+    """
     x, w = _f64(x), _f64(w)
     y = np.zeros(x.shape[:-1] + (w.shape[1],))
     for j in range(w.shape[1]):  # one output feature at a time: a dot product per row
@@ -66,7 +78,18 @@ def dense(x, w, b=None, activation_name=None):
 
 
 def matmul(a, b, transpose_b=False):
-    """Batched ``a @ b`` (or ``a @ b^T``) with NumPy broadcasting of the batch axes (float64)."""
+    """Batched ``a @ b`` (or ``a @ b^T``) with NumPy broadcasting of the batch axes.
+
+    Parameters
+    ----------
+    a : array_like, shape (..., M, K)
+    b : array_like, shape (..., K, N), or (..., N, K) with ``transpose_b``
+    transpose_b : bool
+
+    Returns
+    -------
+    ndarray, shape (broadcast batch..., M, N), float64
+    """
     a, b = _f64(a), _f64(b)
     if transpose_b:
         b = np.swapaxes(b, -1, -2)
@@ -81,7 +104,21 @@ def matmul(a, b, transpose_b=False):
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, groups=1, activation_name=None):
-    """2-D cross-correlation, NCHW, weights ``[O, C/groups, kh, kw]``, zero padding (float64)."""
+    """2-D cross-correlation (as PyTorch's ``conv2d``), NCHW, symmetric zero padding.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    w : array_like, shape (O, C/groups, kh, kw)
+    b : array_like, shape (O,), optional
+    stride, padding : int or pair of int
+    groups : int
+    activation_name : {None, "relu", "relu6", "gelu"}
+
+    Returns
+    -------
+    ndarray, shape (N, O, OH, OW), float64
+    """
     x, w = _f64(x), _f64(w)
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
@@ -104,7 +141,21 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1, activation_name=None):
 
 
 def pool2d(x, kernel, stride=None, padding=0, kind="max"):
-    """Max or average pooling as PyTorch (average counts padding, no ceil mode) (float64)."""
+    """Max or average pooling as PyTorch (the average counts padding; no ceil mode).
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    kernel : int or pair of int
+    stride : int or pair of int, optional
+        Defaults to ``kernel``.
+    padding : int or pair of int
+    kind : {"max", "avg"}
+
+    Returns
+    -------
+    ndarray, shape (N, C, OH, OW), float64
+    """
     x = _f64(x)
     kh, kw = _pair(kernel)
     sh, sw = _pair(kernel if stride is None else stride)
@@ -122,7 +173,18 @@ def pool2d(x, kernel, stride=None, padding=0, kind="max"):
 
 
 def layernorm(x, gamma, beta, eps=1e-5):
-    """Normalise over the last axis (biased variance), then scale and shift (float64)."""
+    """Normalise over the last axis (biased variance), then scale and shift.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., D)
+    gamma, beta : array_like, shape (D,)
+    eps : float
+
+    Returns
+    -------
+    ndarray, float64
+    """
     x = _f64(x)
     mu = x.mean(axis=-1, keepdims=True)
     var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
@@ -130,7 +192,17 @@ def layernorm(x, gamma, beta, eps=1e-5):
 
 
 def softmax(x, axis=-1):
-    """``exp(x - max) / sum`` along ``axis`` (float64)."""
+    """``exp(x - max) / sum`` along ``axis``.
+
+    Parameters
+    ----------
+    x : array_like
+    axis : int
+
+    Returns
+    -------
+    ndarray, float64
+    """
     x = _f64(x)
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
