@@ -22,11 +22,9 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 import numpy as np
 
 
-cdef struct Placed:
-    int64_t lo
-    int64_t up
-    int64_t off
-    int64_t end
+# Entries examined per branch-free filtering pass of the greedy scan.
+cdef enum:
+    _CHUNK = 512
 
 
 def greedy(const int64_t[::1] lower, const int64_t[::1] upper, const int64_t[::1] size,
@@ -40,7 +38,7 @@ def greedy(const int64_t[::1] lower, const int64_t[::1] upper, const int64_t[::1
     size : int64 array
         Sizes (in units; zero-size buffers should be left out of ``order``).
     order : int64 array
-        The buffers to place, in placement order (a permutation of a subset of indices).
+        The buffers to place, in placement order (distinct indices).
     best_fit : bool
         Take the smallest gap that fits (ties: the lowest); otherwise the lowest gap that fits.
         A buffer that fits no gap goes on top of everything it overlaps.
@@ -55,28 +53,42 @@ def greedy(const int64_t[::1] lower, const int64_t[::1] upper, const int64_t[::1
     if lower.shape[0] != n or upper.shape[0] != n:
         raise ValueError("lower, upper and size must have the same length")
     out = np.full(n, -1, dtype=np.int64)
-    cdef int64_t[::1] off = out
-    cdef Py_ssize_t k
-    for k in range(m):
-        if order[k] < 0 or order[k] >= n:
-            raise ValueError(f"order[{k}] = {order[k]} is not a buffer index")
     if m == 0:
         return out
-    cdef Placed* placed = <Placed*> malloc(m * sizeof(Placed))
-    if placed == NULL:
-        raise MemoryError("greedy packing: no memory for the placement list")
+    idx = np.asarray(order)
+    if idx.min() < 0 or idx.max() >= n:
+        raise ValueError("order holds an index that is not a buffer")
+    if np.unique(idx).size != m:
+        raise ValueError("order holds an index twice")
+    # Times as int32 ranks: the scan below reads two of them per placed buffer, so halving
+    # their width halves the memory it streams through.
+    times, ranks = np.unique(np.concatenate([np.asarray(lower), np.asarray(upper)]),
+                             return_inverse=True)
+    cdef int[::1] rlo = np.ascontiguousarray(ranks[:n], dtype=np.intc)
+    cdef int[::1] rup = np.ascontiguousarray(ranks[n:], dtype=np.intc)
+    cdef int64_t[::1] off = out
+    cdef int[::1] plo = np.empty(m, dtype=np.intc)
+    cdef int[::1] pup = np.empty(m, dtype=np.intc)
+    cdef int64_t[::1] poff = np.empty(m, dtype=np.int64)
+    cdef int64_t[::1] pend = np.empty(m, dtype=np.int64)
+    cdef int[::1] hits = np.empty(_CHUNK, dtype=np.intc)
     with nogil:
-        _greedy(m, &lower[0], &upper[0], &size[0], &order[0], best_fit, &off[0], placed)
-    free(placed)
+        _greedy(m, &rlo[0], &rup[0], &size[0], &order[0], best_fit, &off[0],
+                &plo[0], &pup[0], &poff[0], &pend[0], &hits[0])
     return out
 
 
-cdef void _greedy(Py_ssize_t m, const int64_t* lo, const int64_t* up, const int64_t* sz,
-                  const int64_t* order, bint best_fit, int64_t* off, Placed* placed) noexcept nogil:
-    # ``placed`` is kept sorted by offset, so one pass over it meets the overlapping buffers
-    # bottom-up and sees every gap between them (``top`` = highest end met so far).
-    cdef Py_ssize_t k, j, count = 0, a, b, mid
-    cdef int64_t i, l, u, s, top, gap, best_gap, best_off
+cdef void _greedy(Py_ssize_t m, const int* lo, const int* up, const int64_t* sz,
+                  const int64_t* order, bint best_fit, int64_t* off,
+                  int* plo, int* pup, int64_t* poff, int64_t* pend, int* hits) noexcept nogil:
+    # The placed buffers are kept sorted by offset (parallel arrays plo/pup/poff/pend), so one
+    # pass over them meets the overlapping buffers bottom-up and sees every gap between them
+    # (``top`` = highest end met so far). The pass goes chunk by chunk: a branch-free loop
+    # first collects the chunk's entries that overlap in time, then only those are examined.
+    cdef Py_ssize_t k, j, c, h, nh, count = 0, a, b, mid, base
+    cdef int64_t i, s, top, gap, best_gap, best_off, o
+    cdef int l, u
+    cdef bint done
     for k in range(m):
         i = order[k]
         l = lo[i]
@@ -85,18 +97,31 @@ cdef void _greedy(Py_ssize_t m, const int64_t* lo, const int64_t* up, const int6
         top = 0
         best_off = -1
         best_gap = INT64_MAX
-        for j in range(count):
-            if placed[j].lo < u and l < placed[j].up:
-                if placed[j].off > top:
-                    gap = placed[j].off - top
+        done = False
+        base = 0
+        while base < count and not done:
+            c = count - base
+            if c > _CHUNK:
+                c = _CHUNK
+            nh = 0
+            for j in range(c):
+                hits[nh] = <int> j
+                nh += (plo[base + j] < u) & (l < pup[base + j])
+            for h in range(nh):
+                j = base + hits[h]
+                o = poff[j]
+                if o > top:
+                    gap = o - top
                     if gap >= s and gap < best_gap:
                         best_gap = gap
                         best_off = top
                         # The first fit, or a perfect fit, cannot be bettered.
                         if not best_fit or gap == s:
+                            done = True
                             break
-                if placed[j].end > top:
-                    top = placed[j].end
+                if pend[j] > top:
+                    top = pend[j]
+            base += c
         if best_off < 0:
             best_off = top
         off[i] = best_off
@@ -105,16 +130,19 @@ cdef void _greedy(Py_ssize_t m, const int64_t* lo, const int64_t* up, const int6
         b = count
         while a < b:
             mid = (a + b) >> 1
-            if placed[mid].off <= best_off:
+            if poff[mid] <= best_off:
                 a = mid + 1
             else:
                 b = mid
         if a < count:
-            memmove(&placed[a + 1], &placed[a], (count - a) * sizeof(Placed))
-        placed[a].lo = l
-        placed[a].up = u
-        placed[a].off = best_off
-        placed[a].end = best_off + s
+            memmove(&plo[a + 1], &plo[a], (count - a) * sizeof(int))
+            memmove(&pup[a + 1], &pup[a], (count - a) * sizeof(int))
+            memmove(&poff[a + 1], &poff[a], (count - a) * sizeof(int64_t))
+            memmove(&pend[a + 1], &pend[a], (count - a) * sizeof(int64_t))
+        plo[a] = l
+        pup[a] = u
+        poff[a] = best_off
+        pend[a] = best_off + s
         count += 1
 
 
@@ -179,6 +207,23 @@ cdef int cmp_order(const void* a, const void* b) noexcept nogil:
     return 0
 
 
+cdef void sort_order(OrderItem* items, Py_ssize_t count) noexcept nogil:
+    # Insertion sort for the short runs that dominate (no call per comparison), qsort beyond.
+    cdef Py_ssize_t i, j
+    cdef OrderItem x
+    if count > 24:
+        qsort(items, count, sizeof(OrderItem), cmp_order)
+        return
+    for i in range(1, count):
+        x = items[i]
+        j = i
+        while j > 0 and (items[j - 1].off > x.off or
+                         (items[j - 1].off == x.off and items[j - 1].p > x.p)):
+            items[j] = items[j - 1]
+            j -= 1
+        items[j] = x
+
+
 cdef int cmp_pre(const void* a, const void* b) noexcept nogil:
     # Larger keys first; the buffer index breaks ties so the order is total (determinism).
     cdef const PreItem* x = <const PreItem*> a
@@ -224,6 +269,9 @@ cdef class SkylineSearch:
 
     Notes
     -----
+    The arrays must describe one instance consistently (``pack`` builds them); indices and
+    offsets are validated, so bad input raises ``ValueError`` rather than reading out of bounds,
+    but inconsistent neighbour lists would yield packings that ``packing.check`` rejects.
     Built once per instance by :func:`numamem.planner.packing.pack`; :meth:`solve` may be called
     many times with different capacities and budgets. Every call leaves the internal state as it
     found it, so results depend only on the arguments (the deadline aside).
@@ -232,9 +280,9 @@ cdef class SkylineSearch:
     cdef Py_ssize_t n, nsec
     cdef int64_t cap
     cdef int64_t[::1] size, width, slo, shi, nbr_start, nbr, sec_start, sec_mem
-    cdef int64_t[::1] offset, solution, min_off, floor_, total, cuts, stamp
+    cdef int64_t[::1] offset, solution, min_off, floor_, total, cuts, witness
+    cdef int64_t[::1] sec_cnt, where, bpos
     cdef int64_t[::1] total0, cuts0
-    cdef int64_t epoch
     cdef Vec log      # triples (kind, index, old value)
     cdef Vec arena    # scratch lists of the recursion
     cdef int heuristic
@@ -256,7 +304,7 @@ cdef class SkylineSearch:
         self.nbr_start = np.ascontiguousarray(nbr_start, dtype=np.int64)
         self.nbr = np.ascontiguousarray(nbr, dtype=np.int64)
         self.sec_start = np.ascontiguousarray(sec_start, dtype=np.int64)
-        self.sec_mem = np.ascontiguousarray(sec_mem, dtype=np.int64)
+        self.sec_mem = np.array(sec_mem, dtype=np.int64)   # a private copy: reordered in search
         self.n = self.size.shape[0]
         self.nsec = self.sec_start.shape[0] - 1
         n, nsec = self.n, self.nsec
@@ -272,8 +320,12 @@ cdef class SkylineSearch:
             raise ValueError("SkylineSearch sizes must be positive")
         if (lo < 0).any() or (hi > nsec).any() or (lo >= hi).any():
             raise ValueError("section spans must be non-empty and inside [0, nsec)")
-        if self.nbr_start[n] != self.nbr.shape[0] or self.sec_start[nsec] != self.sec_mem.shape[0]:
-            raise ValueError("CSR arrays are inconsistent")
+        # The C loops trust these offsets (no bounds checks), so they are checked here in full.
+        for name, starts, items in (("nbr_start", self.nbr_start, self.nbr),
+                                    ("sec_start", self.sec_start, self.sec_mem)):
+            st = np.asarray(starts)
+            if st[0] != 0 or st[st.size - 1] != items.shape[0] or (np.diff(st) < 0).any():
+                raise ValueError(f"{name} is not a valid CSR offset array")
         nb, sm = np.asarray(self.nbr), np.asarray(self.sec_mem)
         if nb.size and ((nb < 0).any() or (nb >= n).any()):
             raise ValueError("neighbour index out of range")
@@ -283,20 +335,36 @@ cdef class SkylineSearch:
         diff = np.zeros(nsec + 1, dtype=np.int64)
         np.add.at(diff, lo, sz)
         np.add.at(diff, hi, -sz)
-        self.total0 = np.cumsum(diff[:-1])
+        self.total0 = np.cumsum(diff[:nsec])
         cdiff = np.zeros(nsec + 1, dtype=np.int64)
         multi = hi - lo > 1
         np.add.at(cdiff, lo[multi], 1)
         np.add.at(cdiff, hi[multi] - 1, -1)
-        self.cuts0 = np.cumsum(cdiff[:-1])
+        self.cuts0 = np.cumsum(cdiff[:nsec])
         self.offset = np.full(n, -1, dtype=np.int64)
         self.solution = np.full(n, -1, dtype=np.int64)
         self.min_off = np.zeros(n, dtype=np.int64)
         self.floor_ = np.zeros(nsec, dtype=np.int64)
         self.total = np.array(self.total0, dtype=np.int64)
         self.cuts = np.array(self.cuts0, dtype=np.int64)
-        self.stamp = np.zeros(nsec, dtype=np.int64)
-        self.epoch = 0
+        if (np.diff(np.asarray(self.sec_start)) < 1).any():
+            raise ValueError("every section needs at least one member")
+        self.witness = np.array(sm[np.asarray(self.sec_start)[:nsec]], dtype=np.int64)
+        # Each section's member list keeps its unplaced buffers first (sec_cnt of them): placing
+        # a buffer swaps it behind them, and undoing (always in reverse order) just counts it
+        # back in. where[bpos[b] + s - sec_lo[b]] is b's position in section s's list.
+        self.sec_cnt = np.diff(np.asarray(self.sec_start))
+        self.bpos = np.concatenate([[0], np.cumsum(hi - lo)]).astype(np.int64)
+        bp = np.asarray(self.bpos)
+        sec_of = np.repeat(np.arange(nsec, dtype=np.int64), np.asarray(self.sec_cnt))
+        if sm.size != bp[n] or ((sec_of < lo[sm]) | (sec_of >= hi[sm])).any():
+            raise ValueError("section member lists do not match the section spans")
+        slot = bp[sm] + sec_of - lo[sm]
+        if (np.bincount(slot, minlength=sm.size) != 1).any():
+            raise ValueError("a buffer is listed twice in a section or missing from one")
+        where = np.empty(sm.size, dtype=np.int64)
+        where[slot] = np.arange(sm.size, dtype=np.int64)
+        self.where = where
 
     def __dealloc__(self):
         free(self.log.data)
@@ -360,6 +428,7 @@ cdef class SkylineSearch:
             self.min_off[i] = 0
         for s in range(self.nsec):
             self.floor_[s] = 0
+            self.sec_cnt[s] = self.sec_start[s + 1] - self.sec_start[s]
             self.total[s] = self.total0[s]
             self.cuts[s] = self.cuts0[s]
         # Quick infeasibility: a section whose total exceeds the capacity.
@@ -401,7 +470,8 @@ cdef class SkylineSearch:
                 if self.total[s] > tot:
                     tot = self.total[s]
             w = self.width[b]
-            area = self.size[b] * w
+            # Saturate instead of overflowing: the area is only a sort key.
+            area = self.size[b] * w if w <= 0 or self.size[b] <= INT64_MAX // w else INT64_MAX
             items[k].b = b
             if self.heuristic == 0:      # WAT
                 items[k].k1 = w
@@ -433,8 +503,8 @@ cdef class SkylineSearch:
 
     cdef int _search(self, Py_ssize_t part, int64_t m, int64_t s_lo, int64_t s_hi,
                      Py_ssize_t prev, int64_t prev_m, int64_t min_offset, int64_t min_p) noexcept nogil:
-        cdef Py_ssize_t ordpos, k, j, logmark, affpos, s
-        cdef int64_t cnt = 0, p, b, o, min_height, h, t
+        cdef Py_ssize_t ordpos, k, j, logmark, affpos, s, kept, i1, i2
+        cdef int64_t cnt = 0, nkept = 0, nmoved = 0, p, b, o, min_height, h, t, checked = -1
         cdef int st
         if self.nodes_left <= 0:
             return ST_ABORTED
@@ -442,25 +512,56 @@ cdef class SkylineSearch:
         self.nodes += 1
         if (self.nodes & 1023) == 0 and now() > self.deadline:
             return ST_DEADLINE
-        # The unplaced buffers of this partition, by (lowest feasible offset, preorder).
+        # The unplaced buffers of this partition, by (lowest feasible offset, preorder). The
+        # previous list is already in that order; only entries whose offset rose since are out
+        # of place, so those alone are sorted and merged back (cheaper than a full sort).
         ordpos = self.arena.size
-        if vec_reserve(&self.arena, 2 * prev_m) < 0:
+        if vec_reserve(&self.arena, 4 * prev_m) < 0:
             return ST_NOMEM
+        kept = ordpos + 2 * prev_m          # scratch: entries whose key is unchanged, in order
         for k in range(prev_m):
+            o = self.arena.data[prev + 2 * k]
             p = self.arena.data[prev + 2 * k + 1]
             b = self.arena.data[part + p]
-            if self.offset[b] < 0:
-                self.arena.data[ordpos + 2 * cnt] = self.min_off[b]
-                self.arena.data[ordpos + 2 * cnt + 1] = p
-                cnt += 1
-        self.arena.size += 2 * cnt
+            if self.offset[b] >= 0:
+                continue
+            if self.min_off[b] == o:
+                self.arena.data[kept + 2 * nkept] = o
+                self.arena.data[kept + 2 * nkept + 1] = p
+                nkept += 1
+            else:   # moved entries go to the front of the final area for now
+                self.arena.data[ordpos + 2 * nmoved] = self.min_off[b]
+                self.arena.data[ordpos + 2 * nmoved + 1] = p
+                nmoved += 1
+        cnt = nkept + nmoved
         if cnt == 0:
             for k in range(m):
                 b = self.arena.data[part + k]
                 self.solution[b] = self.offset[b]
-            self.arena.size = ordpos
             return ST_OK
-        qsort(&self.arena.data[ordpos], cnt, sizeof(OrderItem), cmp_order)
+        if nmoved > 1:
+            sort_order(<OrderItem*> &self.arena.data[ordpos], nmoved)
+        # Merge from the back so the moved entries (at the front) are never overwritten unread.
+        i1 = nkept - 1
+        i2 = nmoved - 1
+        k = cnt - 1
+        while i2 >= 0:
+            if i1 >= 0 and cmp_order(&self.arena.data[kept + 2 * i1],
+                                     &self.arena.data[ordpos + 2 * i2]) > 0:
+                self.arena.data[ordpos + 2 * k] = self.arena.data[kept + 2 * i1]
+                self.arena.data[ordpos + 2 * k + 1] = self.arena.data[kept + 2 * i1 + 1]
+                i1 -= 1
+            else:
+                self.arena.data[ordpos + 2 * k] = self.arena.data[ordpos + 2 * i2]
+                self.arena.data[ordpos + 2 * k + 1] = self.arena.data[ordpos + 2 * i2 + 1]
+                i2 -= 1
+            k -= 1
+        while i1 >= 0:
+            self.arena.data[ordpos + 2 * k] = self.arena.data[kept + 2 * i1]
+            self.arena.data[ordpos + 2 * k + 1] = self.arena.data[kept + 2 * i1 + 1]
+            i1 -= 1
+            k -= 1
+        self.arena.size = ordpos + 2 * cnt
         # Dominance: placing anything at or above the lowest possible top of an unplaced
         # buffer would leave a gap that buffer could take instead.
         min_height = INT64_MAX
@@ -478,7 +579,14 @@ cdef class SkylineSearch:
             if o < min_offset or (o == min_offset and p < min_p):
                 continue
             if o >= min_height:
-                continue
+                break       # candidates come by offset: all later ones are dominated too
+            # Placing never lowers a floor, so the check at offset o before placing is a
+            # necessary condition; it only gets harder as o grows, so a failure ends the loop
+            # without paying for the placement.
+            if o != checked:
+                if not self._check(s_lo, s_hi, o):
+                    break
+                checked = o
             self.offset[b] = o
             logmark = self.log.size
             affpos = self.arena.size
@@ -499,6 +607,7 @@ cdef class SkylineSearch:
             self.log.size = logmark
             for s in range(self.slo[b], self.shi[b]):
                 self.total[s] += self.size[b]
+                self.sec_cnt[s] += 1    # b sits right behind the unplaced members again
             self.offset[b] = -1
             self.arena.size = affpos
             if st != ST_NOTFOUND:
@@ -511,9 +620,9 @@ cdef class SkylineSearch:
         # Raise the lowest feasible offset of b's unplaced neighbours to b's top, then raise
         # the floors of b's sections and of sections whose unplaced buffers all sit higher.
         cdef int64_t height = self.offset[b] + self.size[b]
-        cdef int64_t j, q, s, lowest
-        cdef Py_ssize_t k, affpos = self.arena.size, naff
-        self.epoch += 1
+        cdef int64_t j, q, s, lowest, f, last
+        cdef int64_t aff_lo = self.nsec, aff_hi = 0
+        cdef Py_ssize_t k
         for k in range(self.nbr_start[b], self.nbr_start[b + 1]):
             j = self.nbr[k]
             if self.offset[j] >= 0 or self.min_off[j] >= height:
@@ -525,13 +634,11 @@ cdef class SkylineSearch:
             self.log.data[self.log.size + 2] = self.min_off[j]
             self.log.size += 3
             self.min_off[j] = height
-            for s in range(self.slo[j], self.shi[j]):
-                if self.stamp[s] != self.epoch:
-                    self.stamp[s] = self.epoch
-                    if vec_reserve(&self.arena, 1) < 0:
-                        return ST_NOMEM
-                    self.arena.data[self.arena.size] = s
-                    self.arena.size += 1
+            # Every neighbour's section span meets b's, so the affected sections form one range.
+            if self.slo[j] < aff_lo:
+                aff_lo = self.slo[j]
+            if self.shi[j] > aff_hi:
+                aff_hi = self.shi[j]
         for s in range(self.slo[b], self.shi[b]):
             if vec_reserve(&self.log, 3) < 0:
                 return ST_NOMEM
@@ -541,20 +648,39 @@ cdef class SkylineSearch:
             self.log.size += 3
             self.floor_[s] = height
             self.total[s] -= self.size[b]
-        naff = self.arena.size - affpos
-        for k in range(naff):
-            s = self.arena.data[affpos + k]
+            # Move b just behind the unplaced members of s.
+            q = self.where[self.bpos[b] + s - self.slo[b]]
+            last = self.sec_start[s] + self.sec_cnt[s] - 1
+            j = self.sec_mem[last]
+            self.sec_mem[last] = b
+            self.sec_mem[q] = j
+            self.where[self.bpos[b] + s - self.slo[b]] = last
+            self.where[self.bpos[j] + s - self.slo[j]] = q
+            self.sec_cnt[s] -= 1
+        for s in range(aff_lo, aff_hi):
+            f = self.floor_[s]
+            # witness[s] is a hint: an unplaced member that recently sat at or below the floor.
+            # If it still does, the floor stands and the scan is skipped; the hint is never
+            # undone on backtracking because it only saves work and never changes a result.
+            if self.sec_cnt[s] == 0:
+                continue        # nothing unplaced here
+            j = self.witness[s]
+            if self.offset[j] < 0 and self.min_off[j] <= f:
+                continue
             lowest = INT64_MAX
-            for q in range(self.sec_start[s], self.sec_start[s + 1]):
+            for q in range(self.sec_start[s], self.sec_start[s] + self.sec_cnt[s]):
                 j = self.sec_mem[q]
-                if self.offset[j] < 0 and self.min_off[j] < lowest:
+                if self.min_off[j] < lowest:
                     lowest = self.min_off[j]
-            if lowest != INT64_MAX and self.floor_[s] < lowest:
+                    self.witness[s] = j
+                    if lowest <= f:
+                        break   # the floor stands; no need to look further
+            if lowest != INT64_MAX and f < lowest:
                 if vec_reserve(&self.log, 3) < 0:
                     return ST_NOMEM
                 self.log.data[self.log.size] = LOG_FLOOR
                 self.log.data[self.log.size + 1] = s
-                self.log.data[self.log.size + 2] = self.floor_[s]
+                self.log.data[self.log.size + 2] = f
                 self.log.size += 3
                 self.floor_[s] = lowest
         return ST_OK

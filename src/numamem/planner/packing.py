@@ -6,7 +6,8 @@ get to the lower bound (the largest total size live at one time), in two stages:
 
 1. **Greedy portfolio.** Several fixed orderings (by size, area, lifetime length, conflicts,
    start) each placed by best fit and by first fit (:func:`numamem.planner._pack.greedy`, a C
-   loop). Greedy by size with best fit always runs first: the result is never worse than it.
+   loop; past :data:`GREEDY_FULL_PORTFOLIO_MAX` buffers only the ordering by size, since each run
+   is quadratic). Greedy by size with best fit always runs first: the result is never worse.
 2. **Skyline search.** If the best greedy peak is above the lower bound, a branch and bound over
    canonical placements (the method of MiniMalloc, Moffitt, ASPLOS 2023;
    :class:`numamem.planner._pack.SkylineSearch`) tries capacities between the lower bound and
@@ -29,7 +30,6 @@ adds an ``offset`` column (:func:`read_csv`, :func:`write_csv`).
 from __future__ import annotations
 
 import csv
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -46,15 +46,22 @@ __all__ = ["PackResult", "PackInput", "pack", "check", "lower_bound", "read_csv"
 DEFAULT_TIME_LIMIT = 10.0
 
 # The skyline search keeps per-buffer neighbour lists and per-section member lists and recurses
-# once per placed buffer; past these sizes its memory and depth are not worth it (the large
-# instances we know are within 1 % of their bound with the greedy portfolio).
+# once per placed buffer; past these sizes its memory, depth and node cost rule it out, and the
+# greedy portfolio's result is returned (2.5 % and 3.3 % above the bound on the two public
+# instances with 18,000-29,000 buffers).
 SEARCH_MAX_BUFFERS = 4000
 SEARCH_MAX_PAIRS = 2_000_000
 SEARCH_MAX_MEMBERSHIP = 4_000_000
 
-# Initial node budget per buffer for one search attempt, and its growth per round.
-_BUDGET_PER_BUFFER = 4
-_BUDGET_GROWTH = 4
+# Each greedy run costs O(n^2) (a scan of the placed buffers per buffer, about 0.3 s of CPU for
+# 28,500 buffers). Past this many buffers only the ordering by size runs (with best and first
+# fit; on the two large public instances no other ordering does better), so that 30,000 buffers
+# pack in about one second of CPU.
+GREEDY_FULL_PORTFOLIO_MAX = 20_000
+_LARGE_PORTFOLIO = ("size",)
+
+# Bisection steps of the search per round (see _search).
+_PROBES = 4
 
 
 @dataclass(frozen=True)
@@ -203,21 +210,31 @@ def _range_max(values: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.nd
     return out
 
 
-def _greedy_orders(lo, up, sz):
-    """The fixed greedy orderings, as (name, order) pairs; ties always go to the lower index."""
+#: The greedy orderings, in the order they run.
+GREEDY_ORDERS = ("size", "area", "length", "conflicts", "start")
+
+
+def _greedy_order(name: str, lo: np.ndarray, up: np.ndarray, sz: np.ndarray) -> np.ndarray:
+    """One greedy placement order (int64 indices); ties always go to the lower index."""
     length = up - lo
-    area = sz * length
-    times, live = _live_profile(lo, up, sz)
-    # "Conflicts": the largest total live during the buffer's lifetime (MiniMalloc's T).
-    conflict = _range_max(live, np.searchsorted(times, lo), np.searchsorted(times, up))
     # np.lexsort sorts by its last key first and is stable, so equal keys keep index order.
-    return [
-        ("size", np.lexsort((-length, -sz))),
-        ("area", np.lexsort((-sz, -area))),
-        ("length", np.lexsort((-sz, -length))),
-        ("conflicts", np.lexsort((-length, -sz, -conflict))),
-        ("start", np.lexsort((-sz, lo))),
-    ]
+    if name == "size":
+        order = np.lexsort((-length, -sz))
+    elif name == "area":
+        area = sz.astype(np.float64) * length   # float: a sort key that must not overflow
+        order = np.lexsort((-sz, -area))
+    elif name == "length":
+        order = np.lexsort((-sz, -length))
+    elif name == "conflicts":
+        # The largest total live during the buffer's lifetime (MiniMalloc's "T").
+        times, live = _live_profile(lo, up, sz)
+        conflict = _range_max(live, np.searchsorted(times, lo), np.searchsorted(times, up))
+        order = np.lexsort((-length, -sz, -conflict))
+    elif name == "start":
+        order = np.lexsort((-sz, lo))
+    else:
+        raise ValueError(f"unknown greedy order {name!r}")
+    return order.astype(np.int64)
 
 
 def _peak(offsets: np.ndarray, units: np.ndarray) -> int:
@@ -291,58 +308,72 @@ def _build_search(lo: np.ndarray, up: np.ndarray, units: np.ndarray):
     return _pack.SkylineSearch(units, up - lo, slo, shi, nbr_start, nbr, sec_start, sec_mem)
 
 
-def _attempt(solver, cap: int, budget: int, deadline: float):
-    """Try every preordering heuristic at ``cap`` with ``budget`` nodes each.
+def _attempt(solver, cap: int, budget: int, deadline: float, heuristics):
+    """Try the preordering ``heuristics`` (indices) in turn at ``cap``, ``budget`` nodes each.
 
-    Returns ``(outcome, offsets, heuristic)`` with outcome ``"ok"``, ``"infeasible"``
+    Returns ``(outcome, offsets, heuristic index)`` with outcome ``"ok"``, ``"infeasible"``
     (proven), ``"budget"`` or ``"deadline"``.
     """
-    for h, name in enumerate(_pack.HEURISTICS):
+    for h in heuristics:
         if time.monotonic() >= deadline:
-            return "deadline", None, ""
+            return "deadline", None, h
         status, offsets, _ = solver.solve(cap, budget, deadline, h)
         if status in ("ok", "infeasible", "deadline"):
-            return status, offsets, name
-    return "budget", None, ""
+            return status, offsets, h
+    return "budget", None, h
 
 
 def _search(solver, units, lb: int, best_peak: int, deadline: float):
     """Run the capacity schedule; return (offsets or None, peak, heuristic, timed_out, proven).
 
-    Round r gives each heuristic ``n * 2**(r+2)`` nodes at the lowest capacity not proven
-    infeasible (MiniMalloc's own round robin: most instances fit their lower bound), then
-    bisects between that capacity and the best peak so far with a quarter of that budget per
-    attempt, down to a 0.1 % gap, so that hard instances still improve step by step.
-    A capacity the search proves infeasible raises the bound for good.
+    Round r has a budget of ``B = n * 2**(r+2)`` search nodes per attempt. It makes up to
+    :data:`_PROBES` bisection steps between the lowest capacity not proven infeasible and the
+    best peak so far (one heuristic each, so that instances whose optimum lies above the bound
+    still improve), then tries that lowest capacity with every heuristic in turn (MiniMalloc's
+    own round robin: most instances fit their lower bound). The heuristic that succeeded last
+    leads; a failed step passes the lead on. A capacity proven infeasible raises the bound for
+    good. Only node counts decide, so the sequence of attempts is deterministic; the deadline
+    only cuts it short (the steps come first in a round so that a round cut short has spent its
+    time on improving the best peak).
     """
     n = units.size
+    count = len(_pack.HEURISTICS)
     best = None
     method = ""
     proven_lb = lb               # nothing below this fits (proven)
     tolerance = max(1, lb // 1000)
     budget = 2 * n
+    lead = 0
     while best_peak > proven_lb:
         budget *= 2
-        outcome, offsets, name = _attempt(solver, proven_lb, budget, deadline)
-        if outcome == "deadline":
-            return best, best_peak, method, True, False
-        if outcome == "ok":
-            best, best_peak, method = offsets, _peak(offsets, units), name
-            break
-        lo = proven_lb + 1
-        if outcome == "infeasible":
-            proven_lb = lo
-        while best_peak - lo > tolerance:
-            cap = (lo + best_peak - 1) // 2
-            outcome, offsets, name = _attempt(solver, cap, max(n, budget // 4), deadline)
+        # Bisection steps first: the bound attempt last keeps most of a round cut short by the
+        # deadline on the steps that improve the best peak.
+        lo = proven_lb
+        for _ in range(_PROBES):
+            if best_peak - lo <= tolerance:
+                break
+            cap = (lo + best_peak) // 2
+            outcome, offsets, h = _attempt(solver, cap, budget, deadline, [lead])
             if outcome == "deadline":
                 return best, best_peak, method, True, False
             if outcome == "ok":
-                best, best_peak, method = offsets, _peak(offsets, units), name
+                best, best_peak, method = offsets, _peak(offsets, units), _pack.HEURISTICS[h]
             else:
+                lead = (lead + 1) % count
                 lo = cap + 1
                 if outcome == "infeasible":
                     proven_lb = lo
+        if best_peak <= proven_lb:
+            break
+        everyone = [(lead + k) % count for k in range(count)]
+        outcome, offsets, h = _attempt(solver, proven_lb, budget, deadline, everyone)
+        if outcome == "deadline":
+            return best, best_peak, method, True, False
+        if outcome == "ok":
+            best, best_peak, method = offsets, _peak(offsets, units), _pack.HEURISTICS[h]
+            break
+        if outcome == "infeasible":
+            proven_lb += 1
     return best, best_peak, method, False, True
 
 
@@ -408,9 +439,11 @@ def pack(lower, upper, size, *, align: int = 1, time_limit: float | None = None)
     proven = True
     if live.size:
         best_peak = -1
-        for name, order in _greedy_orders(lo_l, up_l, un_l):
+        names = GREEDY_ORDERS if live.size <= GREEDY_FULL_PORTFOLIO_MAX else _LARGE_PORTFOLIO
+        for name in names:
+            order = _greedy_order(name, lo_l, up_l, un_l)
             for best_fit in (True, False):
-                off = _pack.greedy(lo_l, up_l, un_l, order.astype(np.int64), best_fit)
+                off = _pack.greedy(lo_l, up_l, un_l, order, best_fit)
                 peak = _peak(off, un_l)
                 if best_peak < 0:
                     greedy_peak = peak
@@ -439,7 +472,12 @@ def pack(lower, upper, size, *, align: int = 1, time_limit: float | None = None)
     offsets[live] = best * align
     peak = best_peak * align
     lb *= align
-    check(lo, up, units_all * align, offsets)
+    try:
+        # Cheap next to the packing itself, and it keeps a packer bug from ever handing out
+        # overlapping memory.
+        check(lo, up, units_all * align, offsets)
+    except ValueError as exc:  # pragma: no cover - only a bug in this module gets here
+        raise RuntimeError(f"internal error of the packer ({method}): {exc}") from exc
     return PackResult(
         offsets=offsets,
         peak=int(peak),
