@@ -672,8 +672,9 @@ def page_nodes(array) -> np.ndarray:
     -------
     numpy.ndarray of int32
         One entry per page from the array's first to last byte: the node id, or a negative
-        errno where the kernel has no node for the page (``-2``, ENOENT: not faulted in yet;
-        ``-14``, EFAULT: not mapped).
+        errno where the kernel has no node for the page: ``-2`` (ENOENT) or, on some kernels
+        (seen on Debian's 6.1), ``-14`` (EFAULT) for a page not faulted in yet; ``-14`` also for
+        an address not mapped at all.
     """
     array = np.asarray(array)
     if array.size == 0:
