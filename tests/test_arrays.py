@@ -236,7 +236,8 @@ def test_kernel_strict_check_failure_is_an_error(monkeypatch, node0, mapping_cou
 def test_lazy_bind_leaves_pages_unfaulted(node0):
     array = numamem.empty(64 * 4096, np.uint8, node=node0, populate=False)
     status = numamem.page_nodes(array)
-    assert np.all(status == -errno.ENOENT)
+    # ENOENT for a page never touched; Debian's 6.1 kernel says EFAULT instead.
+    assert set(status.tolist()) <= {-errno.ENOENT, -errno.EFAULT} and len(status) == 64
     array[::4096] = 1
     assert set(numamem.page_nodes(array).tolist()) == {node0}
     assert numamem.placement(array).policy == "bind"
