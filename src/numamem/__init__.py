@@ -31,3 +31,7 @@ __all__ = [
 ]
 
 from numamem import models  # noqa: E402  (built-in layer graphs: numamem.models.get)
+from numamem.runtime import BaselineExecutor, Executor, run_graph  # noqa: E402
+
+run = run_graph  # numamem.run(graph, ...): the Python form of `numamem run`
+__all__ += ["models", "BaselineExecutor", "Executor", "run_graph", "run"]

@@ -6,6 +6,8 @@ import numpy.typing as npt
 
 HEURISTICS: tuple[str, ...]
 
+def dense_ranks(values: npt.ArrayLike) -> np.ndarray: ...
+
 def greedy(
     lower: npt.NDArray[np.int64],
     upper: npt.NDArray[np.int64],

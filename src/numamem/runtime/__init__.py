@@ -1,10 +1,17 @@
-"""The numamem runtime: block kernels of the graph ops and a float64 reference.
+"""The numamem runtime: block kernels, a float64 reference, the planned executor and baselines.
 
 :mod:`numamem.runtime.kernels` computes one per-node block of a layer into caller-provided
 (planned) memory; :mod:`numamem.runtime.reference` is the independent whole-tensor float64
-reference the kernels and the executor are checked against.
+reference the kernels and the executor are checked against. :class:`Executor` runs a plan on
+node-bound worker threads in per-node arenas; :class:`BaselineExecutor` runs the same blocks with
+first-touch or interleaved memory; :func:`run_graph` runs every mode and reports
+(``numamem run``); :mod:`numamem.runtime.bench` measures the machine (``numamem bench``).
 """
 from numamem.runtime.kernels import KERNELS, Block, bind, input_regions, output_shape, run, scratch_bytes
 from numamem.runtime.reference import reference_forward
+from numamem.runtime.executor import MODES, BaselineExecutor, Executor, WorkerTeam, bytes_by_node, make_executor
+from numamem.runtime.runner import run_graph
 
-__all__ = ["KERNELS", "Block", "bind", "input_regions", "output_shape", "reference_forward", "run", "scratch_bytes"]
+__all__ = ["KERNELS", "MODES", "BaselineExecutor", "Block", "Executor", "WorkerTeam", "bind", "bytes_by_node",
+           "input_regions", "make_executor", "output_shape", "reference_forward", "run", "run_graph",
+           "scratch_bytes"]

@@ -1,0 +1,6 @@
+"""Type stubs of numamem.runtime._chase (the C loops of ``numamem bench``)."""
+import numpy as np
+import numpy.typing as npt
+
+def chase(links: npt.NDArray[np.int64], start: int, steps: int, stride: int = ...) -> int: ...
+def read_sum(data: npt.NDArray[np.uint64], repeats: int = ...) -> int: ...
