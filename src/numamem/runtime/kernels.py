@@ -111,6 +111,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from numamem.planner import ops as _ops
+
 Shape = tuple[int, ...]
 #: A hyper-rectangle of a tensor: one half-open ``(start, stop)`` range per axis (as the planner's).
 Region = tuple[tuple[int, int], ...]
@@ -217,29 +219,8 @@ def _full(shape: Shape) -> Region:
     return tuple((0, int(d)) for d in shape)
 
 
-def _on(shape: Shape, axis: int, lo: int, hi: int) -> Region:
-    return tuple((lo, hi) if k == axis else (0, int(d)) for k, d in enumerate(shape))
-
-
 def _region_shape(region: Region) -> Shape:
     return tuple(b - a for a, b in region)
-
-
-def _broadcast_region(shape: Shape, out_ndim: int, axis: int, lo: int, hi: int) -> Region:
-    j = axis - (out_ndim - len(shape))
-    if j < 0 or shape[j] == 1:
-        return _full(shape)
-    return _on(shape, j, lo, hi)
-
-
-def _halo(lo: int, hi: int, kernel: int, stride: int, pad: int, size: int) -> tuple[int, int]:
-    """Input rows that output rows ``[lo, hi)`` of a sliding window read, clipped to the input.
-
-    Windows that lie wholly in the padding (possible when the padding exceeds the kernel) read
-    nothing: the range is then empty, never reversed.
-    """
-    start = min(size, max(0, lo * stride - pad))
-    return start, max(start, min(size, (hi - 1) * stride - pad + kernel))
 
 
 def _valid(n_out: int, offset: int, stride: int, size: int) -> tuple[int, int, int]:
@@ -325,15 +306,6 @@ def _check_act(attrs: Mapping[str, Any]) -> None:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)} or None, not {act!r}")
 
 
-def _window_out(size: int, k: int, s: int, p: int) -> int:
-    if k < 1 or s < 1 or p < 0:
-        raise ValueError("kernel and stride must be >= 1 and padding >= 0")
-    n = (size + 2 * p - k) // s + 1
-    if n < 1:
-        raise ValueError(f"kernel {k} does not fit input size {size} with padding {p}")
-    return n
-
-
 def _conv_params(attrs: Mapping[str, Any]):
     return (_pair(attrs.get("stride", 1), "stride"), _pair(attrs.get("padding", 0), "padding"),
             int(attrs.get("groups", 1)))
@@ -347,19 +319,6 @@ def _pool_params(attrs: Mapping[str, Any]):
             _pair(attrs.get("padding", 0), "padding"))
 
 
-def _reshape_target(x: Shape, target: Sequence[int]) -> Shape:
-    total = math.prod(x)
-    target = [int(d) for d in target]
-    if target.count(-1) == 1:
-        known = math.prod(d for d in target if d != -1)
-        if known == 0 or total % known:
-            raise ValueError(f"cannot reshape {list(x)} to {target}")
-        target = [total // known if d == -1 else d for d in target]
-    if math.prod(target) != total or any(d < 0 for d in target):
-        raise ValueError(f"cannot reshape {list(x)} to {target}")
-    return tuple(target)
-
-
 def _perm(x: Shape, attrs: Mapping[str, Any]) -> tuple[int, ...]:
     perm = attrs.get("perm")
     if perm is None:
@@ -370,169 +329,26 @@ def _perm(x: Shape, attrs: Mapping[str, Any]) -> tuple[int, ...]:
     return perm
 
 
-def _reshape_axis(x: Shape, out: Shape, axis: int) -> int | None:
-    """The input axis that output ``axis`` of a reshape is (same size, same elements before)."""
-    before = math.prod(out[:axis])
-    for j, d in enumerate(x):
-        if d == out[axis] and math.prod(x[:j]) == before:
-            return j
-    return None
+def _graph_attrs(attrs: Mapping[str, Any]) -> dict:
+    # Keys starting with "_" are this module's private switches (e.g. conv2d's "_method").
+    return {k: v for k, v in attrs.items() if not k.startswith("_")}
 
 
 def _infer(op: str, s: Sequence[Shape], attrs: Mapping[str, Any]) -> Shape:
-    x = tuple(s[0])
-    if op == "dense":
+    if op in ("dense", "conv2d", "add"):
         _check_act(attrs)
-        w = s[1]
-        if len(x) < 2 or len(w) != 2 or x[-1] != w[0] or (len(s) == 3 and tuple(s[2]) != (w[1],)):
-            raise ValueError(f"dense: shapes {list(map(list, s))} do not fit x[..., K], w[K, M], b[M]")
-        return x[:-1] + (w[1],)
-    if op == "matmul":
-        a, b = x, tuple(s[1])
-        tb = bool(attrs.get("transpose_b", False))
-        kb, n = (b[-1], b[-2]) if tb else (b[-2], b[-1])
-        if len(a) < 2 or len(b) < 2 or a[-1] != kb:
-            raise ValueError(f"matmul: shapes {list(a)} and {list(b)} do not fit")
-        return tuple(np.broadcast_shapes(a[:-2], b[:-2])) + (a[-2], n)
-    if op == "conv2d":
-        _check_act(attrs)
-        w = s[1]
-        (sh, sw), (ph, pw), g = _conv_params(attrs)
-        if len(x) != 4 or len(w) != 4 or g < 1 or x[1] % g or w[0] % g or w[1] != x[1] // g:
-            raise ValueError(f"conv2d: shapes {list(x)}, {list(w)} do not fit groups={g}")
-        if len(s) == 3 and tuple(s[2]) != (w[0],):
-            raise ValueError(f"conv2d: bias must have shape [{w[0]}]")
-        return (x[0], w[0], _window_out(x[2], w[2], sh, ph), _window_out(x[3], w[3], sw, pw))
-    if op in ("relu", "relu6", "gelu", "sigmoid", "softmax"):
-        if op == "softmax":
-            _axis(attrs.get("axis", -1), len(x))
-        return x
-    if op in ("add", "mul"):
-        _check_act(attrs)
-        return tuple(np.broadcast_shapes(x, tuple(s[1])))
-    if op in ("maxpool2d", "avgpool2d"):
-        (kh, kw), (sh, sw), (ph, pw) = _pool_params(attrs)
-        if len(x) != 4 or 2 * ph > kh or 2 * pw > kw:
-            raise ValueError(f"{op}: needs a 4-D input and padding at most half the kernel")
-        return (x[0], x[1], _window_out(x[2], kh, sh, ph), _window_out(x[3], kw, sw, pw))
-    if op == "global_avgpool":
-        if len(x) != 4:
-            raise ValueError("global_avgpool: needs a 4-D input")
-        return x[:2]
-    if op == "batchnorm":
-        if len(x) < 2 or tuple(s[1]) != (x[1],) or tuple(s[2]) != (x[1],):
-            raise ValueError(f"batchnorm: scale and shift must have shape [{x[1] if len(x) > 1 else '?'}]")
-        return x
-    if op == "layernorm":
-        if tuple(s[1]) != (x[-1],) or tuple(s[2]) != (x[-1],):
-            raise ValueError(f"layernorm: gamma and beta must have shape [{x[-1]}]")
-        return x
-    if op == "reshape":
-        return _reshape_target(x, attrs["shape"])
-    if op == "flatten":
-        return (x[0], math.prod(x[1:]))
-    if op == "transpose":
-        return tuple(x[p] for p in _perm(x, attrs))
-    if op == "concat":
-        ax = _axis(attrs.get("axis", 0), len(x))
-        for t in s[1:]:
-            if len(t) != len(x) or any(a != b for k, (a, b) in enumerate(zip(t, x)) if k != ax):
-                raise ValueError(f"concat: shapes differ outside axis {ax}")
-        return x[:ax] + (sum(t[ax] for t in s),) + x[ax + 1:]
-    if op == "embedding":
-        if len(x) != 2 or len(s[1]) != 2:
-            raise ValueError("embedding: ids must be [N, L] and table [V, D]")
-        return x + (s[1][1],)
-    raise ValueError(f"unknown op {op!r}")
-
-
-# ======================================================================= splits and regions
-_ELEMENTWISE = ("relu", "relu6", "gelu", "sigmoid")
+    return tuple(_ops.infer_shape(op, [tuple(t) for t in s], _graph_attrs(attrs)))
 
 
 def _splittable(op: str, s: Sequence[Shape], out: Shape, attrs: Mapping[str, Any], axis: int) -> bool:
-    nd = len(out)
-    if not 0 <= axis < nd:
-        return False
-    if op == "layernorm":
-        return axis != nd - 1
-    if op == "softmax":
-        return axis != _axis(attrs.get("axis", -1), nd)
-    if op in ("reshape", "flatten"):
-        return _reshape_axis(tuple(s[0]), out, axis) is not None
-    return op in KERNELS
+    return op in KERNELS and _ops.splittable(op, [tuple(t) for t in s], tuple(out), _graph_attrs(attrs), axis)
 
 
 def _regions(op: str, s: Sequence[Shape], out: Shape, attrs: Mapping[str, Any], b: Block) -> list[Region | None]:
-    nd, axis, lo, hi = len(out), b.axis, b.start, b.stop
-    x = tuple(s[0])
-    if op == "dense":
-        if axis == nd - 1:
-            regs: list[Region | None] = [_full(x), _on(tuple(s[1]), 1, lo, hi)]
-            return regs + ([((lo, hi),)] if len(s) == 3 else [])
-        return [_on(x, axis, lo, hi)] + [_full(tuple(t)) for t in s[1:]]
-    if op == "matmul":
-        a, bb = x, tuple(s[1])
-        if axis == nd - 2:
-            return [_on(a, len(a) - 2, lo, hi), _full(bb)]
-        if axis == nd - 1:
-            tb = bool(attrs.get("transpose_b", False))
-            return [_full(a), _on(bb, len(bb) - (2 if tb else 1), lo, hi)]
-        return [_broadcast_region(a[:-2], nd - 2, axis, lo, hi) + _full(a[-2:]),
-                _broadcast_region(bb[:-2], nd - 2, axis, lo, hi) + _full(bb[-2:])]
-    if op == "conv2d":
-        w = tuple(s[1])
-        if axis == 0:
-            return [_on(x, 0, lo, hi)] + [_full(tuple(t)) for t in s[1:]]
-        if axis == 1:
-            g = int(attrs.get("groups", 1))
-            if g == 1:
-                xr = _full(x)
-            else:
-                opg, ipg = w[0] // g, x[1] // g
-                xr = _on(x, 1, (lo // opg) * ipg, ((hi - 1) // opg + 1) * ipg)
-            return [xr, _on(w, 0, lo, hi)] + ([((lo, hi),)] if len(s) == 3 else [])
-        k = axis - 2
-        (stride, pad, _g) = _conv_params(attrs)
-        return [_on(x, axis, *_halo(lo, hi, w[2 + k], stride[k], pad[k], x[axis]))] + [
-            _full(tuple(t)) for t in s[1:]]
-    if op in ("maxpool2d", "avgpool2d"):
-        if axis < 2:
-            return [_on(x, axis, lo, hi)]
-        kernel, stride, pad = _pool_params(attrs)
-        k = axis - 2
-        return [_on(x, axis, *_halo(lo, hi, kernel[k], stride[k], pad[k], x[axis]))]
-    if op == "global_avgpool":
-        return [_on(x, axis, lo, hi)]
-    if op == "batchnorm":
-        return [_on(x, axis, lo, hi)] + [((lo, hi),) if axis == 1 else _full(tuple(t)) for t in s[1:]]
-    if op == "layernorm":
-        return [_on(x, axis, lo, hi), _full(tuple(s[1])), _full(tuple(s[2]))]
-    if op in ("add", "mul"):
-        return [_broadcast_region(tuple(t), nd, axis, lo, hi) for t in s]
-    if op in _ELEMENTWISE or op == "softmax":
-        return [_on(x, axis, lo, hi)]
-    if op in ("reshape", "flatten"):
-        j = _reshape_axis(x, out, axis)
-        return [_on(x, j, lo, hi)]
-    if op == "transpose":
-        return [_on(x, _perm(x, attrs)[axis], lo, hi)]
-    if op == "concat":
-        cat = _axis(attrs.get("axis", 0), nd)
-        if axis != cat:
-            return [_on(tuple(t), axis, lo, hi) for t in s]
-        regs = []
-        start = 0
-        for t in s:
-            a, c = max(lo - start, 0), min(hi - start, t[cat])
-            regs.append(_on(tuple(t), cat, a, c) if a < c else None)
-            start += t[cat]
-        return regs
-    if op == "embedding":
-        if axis == 2:
-            return [_full(x), _on(tuple(s[1]), 1, lo, hi)]
-        return [_on(x, axis, lo, hi), _full(tuple(s[1]))]
-    raise ValueError(f"unknown op {op!r}")
+    if op not in KERNELS:
+        raise ValueError(f"unknown op {op!r}")
+    return list(_ops.input_regions(op, [tuple(t) for t in s], tuple(out), _graph_attrs(attrs),
+                                   b.axis, b.start, b.stop))
 
 
 # ========================================================================== call context
