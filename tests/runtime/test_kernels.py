@@ -256,28 +256,6 @@ def test_embedding_rejects_out_of_range_ids():
         K.run("embedding", [np.array([[-1, 0]]), table], out)
 
 
-def test_regions_agree_with_the_planner():
-    ops = pytest.importorskip("numamem.planner.ops")
-    rng = np.random.default_rng(6)
-    checked = 0
-    for name, op, shapes, attrs in CASES:
-        a = {k: v for k, v in attrs.items() if v is not None}
-        out = K.output_shape(op, shapes, a)
-        assert tuple(ops.infer_shape(op, shapes, a)) == out, name
-        for axis in range(len(out)):
-            mine = K.splittable(op, shapes, a, axis)
-            assert mine == ops.splittable(op, shapes, out, a, axis), (name, axis)
-            if not mine:
-                continue
-            for lo, hi in cuts(out[axis], 3, rng):
-                if lo == hi:
-                    continue
-                theirs = ops.input_regions(op, shapes, out, a, axis, lo, hi)
-                assert K.input_regions(op, shapes, a, K.Block(axis, lo, hi)) == list(theirs), (name, axis)
-                checked += 1
-    assert checked > 100
-
-
 def test_graph_blockwise_matches_reference_forward():
     """A small CNN run layer by layer in two batch blocks and two channel blocks (as an executor would)."""
     rng = np.random.default_rng(7)

@@ -9,7 +9,8 @@ Blocks
 A :class:`Block` ``(axis, start, stop)`` names the half-open range ``[start, stop)`` of output
 ``axis`` (an axis of the layer's *full* output tensor, as the plan's ``slice`` entries do).
 ``block=None`` means the whole output. Which axes an op can be split along is
-:func:`splittable`; it follows :mod:`numamem.planner.ops` (the two are cross-checked by the tests):
+:func:`splittable`, which is the planner's rule (:mod:`numamem.planner.ops`, also the source of
+:func:`input_regions` and :func:`output_shape`, so the executor reads exactly what the plan counted):
 
 * batch split (``axis=0``): every op;
 * feature split: ``dense`` and ``matmul`` on the last axis (weight columns ``[start, stop)``,
