@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from numamem.planner.graph import Graph, load_graph
+from numamem.cli import positive_int
 
 
 def parse_nodes(text: str) -> list[int]:
@@ -65,16 +66,6 @@ def resolve_graph(spec: str, batch: int | None = None, seq_len: int | None = Non
     return load_graph(spec)
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     """Run ``numamem plan``."""
     from numamem.planner.plans import plan
@@ -110,12 +101,12 @@ def add_commands(subparsers: Any) -> None:
         "and remote bytes per layer. A plan is data: the nodes need not exist on this machine.",
     )
     ap.add_argument("graph", metavar="GRAPH", help="built-in model name or numamem-graph/1 file")
-    ap.add_argument("--batch", type=_positive, help="batch size of a built-in model (default 1)")
-    ap.add_argument("--seq-len", type=_positive, help="sequence length of bert_base (default 128)")
+    ap.add_argument("--batch", type=positive_int, help="batch size of a built-in model (default 1)")
+    ap.add_argument("--seq-len", type=positive_int, help="sequence length of bert_base (default 128)")
     ap.add_argument("--nodes", default="0,1",
                     help="node ids as a list (0,1 or 2,) or a count N meaning 0..N-1 (default 0,1)")
-    ap.add_argument("--page-size", type=_positive, default=4096, help="page size in bytes (default 4096)")
-    ap.add_argument("--alignment", type=_positive, default=64, help="alignment of single-node blocks (default 64)")
+    ap.add_argument("--page-size", type=positive_int, default=4096, help="page size in bytes (default 4096)")
+    ap.add_argument("--alignment", type=positive_int, default=64, help="alignment of single-node blocks (default 64)")
     ap.add_argument("--batch-axis-only", action="store_true",
                     help="split every layer on its batch axis instead of choosing per layer")
     ap.add_argument("--distances", metavar="FILE", help="JSON node distance matrix (order of --nodes, or by id)")

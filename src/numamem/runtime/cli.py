@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import numpy as np
+from numamem.cli import positive_int
 
 
 class Progress:
@@ -95,16 +96,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def add_commands(subparsers: Any) -> None:
     """Register ``run`` and ``bench``."""
     rp = subparsers.add_parser(
@@ -116,19 +107,19 @@ def add_commands(subparsers: Any) -> None:
         "remotely, where the pages are, peak memory, and an estimated multi-socket speed-up.",
     )
     rp.add_argument("graph", metavar="GRAPH", help="built-in model name or numamem-graph/1 file")
-    rp.add_argument("--batch", type=_positive, help="batch size of a built-in model (default 1)")
-    rp.add_argument("--seq-len", type=_positive, help="sequence length of bert_base (default 128)")
+    rp.add_argument("--batch", type=positive_int, help="batch size of a built-in model (default 1)")
+    rp.add_argument("--seq-len", type=positive_int, help="sequence length of bert_base (default 128)")
     rp.add_argument("--nodes", help="node ids (0,1 or 2,) or a count N; they must exist here "
                     "(default: every allowed node with memory)")
     rp.add_argument("--mode", default="planned,first-touch,interleave",
                     help="comma-separated modes among planned, first-touch, interleave (default: all)")
-    rp.add_argument("--iters", type=_positive, default=5, help="timed iterations per mode (default 5)")
+    rp.add_argument("--iters", type=positive_int, default=5, help="timed iterations per mode (default 5)")
     rp.add_argument("--seed", type=int, default=0, help="seed of random weights and inputs (default 0)")
     rp.add_argument("--weights", metavar="W.npz", help="weights by tensor name (default: random)")
     rp.add_argument("--inputs", metavar="X.npz", help="inputs by tensor name (default: random)")
     rp.add_argument("--outputs", metavar="Y.npz", help="write the first mode's outputs")
     rp.add_argument("--json", metavar="OUT", help="write the report (numamem-run/1)")
-    rp.add_argument("--workers", type=_positive, help="worker threads per node (default: the node's CPUs)")
+    rp.add_argument("--workers", type=positive_int, help="worker threads per node (default: the node's CPUs)")
     rp.add_argument("--bandwidth", metavar="FILE",
                     help="numamem bench --json output: measured matrix for the speed-up estimate")
     rp.add_argument("--reference", choices=("auto", "independent", "kernels"), default="auto",
