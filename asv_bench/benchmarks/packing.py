@@ -3,8 +3,8 @@
 ``time_pack`` is the full packer (greedy portfolio, then the skyline search up to the default
 time limit); ``time_greedy_by_size`` is the baseline measured in the same run, so the two can be
 compared as a ratio. ``track_ratio`` / ``track_greedy_ratio`` record peak / lower bound of each.
-Instances come from ``$NUMAMEM_BENCHDATA`` (default ``/work/shared/benchdata``); a missing file
-skips its case.
+Instances come from ``$NUMAMEM_BENCHDATA`` (default: ``shared/benchdata`` beside the repository);
+a missing file skips its case. Smoke mode packs three quick instances with a 1 s limit.
 """
 import os
 from pathlib import Path
@@ -13,13 +13,20 @@ import numpy as np
 
 from numamem.planner import _pack, packing
 
-DATA = Path(os.environ.get("NUMAMEM_BENCHDATA", "/work/shared/benchdata"))
-INSTANCES = [f"minimalloc-challenging/{c}.1048576.csv" for c in "ABCDEFGHIJK"] + [
-    "idealloc/somas_tensors_resnet50.csv",
-    "idealloc/iopddl_G_1.csv",
-    "idealloc/iopddl_S_1.csv",
-    "idealloc/somas_tensors_pangu_2.6B.csv",
-]
+from .common import smoke_or
+
+_REPO = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("NUMAMEM_BENCHDATA", _REPO.parent / "shared" / "benchdata"))
+INSTANCES = smoke_or(
+    [f"minimalloc-challenging/{c}.1048576.csv" for c in "ABCDEFGHIJK"] + [
+        "idealloc/somas_tensors_resnet50.csv",
+        "idealloc/iopddl_G_1.csv",
+        "idealloc/iopddl_S_1.csv",
+        "idealloc/somas_tensors_pangu_2.6B.csv",
+    ],
+    ["minimalloc-challenging/C.1048576.csv", "minimalloc-challenging/G.1048576.csv", "idealloc/iopddl_G_1.csv"],
+)
+TIME_LIMIT = smoke_or(None, 1.0)
 
 
 def load(name):
@@ -50,7 +57,7 @@ class Pack:
 
     def time_pack(self, name):
         d = self.data
-        packing.pack(d.lower, d.upper, d.size)
+        packing.pack(d.lower, d.upper, d.size, time_limit=TIME_LIMIT)
 
     def time_greedy_by_size(self, name):
         greedy_by_size(self.data)
@@ -66,7 +73,7 @@ class PackQuality:
 
     def track_ratio(self, name):
         d = self.data
-        return packing.pack(d.lower, d.upper, d.size).ratio
+        return packing.pack(d.lower, d.upper, d.size, time_limit=TIME_LIMIT).ratio
 
     track_ratio.unit = "peak / lower bound"
 

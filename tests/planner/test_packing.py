@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 from numamem.planner import _pack, packing
 from numamem.planner.packing import PackResult, check, lower_bound, pack, read_csv
 
-BENCHDATA = Path("/work/shared/benchdata")
+# shared/ sits beside the repository (CI clones elsewhere with a copy of shared/ beside it).
+BENCHDATA = next((p for p in (Path(__file__).resolve().parents[3] / "shared" / "benchdata",
+                              Path("/work/shared/benchdata")) if p.is_dir()),
+                 Path(__file__).resolve().parents[3] / "shared" / "benchdata")
 
 
 def brute_overlaps(lower, upper, size, offsets):
