@@ -272,7 +272,8 @@ def test_thp_reported_from_kernel(node0, topo):
         return
     array = numamem.zeros(64 << 20, np.uint8, node=node0, pages="thp")
     info = numamem.placement(array)
-    assert array.ctypes.data % topo.thp_size == 0
+    # The mapping is aligned for huge pages; the array starts a few pages into it (staggered).
+    assert numamem.owner(array).address % topo.thp_size == 0
     # The kernel may fail to find some huge pages (fragmentation), but with direct compaction
     # for madvised ranges it finds at least one on a machine with this much free memory.
     assert info.thp_bytes >= topo.thp_size and info.pages == "thp"
@@ -380,3 +381,19 @@ def test_migrate_errors(node0):
         numamem.migrate(array, 4242)
     with pytest.raises(TypeError):
         numamem.migrate(array, "0")
+
+
+def test_large_ranges_not_aligned_to_2mib_verify(node0):
+    # Mappings of base pages are only 4 KiB-aligned: the sampled check must stay inside them.
+    arrays = [numamem.zeros((8 << 20) + 4096 * i, np.uint8, node=node0, pages="4k") for i in range(6)]
+    for array in arrays:
+        assert numamem.placement(array).bytes_per_node == {node0: array.nbytes}
+
+
+def test_large_arrays_are_staggered(node0):
+    # Equal large arrays must not all start at the same offset modulo 64 KiB (cache-set and
+    # 4 KiB aliasing in streams over several of them).
+    starts = {numamem.empty(4 << 20, np.float64, node=node0).ctypes.data % (64 << 10) for _ in range(4)}
+    assert len(starts) > 1
+    split = numamem.empty((512, 1024), np.float64, nodes=[node0, node0])
+    assert split.ctypes.data == numamem.owner(split).address  # block splits start at their page

@@ -16,6 +16,7 @@ process alive when a node is short of memory (ARCHITECTURE.md, invariant 4):
 from __future__ import annotations
 
 import errno
+import itertools
 import math
 import operator
 import re
@@ -36,6 +37,9 @@ __all__ = [
 POLICIES = ("bind", "preferred", "interleave", "local")
 PAGE_KINDS = ("auto", "4k", "thp", "2M", "1G")
 HUGETLB_SIZES = {"2M": 2 * 2**20, "1G": 2**30}
+STAGGER_MIN_BYTES = 1 << 20
+STAGGER_SLOTS = 16
+_stagger_slots = itertools.count()
 # Below this size a strict request is not compared with the node's free memory up front: reading
 # the node's meminfo costs more than placing a small array, and safety does not depend on the
 # check (pages are populated under MPOL_PREFERRED and verified, so a full node is an exception,
@@ -370,7 +374,9 @@ def _verify_and_bind(region: Region, node: int, start: int, stop: int, hugetlb: 
     if hugetlb or stop - start <= FULL_VERIFY_BYTES:
         addresses = _page_addresses(base + start, base + stop, page)
     else:
-        addresses = np.append(_page_addresses(base + start, base + stop, SAMPLE_STRIDE),
+        # Sample from the range's own first page: rounding down to a 2 MiB boundary would ask
+        # about an address before the mapping (EFAULT) whenever the range is not 2 MiB-aligned.
+        addresses = np.append(np.arange(base + start, base + stop, SAMPLE_STRIDE, dtype=np.uint64),
                               np.uint64(base + stop - page))
     status = _kernel.page_status(addresses)
     misplaced = bool(np.any(status != node))
@@ -412,7 +418,16 @@ def _map_one_kind(nbytes, kind, req, shape, dtype, order, topo) -> Region:
         node = req.node if req.node is not None else (req.nodes[0] if req.nodes else -1)
         spans = (_BlockSpan(0, node, 0, shape[0] if shape else 1, 0, nbytes),)
     _check_capacity(req, spans, page_size, hugetlb)
-    region = Region(nbytes, map_align, hugetlb)
+    # Equal-sized large arrays that all start on a 2 MiB boundary share every address bit below
+    # their size, so a stream over several of them (a triad) keeps hitting the same cache sets
+    # and 4 KiB-aliases in the load/store buffers: triad on three 256 MiB arrays measured 1.32x
+    # NumPy's time, 0.98x once staggered. One-node arrays therefore start at a rotating multiple
+    # of the base page inside their mapping (malloc's mmap'd chunks end up staggered similarly).
+    stagger = 0
+    if not hugetlb and not (req.nodes and req.axis is not None) and align <= base_page \
+            and nbytes >= STAGGER_MIN_BYTES:
+        stagger = next(_stagger_slots) % STAGGER_SLOTS * base_page
+    region = Region(nbytes + stagger, map_align, hugetlb)
     try:
         if use_thp:
             region.advise("hugepage")
@@ -423,7 +438,7 @@ def _map_one_kind(nbytes, kind, req, shape, dtype, order, topo) -> Region:
         region.close()
         raise
     region.info.update(
-        request=req, pages=kind, alignment=align, shape=shape, dtype=dtype, order=order,
+        request=req, pages=kind, alignment=align, shape=shape, dtype=dtype, order=order, offset=stagger,
         blocks=spans if (req.nodes and req.axis is not None) else (),
         description=_describe(req, kind),
     )
@@ -473,7 +488,7 @@ def _allocate(shape, dtype, order, req: _Request, zero: bool = False) -> np.ndar
             continue
         if errors:
             region.info["fallback_from"] = [str(e) for e in errors]
-        return region.ndarray(shape, dtype, order)
+        return region.ndarray(shape, dtype, order, region.info["offset"])
     raise errors[-1]
 
 
@@ -729,22 +744,26 @@ _SMAPS_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+)\s")
 
 
 def _smaps(low: int, high: int) -> tuple[int, int]:
-    """(KernelPageSize, AnonHugePages bytes) of the mappings overlapping ``[low, high)``."""
+    """(KernelPageSize, AnonHugePages bytes) of the mappings overlapping ``[low, high)``.
+
+    The kernel merges adjacent mappings with identical flags and policy, so a mapping may hold
+    other arrays too: each mapping's huge-page bytes are capped at its overlap with the array.
+    """
     page_size, thp = 0, 0
-    inside = False
+    overlap = 0
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
             header = _SMAPS_HEADER.match(line)
             if header:
                 start, stop = int(header.group(1), 16), int(header.group(2), 16)
-                inside = start < high and low < stop
+                overlap = max(0, min(stop, high) - max(start, low))
                 continue
-            if not inside:
+            if not overlap:
                 continue
             if line.startswith("KernelPageSize:"):
                 page_size = max(page_size, int(line.split()[1]) * 1024)
             elif line.startswith("AnonHugePages:"):
-                thp += int(line.split()[1]) * 1024
+                thp += min(int(line.split()[1]) * 1024, overlap)
     return page_size, thp
 
 
@@ -896,7 +915,7 @@ def blocks(array) -> list[ArrayBlock]:
         raise TypeError("blocks() describes numamem arrays; this array's memory is not numamem's")
     info = region.info
     array = np.asarray(array)
-    if array.shape != info["shape"] or array.ctypes.data != region.address:
+    if array.shape != info["shape"] or array.ctypes.data != region.address + info.get("offset", 0):
         raise ValueError("blocks() takes the array numamem created, not a view of it")
     req: _Request = info["request"]
     spans = info.get("blocks") or ()
