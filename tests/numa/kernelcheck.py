@@ -318,3 +318,24 @@ def run_in_child(fn, timeout: float = 600.0) -> str | None:
                 + (" (the OOM killer?)" if sig == signal.SIGKILL else "") + (f": {text}" if text else ""))
     code = os.WEXITSTATUS(status)
     return None if code == 0 else f"child exited {code}: {text}"
+
+
+def run_in_thread(fn, timeout: float = 600):
+    """Run ``fn`` in a fresh thread (bindings are per thread) and return its result or raise its error."""
+    import threading
+
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(timeout=timeout)
+    assert not t.is_alive(), "thread did not finish"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")

@@ -12,23 +12,9 @@ import numamem
 import kernelcheck as kc
 
 
+
 def _in_thread(fn):
-    """Run ``fn`` in a fresh thread (the binding is per thread) and return its result."""
-    box = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # re-raised in the test's thread
-            box["error"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(timeout=120)
-    assert not t.is_alive(), "bound thread did not finish"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    return kc.run_in_thread(fn, timeout=120)
 
 
 @pytest.mark.parametrize("policy", ["bind", "local"])

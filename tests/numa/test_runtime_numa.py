@@ -5,7 +5,6 @@ are small: the guest's CPU is emulated.
 """
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
@@ -26,23 +25,9 @@ def rel_err(y, ref):
     return np.linalg.norm(np.asarray(y, np.float64) - ref) / max(np.linalg.norm(ref), 1e-30)
 
 
+
 def _in_thread(fn):
-    """Run ``fn`` in a fresh thread (bindings are per thread) and return its result."""
-    box = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # re-raised in the test's thread
-            box["error"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(timeout=600)
-    assert not t.is_alive(), "thread did not finish"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    return kc.run_in_thread(fn, timeout=600)
 
 
 def test_planned_blocks_are_on_their_nodes(memory_nodes):
