@@ -20,7 +20,7 @@ import itertools
 import math
 import operator
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +37,10 @@ __all__ = [
 POLICIES = ("bind", "preferred", "interleave", "local")
 PAGE_KINDS = ("auto", "4k", "thp", "2M", "1G")
 HUGETLB_SIZES = {"2M": 2 * 2**20, "1G": 2**30}
+# Arrays up to this size come from the node's pool (see pools.py) when nothing about the request
+# needs a mapping of its own: no block split, default page kind, alignment the pool guarantees.
+POOL_MAX_BYTES = 1 << 20
+POOL_ALIGN = 64
 STAGGER_MIN_BYTES = 1 << 20
 STAGGER_SLOTS = 16
 _stagger_slots = itertools.count()
@@ -156,6 +160,9 @@ class _Request:
     align: object
     pages: tuple[str, ...]
     populate: bool
+    #: The node pool serving arrays of this request up to POOL_MAX_BYTES, or None when the request
+    #: needs a mapping of its own (block split, a page kind, a large alignment, lazy bind).
+    pool: object = field(default=None, compare=False, repr=False)
 
 
 _REQUEST_CACHE: dict = {}
@@ -225,7 +232,11 @@ def _validate_request(node, nodes, axis, policy, align, pages, populate) -> _Req
         # not an OOM kill or a SIGBUS at first touch.
         populate = policy == "bind" or any(kind in HUGETLB_SIZES for kind in kinds)
     _align(align, topo.base_page_size, topo.thp_size)  # validate before mapping
-    return _Request(policy, node, tuple(nodes) if nodes is not None else (), axis, align, kinds, bool(populate))
+    pool = None
+    if (policy in ("bind", "preferred") and node is not None and kinds == ("auto",)
+            and isinstance(align, (int, np.integer)) and align <= POOL_ALIGN and (populate or policy == "preferred")):
+        pool = get_pool(node, policy)
+    return _Request(policy, node, tuple(nodes) if nodes is not None else (), axis, align, kinds, bool(populate), pool)
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,25 +468,15 @@ def _describe(req: _Request, kind: str) -> str:
     return f"{where}, pages={kind}"
 
 
-# Arrays up to this size come from the node's pool (see pools.py) when nothing about the request
-# needs a mapping of its own: no block split, default page kind, alignment the pool guarantees.
-POOL_MAX_BYTES = 1 << 20
-POOL_ALIGN = 64
-
-
-def _poolable(req: _Request, nbytes: int) -> bool:
-    return (nbytes <= POOL_MAX_BYTES and req.policy in ("bind", "preferred") and req.node is not None
-            and req.pages == ("auto",) and isinstance(req.align, int) and req.align <= POOL_ALIGN
-            and (req.populate or req.policy == "preferred"))
 
 
 def _allocate(shape, dtype, order, req: _Request, zero: bool = False) -> np.ndarray:
-    topo = _topology.topology(refresh=False)
     nbytes = _nbytes(shape, dtype)
-    if _poolable(req, nbytes):
-        allocation = get_pool(req.node, req.policy).allocation(nbytes, zero)
+    if req.pool is not None and nbytes <= POOL_MAX_BYTES:
+        allocation = req.pool.allocation(nbytes, zero)
         allocation.info = {"request": req, "pages": "auto", "alignment": POOL_ALIGN, "shape": shape}
         return allocation.ndarray(shape, dtype, order)
+    topo = _topology.topology(refresh=False)
     errors = []
     for kind in req.pages:
         try:
