@@ -81,7 +81,7 @@ others          none
 
 conv2d strategy
 ---------------
-Measured on ResNet-50 layers at batch 1 (float32, one BLAS thread; ``tests/runtime/bench_conv2d.py``,
+Measured on ResNet-50 layers at batch 1 (float32, one BLAS thread; ``asv_bench/scripts/bench_conv2d.py``,
 methods interleaved run by run; four invocations of 15-21 runs each, ranges of the per-invocation
 medians, time relative to the kept method, on a shared, loaded 2-core machine):
 

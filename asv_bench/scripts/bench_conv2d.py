@@ -10,7 +10,7 @@ Compares, on ResNet-50 and MobileNetV2 layer shapes at batch 1, in the same run:
 * ``depthwise`` (depthwise layers only) - per-tap vectorised multiply-add over all channels,
   against ``im2col`` which then runs one tiny GEMM per group.
 
-Run: ``OPENBLAS_NUM_THREADS=1 python tests/runtime/bench_conv2d.py [--runs N]``. Prints the median
+Run: ``OPENBLAS_NUM_THREADS=1 python asv_bench/scripts/bench_conv2d.py [--runs N]``. Prints the median
 of N timed calls per method (after one warm-up call) and the ratio to ``im2col``; methods are
 interleaved run by run so machine noise hits them alike.
 """
