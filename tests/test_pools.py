@@ -352,12 +352,18 @@ def test_forked_child_allocates_from_pools(node0):
 
 
 def test_release_pools_and_stats(node0):
-    stats = numamem.pool_stats()
-    assert (node0, "bind") in stats and set(stats[(node0, "bind")]) >= {"in_use", "mapped", "cached"}
-    released = numamem.release_pools()
-    assert released >= 0
+    with on_node(node0):
+        runs = [np.empty(MIDDLE_MAX, np.uint8) for _ in range(6)]  # two 1 MiB runs fill a chunk
+    stats = numamem.pool_stats()[(node0, "bind")]
+    assert set(stats) >= {"in_use", "mapped", "cached"} and stats["in_use"] >= 6 * MIDDLE_MAX
+    mapped = stats["mapped"]
+    del runs
+    gc.collect()
+    released = _pool.get_pool(node0).release()
+    assert released >= 2 * _pool.CHUNK_BYTES  # the chunks only those runs used are given back
     after = numamem.pool_stats()[(node0, "bind")]
-    assert after["mapped"] >= after["in_use"]
+    assert after["mapped"] == mapped - released >= after["in_use"]
+    assert numamem.release_pools() >= 0  # every pool: nothing left to give back is fine
 
 
 def test_stress_threads_random_sizes_cross_thread_frees(node0, stress):

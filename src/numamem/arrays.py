@@ -346,7 +346,6 @@ def _populate(region: Region, req: _Request, hugetlb: int, offset: int = 0, leng
 def _place(region: Region, req: _Request, spans, hugetlb: int) -> None:
     """Apply the policy to the region, pre-fault and verify as the request says."""
     base = region.address
-    page = region.page_size
     if req.policy in ("interleave", "local"):
         _kernel.bind_range(base, region.mapped_bytes, req.policy, req.nodes)
         if req.populate:

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from numamem.planner.ops import ShapeError, infer_shape
+from numamem._jsonfile import dump_json
 
 FORMAT = "numamem-graph/1"
 ROLES = ("input", "weight", "output")
@@ -331,11 +332,7 @@ class Graph:
 
     def to_json(self, path: str | os.PathLike | None = None, *, indent: int | None = 1) -> str:
         """Serialise to ``numamem-graph/1``; also write it to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=indent) + "\n"
-        if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text)
-        return text
+        return dump_json(self.to_dict(), path, indent=indent)
 
     save = to_json
 

@@ -32,6 +32,7 @@ import numpy as np
 from numamem.planner.graph import Graph
 from numamem.planner.ops import input_regions
 from numamem.planner.partition import CostModel, Partitioner, full_region, overlap, region_on, volume
+from numamem._jsonfile import dump_json
 
 FORMAT = "numamem-plan/1"
 
@@ -349,11 +350,7 @@ class Plan:
 
     def to_json(self, path: str | os.PathLike | None = None, *, indent: int | None = 1) -> str:
         """Serialise to ``numamem-plan/1``; also write it to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=indent) + "\n"
-        if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text)
-        return text
+        return dump_json(self.to_dict(), path, indent=indent)
 
     @classmethod
     def from_dict(cls, d: Any) -> "Plan":

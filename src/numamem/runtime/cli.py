@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from numamem.cli import positive_int
+from numamem._jsonfile import dump_json
 
 
 class Progress:
@@ -89,9 +90,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = bench.measure(quick=args.quick, progress=Progress("numamem bench"))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
+        dump_json(result, args.json)
     print(bench.format_table(result))
     return 0
 

@@ -548,7 +548,33 @@ class _Aborted(Exception):
     pass
 
 
-class Executor:
+class _ExecutorBase:
+    """What every mode's executor shares: one step per call of ``run``, a worker team to close,
+    and use as a context manager. Subclasses provide ``set_inputs``, ``step`` and ``outputs``."""
+
+    _team: "WorkerTeam | None" = None
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Set the inputs, run one step and return the graph outputs (fresh arrays)."""
+        self.set_inputs(inputs)
+        self.step()
+        return self.outputs()
+
+    def close(self) -> None:
+        """Stop the workers and drop the executor's memory references (idempotent)."""
+        self._closed = True
+        if self._team is not None:
+            self._team.close()
+            self._team = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Executor(_ExecutorBase):
     """Run a plan: per-node arenas, node-bound worker teams, blocks computed in place.
 
     Parameters
@@ -902,12 +928,6 @@ class Executor:
         self.layer_seconds = [spans[i][1] - spans[i][0] if i in spans else 0.0 for i in range(len(self.graph.layers))]
         return elapsed
 
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Set the inputs, run one step and return the graph outputs (fresh arrays)."""
-        self.set_inputs(inputs)
-        self.step()
-        return self.outputs()
-
     def outputs(self) -> dict[str, np.ndarray]:
         """The graph outputs of the last step, assembled from their blocks into new arrays."""
         out = {}
@@ -975,20 +995,6 @@ class Executor:
             "staging_bytes": sum(s.size for s in self.staging if s is not None),
         }
 
-    def close(self) -> None:
-        """Stop the workers and drop the executor's memory references (idempotent)."""
-        self._closed = True
-        if self._team is not None:
-            self._team.close()
-            self._team = None
-
-    def __enter__(self) -> "Executor":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def _cut_contiguous(nw: _NodeWork, k: K.BoundKernel, cut, graph: Graph, out_name: str) -> bool:
     """Whether the piece ``cut`` of the node's block array is C-contiguous (no BLAS staging)."""
     shape = tuple(graph.tensors[out_name].shape)
@@ -1009,7 +1015,7 @@ def _c_strides(shape) -> tuple[int, ...]:
 
 
 # ================================================================================= baselines
-class BaselineExecutor:
+class BaselineExecutor(_ExecutorBase):
     """The same blocks on the same worker teams, with memory the way a framework gets it.
 
     Parameters
@@ -1154,12 +1160,6 @@ class BaselineExecutor:
         self._outputs = {n: env[n] for n in graph.outputs}
         return elapsed
 
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Set the inputs, run one step and return the graph outputs."""
-        self.set_inputs(inputs)
-        self.step()
-        return self.outputs()
-
     def outputs(self) -> dict[str, np.ndarray]:
         """The graph outputs of the last step (copies)."""
         return {n: np.array(a) for n, a in self._outputs.items()}
@@ -1183,17 +1183,8 @@ class BaselineExecutor:
 
     def close(self) -> None:
         """Stop the workers and drop the arrays (idempotent)."""
-        self._closed = True
-        if self._team is not None:
-            self._team.close()
-            self._team = None
+        super().close()
         self._weights, self._inputs, self._env = {}, None, {}
-
-    def __enter__(self) -> "BaselineExecutor":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def make_executor(mode: str, plan: Plan, graph: Graph | None = None, **kw) -> Executor | BaselineExecutor:

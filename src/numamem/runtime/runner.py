@@ -11,10 +11,8 @@ with its basis.
 from __future__ import annotations
 
 import gc
-import json
 import math
 import os
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -23,7 +21,8 @@ from numamem import _topology
 from numamem.planner.graph import Graph
 from numamem.planner.plans import Plan, plan as make_plan
 from numamem.runtime import kernels as K
-from numamem.runtime.executor import MODES, BaselineExecutor, Executor, make_executor
+from numamem._jsonfile import dump_json
+from numamem.runtime.executor import MODES, BaselineExecutor, make_executor
 
 __all__ = ["FORMAT", "PUBLISHED_MACHINE", "RTOL", "estimate_speedup", "float64_reference", "format_report",
            "load_npz", "plan_traffic", "random_tensors", "run_graph"]
@@ -685,6 +684,4 @@ def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:
         return v
 
     clean = finite({k: v for k, v in report.items() if not k.startswith("_")})
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(clean, f, indent=1, allow_nan=False)
-        f.write("\n")
+    dump_json(clean, path, allow_nan=False)
