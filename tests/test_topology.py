@@ -104,3 +104,19 @@ def test_cli_topology_json(capsys):
     assert [n["id"] for n in data["nodes"]] == list(numamem.topology().node_ids)
     assert main(["topology"]) == 0
     assert "distances" in capsys.readouterr().out
+
+
+def test_node_checks_on_a_sparse_machine(tmp_path):
+    """One rule for "may place memory here" and one for "may run a thread here", naming the argument."""
+    topo = read_topology(*_fake_tree(tmp_path))  # nodes 0, 2, 5; node 5 CPU-less; Mems_allowed 0,2
+    assert topo.memory_nodes() == [0, 2]
+    assert topo.check_memory_node(2).id == 2
+    with pytest.raises(ValueError, match=r"^--nodes=3: no such node; nodes are \[0, 2, 5\]"):
+        topo.check_memory_node(3, "--nodes")
+    with pytest.raises(ValueError, match=r"^node=5: node 5 is not allowed by this process's cpuset"):
+        topo.check_memory_node(5)
+    assert topo.check_cpu_node(2) == {2, 3}
+    with pytest.raises(ValueError, match=r"^node=5: node 5 has no CPUs"):
+        topo.check_cpu_node(5)
+    with pytest.raises(ValueError, match=r"^node=1: no such node"):
+        topo.check_cpu_node(1)

@@ -145,6 +145,49 @@ class Topology:
                 return node
         raise ValueError(f"node {node_id} does not exist; nodes are {list(self.node_ids)}")
 
+    def check_memory_node(self, node: int, what: str = "node") -> Node:
+        """Return node ``node`` if memory may be placed on it here, else raise ``ValueError``.
+
+        The one rule for "may this process place memory on this node": the node exists, has
+        memory, and the cpuset's ``Mems_allowed`` includes it. ``what`` names the argument in
+        the message (``"node"``, ``"nodes"``, ``"--nodes"``).
+        """
+        if node not in self.node_ids:
+            raise ValueError(f"{what}={node}: no such node; nodes are {list(self.node_ids)}")
+        info = self.node(node)
+        if not info.has_memory:
+            raise ValueError(f"{what}={node}: node {node} has no memory")
+        if node not in self.allowed_nodes:
+            raise ValueError(
+                f"{what}={node}: node {node} is not allowed by this process's cpuset "
+                f"(Mems_allowed: {sorted(self.allowed_nodes)})")
+        return info
+
+    def usable_cpus(self, node: int) -> frozenset:
+        """CPUs of ``node`` this process may run on (empty for a memory-only node)."""
+        return frozenset(self.node(node).cpus) & self.allowed_cpus
+
+    def check_cpu_node(self, node: int, what: str = "node") -> frozenset:
+        """Return the CPUs of ``node`` this process may run on, or raise ``ValueError``.
+
+        The one rule for "may a thread run on this node": the node exists, has CPUs, and the
+        cpuset's ``Cpus_allowed`` includes at least one of them.
+        """
+        if node not in self.node_ids:
+            raise ValueError(f"{what}={node}: no such node; nodes are {list(self.node_ids)}")
+        info = self.node(node)
+        if not info.has_cpus:
+            raise ValueError(f"{what}={node}: node {node} has no CPUs to run a thread on (a memory-only node)")
+        cpus = self.usable_cpus(node)
+        if not cpus:
+            raise ValueError(f"{what}={node}: none of node {node}'s CPUs {list(info.cpus)} "
+                             f"is allowed by this process's cpuset")
+        return cpus
+
+    def memory_nodes(self) -> list[int]:
+        """Nodes with memory that this process may place memory on, ascending."""
+        return [n.id for n in self.nodes if n.has_memory and n.id in self.allowed_nodes]
+
     def distance(self, a: int, b: int) -> int:
         """Firmware distance between nodes ``a`` and ``b`` (10 = local)."""
         try:

@@ -15,9 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-Shape = tuple[int, ...]
-#: A hyper-rectangle of a tensor: one half-open ``(start, stop)`` range per axis.
-Region = tuple[tuple[int, int], ...]
+from numamem.planner.boxes import Box, Shape, full, on_axis
 
 ACTIVATIONS = ("relu", "relu6", "gelu")
 
@@ -38,8 +36,11 @@ class OpSpec:
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _pair(value: object, what: str) -> tuple[int, int]:
-    """Normalise an int or a 2-sequence of ints (PyTorch style) to a pair of ints."""
+def pair(value: object, what: str) -> tuple[int, int]:
+    """Normalise an int or a 2-sequence of ints (PyTorch style) to a pair of ints.
+
+    ``what`` names the attribute in the :class:`ShapeError` raised for anything else.
+    """
     if isinstance(value, bool):
         raise ShapeError(f"{what} must be an int or a pair of ints, not {value!r}")
     if isinstance(value, int):
@@ -62,7 +63,8 @@ def _fmt(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def _check_activation(attrs: Mapping[str, object]) -> None:
+def check_activation(attrs: Mapping[str, object]) -> None:
+    """Raise :class:`ShapeError` unless the fused ``activation`` attribute is known or absent."""
     act = attrs.get("activation")
     if act is not None and act not in ACTIVATIONS:
         raise ShapeError(f"activation must be one of {', '.join(ACTIVATIONS)} or null, not {act!r}")
@@ -81,7 +83,8 @@ def broadcast_shapes(*shapes: Shape) -> Shape:
     return tuple(out)
 
 
-def _axis(axis: object, ndim: int, what: str = "axis") -> int:
+def normalize_axis(axis: object, ndim: int, what: str = "axis") -> int:
+    """``axis`` as a non-negative axis of ``ndim`` dimensions, or :class:`ShapeError`."""
     if isinstance(axis, bool) or not isinstance(axis, int):
         raise ShapeError(f"{what} must be an int, not {axis!r}")
     if not -ndim <= axis < ndim:
@@ -100,7 +103,7 @@ def _window(size: int, kernel: int, stride: int, pad: int, what: str) -> int:
 
 # --------------------------------------------------------------------------- shape rules
 def _dense(shapes: Sequence[Shape], attrs: Mapping[str, object]) -> Shape:
-    _check_activation(attrs)
+    check_activation(attrs)
     x, w = shapes[0], shapes[1]
     if len(x) < 2:
         raise ShapeError(f"input x must have at least 2 dimensions [N, K], got {_fmt(x)}")
@@ -129,7 +132,7 @@ def _matmul(shapes: Sequence[Shape], attrs: Mapping[str, object]) -> Shape:
 
 
 def _conv2d(shapes: Sequence[Shape], attrs: Mapping[str, object]) -> Shape:
-    _check_activation(attrs)
+    check_activation(attrs)
     x, w = shapes[0], shapes[1]
     if len(x) != 4:
         raise ShapeError(f"input x must be 4-D [N, C, H, W], got {_fmt(x)}")
@@ -145,9 +148,14 @@ def _conv2d(shapes: Sequence[Shape], attrs: Mapping[str, object]) -> Shape:
         )
     if len(shapes) == 3 and shapes[2] != (w[0],):
         raise ShapeError(f"bias must have shape [{w[0]}], got {_fmt(shapes[2])}")
-    sh, sw = _pair(attrs.get("stride", 1), "stride")
-    ph, pw = _pair(attrs.get("padding", 0), "padding")
+    (sh, sw), (ph, pw), _ = conv_params(attrs)
     return (x[0], w[0], _window(x[2], w[2], sh, ph, "height"), _window(x[3], w[3], sw, pw, "width"))
+
+
+def conv_params(attrs: Mapping[str, object]) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """Return ``(stride, padding, groups)`` of a conv2d layer (defaults 1, 0 and 1)."""
+    return (pair(attrs.get("stride", 1), "stride"), pair(attrs.get("padding", 0), "padding"),
+            _int_attr(attrs, "groups", 1))
 
 
 def _same(shapes: Sequence[Shape], attrs: Mapping[str, object]) -> Shape:
@@ -155,7 +163,7 @@ def _same(shapes: Sequence[Shape], attrs: Mapping[str, object]) -> Shape:
 
 
 def _binary(shapes: Sequence[Shape], attrs: Mapping[str, object]) -> Shape:
-    _check_activation(attrs)
+    check_activation(attrs)
     return broadcast_shapes(shapes[0], shapes[1])
 
 
@@ -167,9 +175,9 @@ def pool_params(attrs: Mapping[str, object]) -> tuple[tuple[int, int], tuple[int
     """Return ``(kernel, stride, padding)`` pairs of a pooling layer (stride defaults to kernel)."""
     if "kernel" not in attrs:
         raise ShapeError("attribute 'kernel' is required")
-    kernel = _pair(attrs["kernel"], "kernel")
-    stride = _pair(attrs.get("stride", attrs["kernel"]), "stride")
-    padding = _pair(attrs.get("padding", 0), "padding")
+    kernel = pair(attrs["kernel"], "kernel")
+    stride = pair(attrs.get("stride", attrs["kernel"]), "stride")
+    padding = pair(attrs.get("padding", 0), "padding")
     return kernel, stride, padding
 
 
@@ -214,7 +222,7 @@ def _layernorm(shapes: Sequence[Shape], attrs: Mapping[str, object]) -> Shape:
 
 
 def _softmax(shapes: Sequence[Shape], attrs: Mapping[str, object]) -> Shape:
-    _axis(attrs.get("axis", -1), len(shapes[0]))
+    normalize_axis(attrs.get("axis", -1), len(shapes[0]))
     return shapes[0]
 
 
@@ -269,7 +277,7 @@ def _flatten(shapes: Sequence[Shape], attrs: Mapping[str, object]) -> Shape:
 
 def _concat(shapes: Sequence[Shape], attrs: Mapping[str, object]) -> Shape:
     first = shapes[0]
-    axis = _axis(attrs.get("axis", 0), len(first))
+    axis = normalize_axis(attrs.get("axis", 0), len(first))
     for s in shapes[1:]:
         if len(s) != len(first) or any(a != b for k, (a, b) in enumerate(zip(s, first)) if k != axis):
             raise ShapeError(
@@ -411,7 +419,7 @@ def splittable(op: str, in_shapes: Sequence[Shape], out_shape: Shape, attrs: Map
     if op == "layernorm":
         return axis != nd - 1
     if op == "softmax":
-        return axis != _axis(attrs.get("axis", -1), nd)
+        return axis != normalize_axis(attrs.get("axis", -1), nd)
     if op in ("reshape", "flatten"):
         return _reshape_axis(in_shapes[0], out_shape, axis) is not None
     return False
@@ -430,20 +438,12 @@ def _reshape_axis(x: Shape, out: Shape, axis: int) -> int | None:
     return None
 
 
-def _full(shape: Shape) -> Region:
-    return tuple((0, d) for d in shape)
-
-
-def _on(shape: Shape, axis: int, lo: int, hi: int) -> Region:
-    return tuple((lo, hi) if k == axis else (0, d) for k, d in enumerate(shape))
-
-
-def _broadcast_region(shape: Shape, out_shape: Shape, axis: int, lo: int, hi: int) -> Region:
-    """Region of a broadcast operand needed for output slice [lo, hi) on ``axis``."""
+def _broadcast_region(shape: Shape, out_shape: Shape, axis: int, lo: int, hi: int) -> Box:
+    """Box of a broadcast operand needed for output slice [lo, hi) on ``axis``."""
     j = axis - (len(out_shape) - len(shape))
     if j < 0 or shape[j] == 1:
-        return _full(shape)
-    return _on(shape, j, lo, hi)
+        return full(shape)
+    return on_axis(shape, j, lo, hi)
 
 
 def _halo(lo: int, hi: int, kernel: int, stride: int, pad: int, size: int) -> tuple[int, int]:
@@ -463,7 +463,7 @@ def input_regions(
     axis: int,
     lo: int,
     hi: int,
-) -> list[Region | None]:
+) -> list[Box | None]:
     """Rectangles of each input read to compute output slice ``[lo, hi)`` along ``axis``.
 
     ``None`` marks an input the slice does not read at all (a concat operand outside the slice).
@@ -480,76 +480,76 @@ def input_regions(
     x = in_shapes[0]
     if op == "dense":
         if axis == nd - 1:
-            regs: list[Region | None] = [_full(x), _on(in_shapes[1], 1, lo, hi)]
+            regs: list[Box | None] = [full(x), on_axis(in_shapes[1], 1, lo, hi)]
             if len(in_shapes) == 3:
                 regs.append(((lo, hi),))
             return regs
-        return [_on(x, axis, lo, hi)] + [_full(s) for s in in_shapes[1:]]
+        return [on_axis(x, axis, lo, hi)] + [full(s) for s in in_shapes[1:]]
     if op == "matmul":
         a, b = in_shapes
         tb = bool(attrs.get("transpose_b", False))
         if axis == nd - 2:
-            return [_on(a, len(a) - 2, lo, hi), _full(b)]
+            return [on_axis(a, len(a) - 2, lo, hi), full(b)]
         if axis == nd - 1:
-            return [_full(a), _on(b, len(b) - (2 if tb else 1), lo, hi)]
-        return [_broadcast_region(a[:-2], out_shape[:-2], axis, lo, hi) + _full(a[-2:]),
-                _broadcast_region(b[:-2], out_shape[:-2], axis, lo, hi) + _full(b[-2:])]
+            return [full(a), on_axis(b, len(b) - (2 if tb else 1), lo, hi)]
+        return [_broadcast_region(a[:-2], out_shape[:-2], axis, lo, hi) + full(a[-2:]),
+                _broadcast_region(b[:-2], out_shape[:-2], axis, lo, hi) + full(b[-2:])]
     if op == "conv2d":
         w = in_shapes[1]
         bias = [((lo, hi),)] if len(in_shapes) == 3 else []
         if axis == 0:
-            return [_on(x, 0, lo, hi)] + [_full(s) for s in in_shapes[1:]]
+            return [on_axis(x, 0, lo, hi)] + [full(s) for s in in_shapes[1:]]
         if axis == 1:
             groups = int(attrs.get("groups", 1))
             if groups == 1:
-                xr = _full(x)
+                xr = full(x)
             else:
                 opg, ipg = w[0] // groups, x[1] // groups
-                xr = _on(x, 1, (lo // opg) * ipg, ((hi - 1) // opg + 1) * ipg)
-            return [xr, _on(w, 0, lo, hi)] + bias
+                xr = on_axis(x, 1, (lo // opg) * ipg, ((hi - 1) // opg + 1) * ipg)
+            return [xr, on_axis(w, 0, lo, hi)] + bias
         k = axis - 2
-        stride = _pair(attrs.get("stride", 1), "stride")[k]
-        pad = _pair(attrs.get("padding", 0), "padding")[k]
-        return [_on(x, axis, *_halo(lo, hi, w[2 + k], stride, pad, x[axis]))] + [
-            _full(s) for s in in_shapes[1:]
+        stride = pair(attrs.get("stride", 1), "stride")[k]
+        pad = pair(attrs.get("padding", 0), "padding")[k]
+        return [on_axis(x, axis, *_halo(lo, hi, w[2 + k], stride, pad, x[axis]))] + [
+            full(s) for s in in_shapes[1:]
         ]
     if op in ("maxpool2d", "avgpool2d"):
         if axis < 2:
-            return [_on(x, axis, lo, hi)]
+            return [on_axis(x, axis, lo, hi)]
         kernel, stride, pad = pool_params(attrs)
         k = axis - 2
-        return [_on(x, axis, *_halo(lo, hi, kernel[k], stride[k], pad[k], x[axis]))]
+        return [on_axis(x, axis, *_halo(lo, hi, kernel[k], stride[k], pad[k], x[axis]))]
     if op == "global_avgpool":
-        return [_on(x, axis, lo, hi)]
+        return [on_axis(x, axis, lo, hi)]
     if op == "batchnorm":
-        par = [((lo, hi),) if axis == 1 else _full(s) for s in in_shapes[1:]]
-        return [_on(x, axis, lo, hi)] + par
+        par = [((lo, hi),) if axis == 1 else full(s) for s in in_shapes[1:]]
+        return [on_axis(x, axis, lo, hi)] + par
     if op == "layernorm":
-        return [_on(x, axis, lo, hi), _full(in_shapes[1]), _full(in_shapes[2])]
+        return [on_axis(x, axis, lo, hi), full(in_shapes[1]), full(in_shapes[2])]
     if op in ("add", "mul"):
         return [_broadcast_region(s, out_shape, axis, lo, hi) for s in in_shapes]
     if op in ELEMENTWISE or op == "softmax":
-        return [_on(x, axis, lo, hi)]
+        return [on_axis(x, axis, lo, hi)]
     if op in ("reshape", "flatten"):
         j = _reshape_axis(x, out_shape, axis)
         assert j is not None
-        return [_on(x, j, lo, hi)]
+        return [on_axis(x, j, lo, hi)]
     if op == "transpose":
-        return [_on(x, transpose_perm(x, attrs)[axis], lo, hi)]
+        return [on_axis(x, transpose_perm(x, attrs)[axis], lo, hi)]
     if op == "concat":
-        cat = _axis(attrs.get("axis", 0), nd)
+        cat = normalize_axis(attrs.get("axis", 0), nd)
         if axis != cat:
-            return [_on(s, axis, lo, hi) for s in in_shapes]
+            return [on_axis(s, axis, lo, hi) for s in in_shapes]
         regs = []
         start = 0
         for s in in_shapes:
             a, b = max(lo - start, 0), min(hi - start, s[cat])
-            regs.append(_on(s, cat, a, b) if a < b else None)
+            regs.append(on_axis(s, cat, a, b) if a < b else None)
             start += s[cat]
         return regs
     if op == "embedding":
         ids, table = in_shapes
         if axis == 2:
-            return [_full(ids), _on(table, 1, lo, hi)]
-        return [_on(ids, axis, lo, hi), _full(table)]
+            return [full(ids), on_axis(table, 1, lo, hi)]
+        return [on_axis(ids, axis, lo, hi), full(table)]
     raise ShapeError(f"no dependency rule for op {op!r}")

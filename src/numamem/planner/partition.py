@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from numamem.planner.graph import Graph
-from numamem.planner.ops import Region, flops as op_flops, input_regions, splittable
+from numamem.planner.boxes import Box
+from numamem.planner.ops import flops as op_flops, input_regions, splittable
 
 DEFAULT_LOCAL_DISTANCE = 10
 DEFAULT_REMOTE_DISTANCE = 20
@@ -67,7 +68,7 @@ class Layout:
     ``replicated`` layouts hold the whole tensor on every listed node.
     """
 
-    parts: tuple[tuple[int, Region], ...]
+    parts: tuple[tuple[int, Box], ...]
     replicated: bool = False
 
     @property
@@ -96,27 +97,27 @@ def split_bounds(extent: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
-def full_region(shape: Sequence[int]) -> Region:
+def full_region(shape: Sequence[int]) -> Box:
     """The region covering all of a tensor of ``shape``."""
     return tuple((0, int(d)) for d in shape)
 
 
-def region_on(shape: Sequence[int], axis: int, lo: int, hi: int) -> Region:
+def region_on(shape: Sequence[int], axis: int, lo: int, hi: int) -> Box:
     """The region ``[lo, hi)`` along ``axis`` and everything along the other axes."""
     return tuple((lo, hi) if k == axis else (0, int(d)) for k, d in enumerate(shape))
 
 
-def volume(region: Region) -> int:
+def volume(region: Box) -> int:
     """Number of elements in ``region``."""
     return math.prod(max(0, b - a) for a, b in region)
 
 
-def overlap(r1: Region, r2: Region) -> int:
+def overlap(r1: Box, r2: Box) -> int:
     """Number of elements two regions share."""
     return math.prod(max(0, min(b1, b2) - max(a1, a2)) for (a1, b1), (a2, b2) in zip(r1, r2))
 
 
-def split_axis(region: Region, shape: Sequence[int]) -> int | None:
+def split_axis(region: Box, shape: Sequence[int]) -> int | None:
     """The single axis on which ``region`` is not the full extent, 0 if it is full, else None."""
     axes = [k for k, ((a, b), d) in enumerate(zip(region, shape)) if (a, b) != (0, d)]
     if not axes:
@@ -124,7 +125,7 @@ def split_axis(region: Region, shape: Sequence[int]) -> int | None:
     return axes[0] if len(axes) == 1 else None
 
 
-def natural_layout(shape: Sequence[int], reads: Sequence[tuple[int, Region]], replicate: bool,
+def natural_layout(shape: Sequence[int], reads: Sequence[tuple[int, Box]], replicate: bool,
                    all_nodes: Sequence[int]) -> Layout:
     """Layout of a weight or graph input for its first reader (the weight rule, module doc)."""
     if replicate:
@@ -146,7 +147,7 @@ def natural_layout(shape: Sequence[int], reads: Sequence[tuple[int, Region]], re
     return Layout(tuple((n, region_on(shape, 0, a, b)) for n, (a, b) in zip(reader_nodes, bounds) if b > a))
 
 
-def reads_from(layout: Layout, region: Region, node: int) -> dict[int, int]:
+def reads_from(layout: Layout, region: Box, node: int) -> dict[int, int]:
     """Elements of ``region`` that ``node`` reads from each node under ``layout``."""
     if layout.replicated:
         src = node if node in layout.nodes else layout.nodes[0]
@@ -164,7 +165,7 @@ class Choice:
     """A layer's chosen split with its estimated traffic (bytes) and cost (seconds)."""
 
     axis: int | None
-    parts: list[tuple[int, Region]]
+    parts: list[tuple[int, Box]]
     cost: float
     flops: int
     local_bytes: int
@@ -211,12 +212,12 @@ class Partitioner:
         self.choices: list[Choice] = []
 
     # ---------------------------------------------------------------- candidates
-    def _candidates(self, step: int) -> list[tuple[int | None, list[tuple[int, Region]]]]:
+    def _candidates(self, step: int) -> list[tuple[int | None, list[tuple[int, Box]]]]:
         layer = self.graph.layers[step]
         g = self.graph
         in_shapes = [g.tensors[n].shape for n in layer.inputs]
         out_shape = g.tensors[layer.outputs[0]].shape
-        cands: list[tuple[int | None, list[tuple[int, Region]]]] = []
+        cands: list[tuple[int | None, list[tuple[int, Box]]]] = []
         axes = [0] if self.batch_axis_only else range(len(out_shape))
         if len(self.nodes) > 1:
             for k in axes:
@@ -230,14 +231,14 @@ class Partitioner:
             cands.append((None, [(n, full_region(out_shape))]))
         return cands
 
-    def _evaluate(self, step: int, axis: int | None, parts: list[tuple[int, Region]]) -> Choice:
+    def _evaluate(self, step: int, axis: int | None, parts: list[tuple[int, Box]]) -> Choice:
         g = self.graph
         layer = g.layers[step]
         in_shapes = [g.tensors[n].shape for n in layer.inputs]
         out_shape = g.tensors[layer.outputs[0]].shape
         total_flops = op_flops(layer.op, in_shapes, out_shape, layer.attrs)
         total_elems = max(1, math.prod(out_shape))
-        reads: list[list[Region | None]] = []
+        reads: list[list[Box | None]] = []
         for n, r in parts:
             if axis is None:
                 reads.append([full_region(s) for s in in_shapes])
