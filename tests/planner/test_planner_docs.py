@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 MODULES = [
-    "numamem.planner", "numamem.planner.boxes", "numamem.planner.ops", "numamem.planner.graph", "numamem.planner.builder",
+    "numamem.planner", "numamem.planner.boxes", "numamem.planner.traffic", "numamem.planner.ops", "numamem.planner.graph", "numamem.planner.builder",
     "numamem.planner.partition", "numamem.planner.plans", "numamem.planner.cli",
     "numamem.models", "numamem.models.cnn", "numamem.models.bert", "numamem.models.mlp",
 ]
