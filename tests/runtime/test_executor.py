@@ -15,7 +15,8 @@ import pytest
 import numamem
 import numamem.models
 from numamem.planner import GraphBuilder, plan
-from numamem.runtime.executor import BaselineExecutor, Executor, MODES, bytes_by_node, make_executor
+from numamem.runtime.executor import BaselineExecutor, Executor, MODES, make_executor
+from numamem.runtime.locality import bytes_by_node
 from numamem.runtime.randgraph import KINDS, OPS_COVERED, random_graph
 from numamem.runtime.reference import reference_forward
 from numamem.runtime.runner import plan_traffic, random_tensors
@@ -206,9 +207,9 @@ def test_missing_and_misshaped_weights_and_inputs_are_named():
 def test_nodes_that_do_not_exist_are_refused():
     g = random_graph(0, "cnn")
     p = plan(g, nodes=[0, 1])
-    with pytest.raises(ValueError, match="node 1 does not exist"):
+    with pytest.raises(ValueError, match=r"plan.nodes=1: no such node"):
         Executor(p)
-    with pytest.raises(ValueError, match="node 9 does not exist"):
+    with pytest.raises(ValueError, match=r"node_map\[1\]=9: no such node"):
         BaselineExecutor(p, node_map={0: 0, 1: 9})
     with pytest.raises(ValueError, match="plan node 1"):
         Executor(p, node_map={0: 0})
@@ -223,7 +224,7 @@ def test_a_failing_worker_aborts_the_step_without_hanging():
     with Executor(p, node_map=THREE) as ex:
         ex.load_weights(ws)
         ex.set_inputs(xs)
-        sub = ex._tasks[1][0].subs[0][0]
+        sub = ex._tasks[1][0].calls[0][0]
 
         def boom(*args):
             raise FloatingPointError("injected")
@@ -271,7 +272,8 @@ def test_executor_needs_a_graph():
         Executor(p)
 
 
-@pytest.mark.parametrize("name", ["numamem.runtime.executor", "numamem.runtime.randgraph"])
+@pytest.mark.parametrize("name", ["numamem.runtime.executor", "numamem.runtime.randgraph",
+                                  "numamem.runtime.locality", "numamem.threads"])
 def test_docstring_examples(name):
     import doctest
     import importlib

@@ -361,3 +361,71 @@ def _matrix(value, nodes: Sequence[int], what: str, default) -> dict[tuple[int, 
                 raise ValueError(f"{what}: entry for nodes {a} and {b} must be positive and finite, got {v}")
             out[a, b] = v
     return out
+
+
+def split_for_workers(op: str, in_shapes: Sequence[tuple[int, ...]], out_shape: Sequence[int],
+                      attrs: Mapping[str, object], block, whole: bool, workers: int,
+                      contiguous_out: bool = False) -> list:
+    """Cut one node's block of a layer's output among ``workers`` threads, along one output axis.
+
+    A block restricted along its axis is cut along that axis (a kernel call takes one axis). A
+    whole-tensor block may be cut along any axis the op splits: the axis whose pieces read the
+    fewest input elements in total is taken (a small-batch dense layer cut by rows would have
+    every worker stream the whole weight; cut by columns each reads its part), preferring, among
+    near-equal choices, pieces that are C-contiguous in the block.
+
+    Parameters
+    ----------
+    op : str
+    in_shapes : sequence of tuple of int
+        Full operand shapes.
+    out_shape : sequence of int
+        Full output shape.
+    attrs : mapping
+        The layer's attributes.
+    block : Slice
+        The node's block (for a whole-tensor block, the full range of axis 0).
+    whole : bool
+        Whether the node computes the whole output.
+    workers : int
+    contiguous_out : bool
+        The op's kernel wants a C-contiguous output (BLAS-based): a strided piece then costs an
+        extra pass over the output, counted as reading it twice.
+
+    Returns
+    -------
+    list of Slice
+        At most ``workers`` pieces covering the block, in order.
+
+    Examples
+    --------
+    >>> from numamem.planner.boxes import Slice
+    >>> split_for_workers("dense", [(2, 64), (64, 128)], (2, 128), {}, Slice(0, 0, 2), True, 2)
+    [Slice(axis=1, start=0, stop=64), Slice(axis=1, start=64, stop=128)]
+    """
+    # Local import: this function was appended to the module without touching its import block.
+    from numamem.planner.boxes import Slice, split_even, volume
+
+    in_shapes = [tuple(s) for s in in_shapes]
+    out_shape = tuple(out_shape)
+    if workers <= 1 or block.length == 0:
+        return [block]
+    if not whole:
+        if block.length >= 2 and splittable(op, in_shapes, out_shape, attrs, block.axis):
+            return [Slice(block.axis, lo, hi) for lo, hi in split_even(block.start, block.stop, workers)]
+        return [block]
+    axes = [k for k in range(len(out_shape)) if out_shape[k] >= 2 and splittable(op, in_shapes, out_shape, attrs, k)]
+    best_key, best = None, [block]
+    for axis in axes:
+        pieces = [Slice(axis, lo, hi) for lo, hi in split_even(0, out_shape[axis], workers)]
+        read = sum(volume(box) for piece in pieces
+                   for box in input_regions(op, in_shapes, out_shape, attrs, axis, piece.start, piece.stop)
+                   if box is not None)
+        contiguous = all(out_shape[j] == 1 for j in range(axis))
+        # Reading bytes costs more than a strided write of the output; count the output copy of
+        # non-contiguous pieces (BLAS-based ops only) as one more pass over the output.
+        cost = read + (0 if contiguous or not contiguous_out else 2 * math.prod(out_shape))
+        key = (cost * (1.0 if len(pieces) >= workers else 1.5), not contiguous, axis)
+        if best_key is None or key < best_key:
+            best_key, best = key, pieces
+    return best

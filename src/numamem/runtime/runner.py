@@ -17,12 +17,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from numamem import _topology
+from numamem import _topology, planner
 from numamem.planner.graph import Graph
-from numamem.planner.plans import Plan, plan as make_plan
-from numamem.runtime import kernels as K
+from numamem.planner.ops import input_regions
+from numamem.planner.plans import Plan
+from numamem.runtime import kernels
 from numamem._jsonfile import dump_json
-from numamem.runtime.executor import MODES, BaselineExecutor, make_executor
+from numamem.runtime.executor import MODES, make_executor
 
 __all__ = ["FORMAT", "PUBLISHED_MACHINE", "RTOL", "estimate_speedup", "float64_reference", "format_report",
            "load_npz", "plan_traffic", "random_tensors", "run_graph"]
@@ -184,9 +185,8 @@ def float64_reference(graph: Graph, weights: Mapping[str, np.ndarray], inputs: M
         last.setdefault(b, []).append(name)
     for step, layer in enumerate(graph.layers):
         ins = [env[n] for n in layer.inputs]
-        shape = K.output_shape(layer.op, [x.shape for x in ins], layer.attrs)
-        out = np.empty(shape, np.float64)
-        K.run(layer.op, ins, out, layer.attrs)
+        out = np.empty(graph.tensors[layer.outputs[0]].shape, np.float64)
+        kernels.run(layer.op, ins, out, layer.attrs)
         env[layer.outputs[0]] = out
         for n in last.get(step, ()):
             if n not in graph.outputs:
@@ -230,8 +230,8 @@ def plan_traffic(plan: Plan, graph: Graph, holder: Callable[[str], int | None] |
             if lp.axis is None or ob.slice is None:
                 regions = [tuple((0, s) for s in sh) for sh in shapes]
             else:
-                regions = K.input_regions(layer.op, shapes, layer.attrs,
-                                          K.Block(ob.slice.axis, ob.slice.start, ob.slice.stop))
+                regions = input_regions(layer.op, shapes, graph.tensors[layer.outputs[0]].shape, layer.attrs,
+                                        ob.slice.axis, ob.slice.start, ob.slice.stop)
             for name, region in zip(layer.inputs, regions):
                 if region is None:
                     continue
@@ -406,21 +406,6 @@ def _reset_peak() -> bool:
 
 
 # ================================================================================= the command
-def _check_nodes(nodes: Sequence[int] | None) -> list[int]:
-    topo = _topology.topology(refresh=False)
-    if nodes is None:
-        return [n.id for n in topo.nodes if n.has_memory and n.id in topo.allowed_nodes]
-    nodes = list(nodes)
-    for n in nodes:
-        if n not in topo.node_ids:
-            raise ValueError(f"node {n} does not exist on this machine (nodes: {', '.join(map(str, topo.node_ids))})")
-        if not topo.node(n).has_memory:
-            raise ValueError(f"node {n} has no memory")
-        if n not in topo.allowed_nodes:
-            raise ValueError(f"node {n} is not allowed by this process's cpuset")
-    return nodes
-
-
 def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[str] = MODES, iters: int = 5,
               seed: int = 0, weights: Mapping[str, np.ndarray] | None = None,
               inputs: Mapping[str, np.ndarray] | None = None, *, warmup: int = 1, workers: Any = None,
@@ -472,9 +457,12 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
         raise ValueError("no mode to run")
     if iters < 1 or warmup < 1:
         raise ValueError("iters and warmup must be >= 1")
-    nodes = _check_nodes(nodes)
+    topo = _topology.topology(refresh=False)
+    nodes = topo.memory_nodes() if nodes is None else list(nodes)
+    for n in nodes:
+        topo.check_memory_node(n, "nodes")
     plan_options = dict(plan_options or {})
-    p = make_plan(graph, nodes=nodes, **plan_options)
+    p = planner.plan(graph, nodes=nodes, **plan_options)
     rw, ri = random_tensors(graph, seed)
     ws = dict(rw if weights is None else weights)
     xs = dict(ri if inputs is None else inputs)
@@ -508,10 +496,7 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
             ex.load_weights(ws)
             ex.set_inputs(xs)
             for i in range(warmup):
-                if isinstance(ex, BaselineExecutor):
-                    ex.step(account=(i == 0))  # the traffic and pages of first-touch memory
-                else:
-                    ex.step()
+                ex.step(account=(i == 0))  # the first warm-up measures traffic and pages
             entries[mode] = {"peak_rss_bytes": max(0, _proc_status().get("VmHWM", 0) - rss0),
                              "workers": {str(g.plan_node): g.workers for g in ex.groups}}
         # Timed iterations round-robin over the modes (the starting mode rotating), so a change
@@ -530,30 +515,15 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
         for mode in modes:
             ex = executors[mode]
             outs = ex.outputs()
-            traffic = ex.traffic()
+            mode_report = ex.report()
             entry = entries[mode]
             entry.update({
                 "median_s": float(np.median(seconds[mode])), "seconds": seconds[mode],
                 "median_cpu_s": float(np.median(cpu_s[mode])), "cpu_seconds": cpu_s[mode],
                 "layer_median_s": [float(x) for x in np.median(np.array(per_layer[mode]), axis=0)],
-                "pages": ex.pages(),
             })
-            if mode == "planned":
-                entry["local_bytes"], entry["remote_bytes"] = p.local_bytes, p.remote_bytes
-                entry["traffic_basis"] = "the plan's per-layer accounting"
-                entry["measured_local_bytes"] = traffic["local_bytes"]
-                entry["measured_remote_bytes"] = traffic["remote_bytes"]
-                entry["memory"] = ex.memory()
-                entry["extra_pages"] = ex.extra_pages()
-                mem = entry["memory"]
-                entry["peak_tensor_bytes"] = mem["arena_bytes"] + mem["scratch_bytes"] + mem["staging_bytes"]
-            else:
-                entry["peak_tensor_bytes"] = ex.peak_tensor_bytes
-                entry["local_bytes"], entry["remote_bytes"] = traffic["local_bytes"], traffic["remote_bytes"]
-                entry["traffic_basis"] = "measured from where the pages are (numamem.page_nodes)"
-            entry["per_node"] = traffic["per_node"]
-            entry["layer_traffic"] = [[l["local_bytes"], l["remote_bytes"]] for l in traffic["layers"]]
-            entry["_pairs"] = _pairs_from_layers(traffic["layers"])
+            entry.update(mode_report.entry())
+            entry["_pairs"] = _pairs_from_layers(mode_report.traffic["layers"])
             errs = {n: _rel_err(outs[n], ref[n]) for n in graph.outputs}
             entry["rel_err"] = errs
             entry["max_rel_err"] = max(errs.values()) if errs else 0.0
@@ -584,7 +554,7 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
         est = estimate_speedup(graph, layer_s, traffic, _shares(p, graph), nodes, bandwidth, basis, cores_here)
     else:
         target = list(nodes) if len(nodes) >= 2 else [0, 1]
-        tp = make_plan(graph, nodes=target, **plan_options)
+        tp = planner.plan(graph, nodes=target, **plan_options)
         loader = target[0]
         role = {n: graph.tensors[n].role for n in graph.tensors}
         traffic = {
