@@ -280,3 +280,24 @@ def test_docstring_examples(name):
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_groups_of_a_memory_only_node_compute_on_the_nearest_cpu_node(fake_topology, topo, node0):
+    from numamem.runtime.base import resolve_groups
+
+    cxl = max(topo.node_ids) + 1
+    nodes = tuple(topo.nodes) + (numamem.Node(cxl, (), 1 << 30, 1 << 30, {}),)
+    distances = dict(topo.distances)
+    for n in topo.node_ids:
+        distances[cxl, n] = distances[n, cxl] = 20 if n == node0 else 30
+    distances[cxl, cxl] = 10
+    fake_topology(nodes=nodes, distances=distances, allowed_nodes=topo.allowed_nodes | {cxl})
+    g = random_graph(0, "cnn")
+    p = plan(g, nodes=[0, 1])
+    groups = resolve_groups(p, {0: node0, 1: cxl}, None)
+    cpus = len(topo.usable_cpus(node0))
+    assert [(gr.mem_node, gr.cpu_node) for gr in groups] == [(node0, node0), (cxl, node0)]
+    # the node's CPUs are shared by the two groups computing on it
+    assert [gr.workers for gr in groups] == [max(1, cpus // 2)] * 2
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        resolve_groups(p, {0: node0, 1: cxl}, {0: 0})

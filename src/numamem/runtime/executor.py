@@ -35,7 +35,7 @@ import numpy as np
 from numamem.arrays import empty as _nm_empty, placement
 from numamem.planner.boxes import Box, cut, extent, round_up
 from numamem.planner.graph import Graph
-from numamem.planner.plans import Plan
+from numamem.planner.plans import Block, Plan
 from numamem.runtime.base import ExecutorBase, ModeReport, box_index, check_tensors
 from numamem.runtime.baseline import BASELINE_MODES, BaselineExecutor
 from numamem.runtime.kernels import BoundKernel
@@ -54,7 +54,7 @@ MODES = ("planned",) + BASELINE_MODES
 class BlockView:
     """A plan block in memory: ``array`` is its part ``box`` of the tensor, element 0 at ``origin``."""
 
-    block: Any
+    block: Block
     array: np.ndarray
     origin: tuple[int, ...]
     box: Box
@@ -180,12 +180,12 @@ class Executor(ExecutorBase):
     def _bind_task(self, g: int, task: NodeTask) -> BoundTask:
         """The arrays of ``task`` of group ``g``: gathers and kernel calls per worker."""
         workers = self.groups[g].workers
-        slots = {id(slot): self._slot_array(g, slot) for slot in task.slots}
+        slots = {slot: self._slot_array(g, slot) for slot in task.slots}
         gathers: list[list[_Copy]] = [[] for _ in range(workers)]
         for slot in task.slots:
             for gather in slot.gathers:
                 view = self._views[gather.site]
-                gathers[gather.worker].append(_Copy(slots[id(slot)][cut(gather.box, slot.origin)],
+                gathers[gather.worker].append(_Copy(slots[slot][cut(gather.box, slot.origin)],
                                                     view.array[cut(gather.box, view.origin)]))
         out = self._views[task.out].array
         if task.work.whole and out.shape != tuple(self.graph.tensors[task.out.block.tensor].shape):
@@ -195,7 +195,7 @@ class Executor(ExecutorBase):
             calls.append(tuple(self._bind_call(call, task, out, slots, self.scratch[g][w]) for call in worker_calls))
         return BoundTask(task.step, task.deps, tuple(map(tuple, gathers)), tuple(calls))
 
-    def _bind_call(self, call: WorkerCall, task: NodeTask, out: np.ndarray, slots: Mapping[int, np.ndarray],
+    def _bind_call(self, call: WorkerCall, task: NodeTask, out: np.ndarray, slots: Mapping[StagingSlot, np.ndarray],
                    scratch: np.ndarray | None) -> KernelCall:
         kernel = call.kernel
         inputs = []
@@ -206,7 +206,7 @@ class Executor(ExecutorBase):
                 view = self._views[operand.site]
                 inputs.append(view.array[cut(region, view.origin)])
             else:
-                inputs.append(slots[id(operand.slot)][cut(region, operand.slot.origin)])
+                inputs.append(slots[operand.slot][cut(region, operand.slot.origin)])
         target = out[call.cut]
         tmp, own = None, (scratch if kernel.scratch_bytes else None)
         if call.staged_out:  # a contiguous buffer for BLAS first in the scratch, the kernel's after it
@@ -246,6 +246,8 @@ class Executor(ExecutorBase):
             Naming an input that is missing or mis-shaped.
         """
         self._inputs = check_tensors(self.graph, inputs, self.graph.inputs, "input")
+        self._input_copies = [[_Copy(self._views[site].array, self._inputs[site.block.tensor][box_index(site.box)])
+                               for site in sites] for sites in self.program.inputs]
 
     def _wait(self, deps: Sequence[Wait]) -> None:
         progress = self._progress
@@ -277,8 +279,8 @@ class Executor(ExecutorBase):
         try:
             # Step -1: this node's blocks of the graph inputs (the plan may reuse their bytes
             # later in the pass, so they are written at every step).
-            for site in self.program.inputs[g][w::workers]:
-                np.copyto(self._views[site].array, self._inputs[site.block.tensor][box_index(site.box)])
+            for copy_job in self._input_copies[g][w::workers]:
+                np.copyto(copy_job.dst, copy_job.src)
             if workers > 1:
                 barrier.wait()
             if w == 0:

@@ -178,7 +178,7 @@ class Gather:
     worker: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StagingSlot:
     """A region of an operand, gathered from several blocks into the group's staging buffer.
 
