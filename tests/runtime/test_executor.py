@@ -137,6 +137,11 @@ def test_arena_pages_are_on_their_node():
         assert pages["0"]["0"] * 4096 >= p.arenas[0].size
         for a in ex.arenas:
             assert numamem.placement(a).bytes_per_node == {0: a.nbytes}
+        views = ex.block_views()
+        assert sorted((v.block.tensor, v.block.index) for v in views) == sorted((b.tensor, b.index) for b in p.blocks)
+        for v in views:
+            assert v.array.shape == tuple(hi - lo for lo, hi in v.box)
+            assert np.shares_memory(v.array, ex.arenas[0])
 
 
 def test_planned_step_allocates_nothing_the_plan_does_not_account_for():

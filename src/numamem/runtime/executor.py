@@ -44,7 +44,7 @@ from numamem.runtime.program import (ALIGN, BlockSite, Direct, Group, NodeTask, 
                                      compile_program)
 from numamem.threads import WorkerAborted, blas_single_thread
 
-__all__ = ["BaselineExecutor", "Executor", "MODES", "ModeReport", "make_executor"]
+__all__ = ["BaselineExecutor", "BlockView", "Executor", "MODES", "ModeReport", "make_executor"]
 
 #: The execution modes of ``numamem run``, in report order.
 MODES = ("planned",) + BASELINE_MODES
@@ -352,6 +352,10 @@ class Executor(ExecutorBase):
         return out
 
     # ------------------------------------------------------------------ reporting
+    def block_views(self) -> list[BlockView]:
+        """Every plan block in its arena, in plan order of tensors and block index."""
+        return [self._views[site] for sites in self.program.sites.values() for site in sites]
+
     def traffic(self) -> dict[str, Any]:
         """Bytes each node's workers read, by memory node, measured from where the pages are.
 
