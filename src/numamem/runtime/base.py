@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +25,17 @@ from numamem.threads import WorkerTeam
 __all__ = ["ExecutorBase", "ModeReport", "box_index", "check_tensors", "resolve_groups"]
 
 
+def _cpu_node_for(topo: _topology.Topology, mem_node: int) -> int:
+    """The node whose CPUs compute the blocks held on ``mem_node``: itself, or for a memory-only
+    node (CXL-like) the nearest node with CPUs this process may use."""
+    if topo.usable_cpus(mem_node):
+        return mem_node
+    candidates = [n.id for n in topo.nodes if topo.usable_cpus(n.id)]
+    if not candidates:
+        raise ValueError("no node with CPUs this process may use")
+    return min(candidates, key=lambda n: (topo.distance(mem_node, n), n))
+
+
 def resolve_groups(plan: Plan, node_map: Mapping[int, int] | None, workers: Any) -> list[Group]:
     """Per plan node, the physical memory node, the CPU node computing its blocks and its workers.
 
@@ -35,31 +47,23 @@ def resolve_groups(plan: Plan, node_map: Mapping[int, int] | None, workers: Any)
     """
     topo = _topology.topology(refresh=False)
     mapping = {n: n for n in plan.nodes} if node_map is None else {int(k): int(v) for k, v in node_map.items()}
-    placed: list[tuple[int, int, int]] = []  # (plan node, memory node, CPU node)
     for p in plan.nodes:
         if p not in mapping:
             raise ValueError(f"node_map does not say where plan node {p} goes")
-        m = mapping[p]
-        topo.check_memory_node(m, "plan.nodes" if node_map is None else f"node_map[{p}]")
-        if topo.usable_cpus(m):
-            placed.append((p, m, m))
-            continue
-        # A memory-only node (CXL-like): its blocks are computed by the nearest CPU node.
-        cands = [n.id for n in topo.nodes if topo.usable_cpus(n.id)]
-        if not cands:
-            raise ValueError("no node with CPUs this process may use")
-        placed.append((p, m, min(cands, key=lambda n: (topo.distance(m, n), n))))
+        topo.check_memory_node(mapping[p], "plan.nodes" if node_map is None else f"node_map[{p}]")
+    cpu_of = {p: _cpu_node_for(topo, mapping[p]) for p in plan.nodes}
+    sharing = Counter(cpu_of.values())  # plan nodes computing on each CPU node
     groups = []
-    for p, m, c in placed:
+    for p in plan.nodes:
         if workers is None:  # the CPUs of each node shared evenly by the groups computing on it
-            count = max(1, len(topo.check_cpu_node(c, "cpu node")) // sum(1 for q in placed if q[2] == c))
+            count = max(1, len(topo.check_cpu_node(cpu_of[p], "cpu node")) // sharing[cpu_of[p]])
         elif isinstance(workers, Mapping):
             count = int(workers.get(p, 1))
         else:
             count = int(workers)
         if count < 1:
             raise ValueError(f"workers must be >= 1, got {count} for node {p}")
-        groups.append(Group(p, m, c, count))
+        groups.append(Group(p, mapping[p], cpu_of[p], count))
     return groups
 
 

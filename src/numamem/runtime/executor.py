@@ -331,12 +331,13 @@ class Executor(ExecutorBase):
                 raise RuntimeError("a worker failed and the step was aborted") from None
             elapsed = time.perf_counter() - t0
             self.cpu_seconds = cpu + time.thread_time() - c0
-        spans: dict[int, list[float]] = {}
-        for g, tasks in enumerate(self._tasks):
-            for task, (a, b) in zip(tasks, self._times[g]):
-                s = spans.setdefault(task.step, [a, b])
-                s[0], s[1] = min(s[0], a), max(s[1], b)
-        self.layer_seconds = [spans[i][1] - spans[i][0] if i in spans else 0.0 for i in range(len(self.graph.layers))]
+        first: dict[int, float] = {}  # per step, the earliest start and the latest end over groups
+        last: dict[int, float] = {}
+        for tasks, times in zip(self._tasks, self._times):
+            for task, (t_start, t_end) in zip(tasks, times):
+                first[task.step] = min(first.get(task.step, t_start), t_start)
+                last[task.step] = max(last.get(task.step, t_end), t_end)
+        self.layer_seconds = [last[i] - first[i] if i in first else 0.0 for i in range(len(self.graph.layers))]
         return elapsed
 
     def outputs(self) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from numamem.planner.ops import input_regions
 from numamem.planner.plans import Plan
 from numamem.runtime import kernels
 from numamem._jsonfile import dump_json
+from numamem.runtime.estimate import PUBLISHED_MACHINE, estimate_speedup, shares_by_node
 from numamem.runtime.executor import MODES, make_executor
 
 __all__ = ["FORMAT", "PUBLISHED_MACHINE", "RTOL", "estimate_speedup", "float64_reference", "format_report",
@@ -35,16 +37,6 @@ RTOL = 1e-4
 #: (:mod:`numamem.runtime.reference`, explicit loops: slow); bigger ones against the kernels run
 #: whole-tensor in float64.
 INDEPENDENT_REFERENCE_FLOPS = 2e10
-
-#: Published figures used for the speed-up estimate when no measured matrix is given: a 2-socket
-#: Intel Xeon Gold 6140 (Skylake-SP) read bandwidth per node and idle latency, local vs remote.
-PUBLISHED_MACHINE = {
-    "name": "2-socket Intel Xeon Gold 6140 (published figures)",
-    "local_bandwidth": 105e9, "remote_bandwidth": 34e9,
-    "local_latency_ns": 90.0, "remote_latency_ns": 144.0,
-    "cores_per_node": 18,
-}
-
 
 # ================================================================================= tensors
 def random_tensors(graph: Graph, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -259,124 +251,6 @@ def plan_traffic(plan: Plan, graph: Graph, holder: Callable[[str], int | None] |
     return out
 
 
-def _shares(plan: Plan, graph: Graph) -> list[dict[int, float]]:
-    """Per layer, the fraction of the output each node computes."""
-    out = []
-    for layer in graph.layers:
-        bl = plan.blocks_of(layer.outputs[0])
-        total = sum(b.size for b in bl if b.slice is not None) or 1
-        out.append({b.node: (1.0 if b.slice is None else b.size / total) for b in bl})
-    return out
-
-
-def _bandwidth_of(matrix: Any, nodes: Sequence[int]) -> dict[tuple[int, int], float] | None:
-    """``{(reader, source): bytes/s}`` over ``nodes`` from a bench matrix, or None if it lacks a pair."""
-    if not matrix:
-        return None
-    try:
-        out = {}
-        for a in nodes:
-            row = matrix[a] if a in matrix else matrix[str(a)]
-            for b in nodes:
-                out[a, b] = float(row[b] if b in row else row[str(b)])
-        return out
-    except (KeyError, TypeError, IndexError):
-        return None
-
-
-def estimate_speedup(graph: Graph, layer_seconds: Sequence[float], traffic: Mapping[str, list],
-                     shares: Sequence[Mapping[int, float]], nodes: Sequence[int],
-                     bandwidth: Any = None, traffic_basis: str = "", cores_here: int = 1) -> dict[str, Any]:
-    """Estimate planned vs first-touch time on a multi-socket machine from per-layer traffic.
-
-    Per layer and node: compute time = the measured per-layer time here times the node's share
-    of the layer times ``cores_here / cores per target node`` (compute assumed to scale with
-    cores: 18 per node for the published machine, the bench's threads per node for a measured
-    matrix); memory time = the sum over source nodes of bytes / bandwidth(reader, source). The layer takes
-    the slowest node's ``max(compute, memory)`` (a roofline: transfers overlap compute). The
-    speed-up is the ratio of the sums over layers; ``memory_bound_limit`` is the same ratio with
-    memory times only. Latency does not enter (streaming reads are bandwidth-bound); it is
-    recorded with the basis.
-
-    Parameters
-    ----------
-    graph : Graph
-    layer_seconds : sequence of float
-        Measured per-layer median time of the planned run here.
-    traffic : mapping
-        ``{"planned": [...], "first-touch": [...]}``: per layer ``{(source, reader): bytes}``.
-    shares : sequence of mapping
-        Per layer ``{node: fraction of the output it computes}``.
-    nodes : sequence of int
-        The target machine's nodes.
-    bandwidth : mapping, optional
-        A ``numamem bench`` result, or its matrix ``{reader: {source: bytes/s}}``; default: the
-        published figures of :data:`PUBLISHED_MACHINE`.
-    traffic_basis : str
-        How ``traffic`` was obtained (for the label).
-    cores_here : int
-        Worker threads that computed the measured layer times.
-
-    Returns
-    -------
-    dict
-        ``basis``, ``planned_vs_first_touch``, ``memory_bound_limit``, per-mode seconds, and the
-        constants used.
-    """
-    threads = None
-    if isinstance(bandwidth, Mapping) and "bandwidth" in bandwidth:
-        threads = bandwidth.get("threads")
-        bandwidth = bandwidth["bandwidth"]
-    bw = _bandwidth_of(bandwidth, nodes)
-    if bw is not None and len(nodes) >= 2:
-        cores = {n: float((threads or {}).get(str(n), cores_here)) for n in nodes}
-        machine = "measured bandwidth matrix (numamem bench)"
-        consts = {"bandwidth": {str(a): {str(b): bw[a, b] for b in nodes} for a in nodes},
-                  "cores_per_node": {str(n): c for n, c in cores.items()}}
-    else:
-        cores = {n: float(PUBLISHED_MACHINE["cores_per_node"]) for n in nodes}
-        pm = PUBLISHED_MACHINE
-        bw = {(a, b): pm["local_bandwidth"] if a == b else pm["remote_bandwidth"] for a in nodes for b in nodes}
-        machine = (f"{pm['name']}: {pm['local_bandwidth'] / 1e9:.0f} GB/s local vs "
-                   f"{pm['remote_bandwidth'] / 1e9:.0f} GB/s remote read bandwidth per node, "
-                   f"{pm['local_latency_ns']:.0f} vs {pm['remote_latency_ns']:.0f} ns idle latency, "
-                   f"{pm['cores_per_node']} cores per node")
-        consts = dict(pm)
-    totals, mem_totals, add_totals = {}, {}, {}
-    for mode in ("planned", "first-touch"):
-        t_sum = m_sum = a_sum = 0.0
-        for step, d in enumerate(traffic[mode]):
-            mem: dict[int, float] = {}
-            for (src, reader), nbytes in d.items():
-                b = bw.get((reader, src)) or bw.get((reader, reader)) or PUBLISHED_MACHINE["local_bandwidth"]
-                mem[reader] = mem.get(reader, 0.0) + nbytes / b
-            worst = worst_mem = worst_add = 0.0
-            for n in set(mem) | set(shares[step]):
-                tc = layer_seconds[step] * shares[step].get(n, 0.0) * cores_here / cores.get(n, cores_here)
-                worst = max(worst, tc, mem.get(n, 0.0))
-                worst_mem = max(worst_mem, mem.get(n, 0.0))
-                worst_add = max(worst_add, tc + mem.get(n, 0.0))
-            t_sum += worst
-            m_sum += worst_mem
-            a_sum += worst_add
-        totals[mode], mem_totals[mode], add_totals[mode] = t_sum, m_sum, a_sum
-    ratio = totals["first-touch"] / totals["planned"] if totals["planned"] else float("nan")
-    limit = mem_totals["first-touch"] / mem_totals["planned"] if mem_totals["planned"] else float("inf")
-    no_overlap = add_totals["first-touch"] / add_totals["planned"] if add_totals["planned"] else float("nan")
-    return {
-        "basis": (f"ESTIMATE, not a measurement: {machine}; {traffic_basis}; per layer and node "
-                  f"max(compute = measured planned layer time here x node share x {cores_here} cores here / cores "
-                  f"per node, memory = bytes / bandwidth)"),
-        "planned_vs_first_touch": ratio,
-        "no_overlap": no_overlap,
-        "memory_bound_limit": limit,
-        "seconds": {"planned": totals["planned"], "first-touch": totals["first-touch"]},
-        "memory_seconds": mem_totals,
-        "target_nodes": list(nodes),
-        "constants": consts,
-    }
-
-
 def _pairs_from_layers(layers: Sequence[Mapping[str, Any]]) -> list[dict[tuple[int, int], int]]:
     return [{(int(s), int(r)): int(b) for s, r, b in l["pairs"]} for l in layers]
 
@@ -403,6 +277,81 @@ def _reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+# ================================================================================= the modes
+@dataclass
+class _Timings:
+    """One mode's timed iterations."""
+
+    seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
+    layer_seconds: list[list[float]] = field(default_factory=list)
+
+    def entry(self) -> dict[str, Any]:
+        return {"median_s": float(np.median(self.seconds)), "seconds": self.seconds,
+                "median_cpu_s": float(np.median(self.cpu_seconds)), "cpu_seconds": self.cpu_seconds,
+                "layer_median_s": [float(x) for x in np.median(np.array(self.layer_seconds), axis=0)]}
+
+
+def _timed_rounds(executors: Mapping[str, Any], modes: Sequence[str], iters: int,
+                  say: Callable[[str], None]) -> dict[str, _Timings]:
+    """Time ``iters`` steps of every mode, round-robin over the modes (the starting mode
+    rotating), so a change in the machine's load during the run hits every mode alike."""
+    timings = {m: _Timings() for m in modes}
+    for i in range(iters):
+        say(f"iteration {i + 1}/{iters}")
+        for j in range(len(modes)):
+            mode = modes[(i + j) % len(modes)]
+            ex, t = executors[mode], timings[mode]
+            t.seconds.append(ex.step())
+            t.cpu_seconds.append(ex.cpu_seconds)
+            t.layer_seconds.append(list(ex.layer_seconds))
+    return timings
+
+
+def _mode_entry(ex: Any, set_up: Mapping[str, Any], timings: _Timings, outputs: Mapping[str, np.ndarray],
+                ref: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The report entry of one mode: set-up, timings, its ``report()``, and its error."""
+    mode_report = ex.report()
+    entry = dict(set_up)
+    entry.update(timings.entry())
+    entry.update(mode_report.entry())
+    entry["_pairs"] = _pairs_from_layers(mode_report.traffic["layers"])
+    errs = {n: _rel_err(outputs[n], ref[n]) for n in outputs}
+    entry["rel_err"] = errs
+    entry["max_rel_err"] = max(errs.values()) if errs else 0.0
+    entry["ok"] = entry["max_rel_err"] <= RTOL
+    return entry
+
+
+def _estimate(report: Mapping[str, Any], graph: Graph, p: Plan, nodes: Sequence[int], modes: Sequence[str],
+              bandwidth: Any, plan_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The speed-up estimate: from the run's measured traffic on two or more nodes, else modelled."""
+    entries = report["modes"]
+    base_mode = "planned" if "planned" in entries else modes[0]
+    cores_here = sum(entries[base_mode]["workers"].values())
+    layer_s = entries[base_mode]["layer_median_s"]
+    if len(nodes) >= 2 and "planned" in entries and "first-touch" in entries:
+        traffic = {"planned": entries["planned"]["_pairs"], "first-touch": entries["first-touch"]["_pairs"]}
+        basis = f"traffic measured in this run on nodes {nodes}"
+        est = estimate_speedup(graph, layer_s, traffic, shares_by_node(p, graph), nodes, bandwidth, basis, cores_here)
+    else:
+        target = list(nodes) if len(nodes) >= 2 else [0, 1]
+        tp = planner.plan(graph, nodes=target, **plan_options)
+        loader = target[0]
+        role = {n: graph.tensors[n].role for n in graph.tensors}
+        traffic = {
+            "planned": plan_traffic(tp, graph),
+            "first-touch": plan_traffic(tp, graph, lambda n: loader if role[n] in ("weight", "input") else None),
+        }
+        basis = (f"traffic modelled for nodes {target} (planned: the plan's blocks; first-touch: weights and "
+                 f"inputs on the loading thread's node {loader}, each activation block on the node writing it)")
+        est = estimate_speedup(graph, layer_s, traffic, shares_by_node(tp, graph), target, bandwidth, basis, cores_here)
+    est["traffic"] = {m: {"local_bytes": sum(b for d in t for (s, r), b in d.items() if s == r),
+                          "remote_bytes": sum(b for d in t for (s, r), b in d.items() if s != r)}
+                      for m, t in traffic.items()}
+    return est
 
 
 # ================================================================================= the command
@@ -482,11 +431,10 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
         "layers": [{"name": l.name, "op": l.op} for l in graph.layers],
     }
     outputs_of: dict[str, dict[str, np.ndarray]] = {}
-    ok = True
     executors: dict[str, Any] = {}
-    entries: dict[str, dict[str, Any]] = {}
     try:
         # Set-up and warm-up one mode at a time, so each mode's peak memory is its own.
+        set_up = {}
         for mode in modes:
             say(f"{mode}: setting up")
             gc.collect()
@@ -497,79 +445,28 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
             ex.set_inputs(xs)
             for i in range(warmup):
                 ex.step(account=(i == 0))  # the first warm-up measures traffic and pages
-            entries[mode] = {"peak_rss_bytes": max(0, _proc_status().get("VmHWM", 0) - rss0),
-                             "workers": {str(g.plan_node): g.workers for g in ex.groups}}
-        # Timed iterations round-robin over the modes (the starting mode rotating), so a change
-        # in the machine's load during the run hits every mode alike.
-        seconds: dict[str, list[float]] = {m: [] for m in modes}
-        cpu_s: dict[str, list[float]] = {m: [] for m in modes}
-        per_layer: dict[str, list[list[float]]] = {m: [] for m in modes}
-        for i in range(iters):
-            say(f"iteration {i + 1}/{iters}")
-            for j in range(len(modes)):
-                mode = modes[(i + j) % len(modes)]
-                ex = executors[mode]
-                seconds[mode].append(ex.step())
-                cpu_s[mode].append(ex.cpu_seconds)
-                per_layer[mode].append(list(ex.layer_seconds))
+            set_up[mode] = {"peak_rss_bytes": max(0, _proc_status().get("VmHWM", 0) - rss0),
+                            "workers": {str(g.plan_node): g.workers for g in ex.groups}}
+        timings = _timed_rounds(executors, modes, iters, say)
         for mode in modes:
-            ex = executors[mode]
-            outs = ex.outputs()
-            mode_report = ex.report()
-            entry = entries[mode]
-            entry.update({
-                "median_s": float(np.median(seconds[mode])), "seconds": seconds[mode],
-                "median_cpu_s": float(np.median(cpu_s[mode])), "cpu_seconds": cpu_s[mode],
-                "layer_median_s": [float(x) for x in np.median(np.array(per_layer[mode]), axis=0)],
-            })
-            entry.update(mode_report.entry())
-            entry["_pairs"] = _pairs_from_layers(mode_report.traffic["layers"])
-            errs = {n: _rel_err(outs[n], ref[n]) for n in graph.outputs}
-            entry["rel_err"] = errs
-            entry["max_rel_err"] = max(errs.values()) if errs else 0.0
-            entry["ok"] = entry["max_rel_err"] <= RTOL
-            ok = ok and entry["ok"]
-            outputs_of[mode] = outs
-            report["modes"][mode] = entry
+            outputs_of[mode] = executors[mode].outputs()
+            report["modes"][mode] = _mode_entry(executors[mode], set_up[mode], timings[mode],
+                                                outputs_of[mode], ref)
     finally:
         for ex in executors.values():
             ex.close()
         executors.clear()
         gc.collect()
-    report["ok"] = ok
+    report["ok"] = all(entry["ok"] for entry in report["modes"].values())
     if "first-touch" in report["modes"]:
         ft = report["modes"]["first-touch"]["median_s"]
         ft_cpu = report["modes"]["first-touch"]["median_cpu_s"]
-        for m, e in report["modes"].items():
-            e["speedup_vs_first_touch"] = ft / e["median_s"] if e["median_s"] else float("nan")
-            e["cpu_ratio_vs_first_touch"] = ft_cpu / e["median_cpu_s"] if e["median_cpu_s"] else float("nan")
-    # The estimate.
-    base_mode = "planned" if "planned" in report["modes"] else modes[0]
-    cores_here = sum(report["modes"][base_mode]["workers"].values())
-    layer_s = report["modes"][base_mode]["layer_median_s"]
-    if len(nodes) >= 2 and "planned" in report["modes"] and "first-touch" in report["modes"]:
-        traffic = {"planned": report["modes"]["planned"]["_pairs"],
-                   "first-touch": report["modes"]["first-touch"]["_pairs"]}
-        basis = f"traffic measured in this run on nodes {nodes}"
-        est = estimate_speedup(graph, layer_s, traffic, _shares(p, graph), nodes, bandwidth, basis, cores_here)
-    else:
-        target = list(nodes) if len(nodes) >= 2 else [0, 1]
-        tp = planner.plan(graph, nodes=target, **plan_options)
-        loader = target[0]
-        role = {n: graph.tensors[n].role for n in graph.tensors}
-        traffic = {
-            "planned": plan_traffic(tp, graph),
-            "first-touch": plan_traffic(tp, graph, lambda n: loader if role[n] in ("weight", "input") else None),
-        }
-        basis = (f"traffic modelled for nodes {target} (planned: the plan's blocks; first-touch: weights and "
-                 f"inputs on the loading thread's node {loader}, each activation block on the node writing it)")
-        est = estimate_speedup(graph, layer_s, traffic, _shares(tp, graph), target, bandwidth, basis, cores_here)
-    est["traffic"] = {m: {"local_bytes": sum(b for d in t for (s, r), b in d.items() if s == r),
-                          "remote_bytes": sum(b for d in t for (s, r), b in d.items() if s != r)}
-                      for m, t in traffic.items()}
-    report["estimate"] = est
-    for e in report["modes"].values():
-        e.pop("_pairs", None)
+        for entry in report["modes"].values():
+            entry["speedup_vs_first_touch"] = ft / entry["median_s"] if entry["median_s"] else float("nan")
+            entry["cpu_ratio_vs_first_touch"] = ft_cpu / entry["median_cpu_s"] if entry["median_cpu_s"] else float("nan")
+    report["estimate"] = _estimate(report, graph, p, nodes, modes, bandwidth, plan_options)
+    for entry in report["modes"].values():
+        entry.pop("_pairs", None)
     if keep_outputs:
         report["_outputs"] = outputs_of
     return report
