@@ -62,7 +62,7 @@ class BlockView:
 
 @dataclass(frozen=True)
 class _Copy:
-    """One gather: copy ``src`` (a block's memory) into ``dst`` (a staging slot)."""
+    """One copy of ``src`` into ``dst``: a gather into a staging slot, or a weight or input into its block."""
 
     dst: np.ndarray
     src: np.ndarray

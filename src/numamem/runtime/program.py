@@ -17,7 +17,7 @@ The program says, per group (a plan node with its worker team) and per layer it 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence, Union
 
 import numpy as np
@@ -390,8 +390,8 @@ def compile_program(plan: Plan, graph: Graph, groups: Sequence[Group]) -> Progra
         for g, work in per.items():
             drafts[g].append(_draft(graph, sites, step, g, work, groups[g].workers))
     waits = _waits(graph, drafts)
-    tasks = tuple(tuple(NodeTask(t.step, deps, t.work, t.out, t.operands, t.slots, t.reads)
-                        for t, deps in zip(drafts[g], waits[g])) for g in range(len(groups)))
+    tasks = tuple(tuple(replace(task, deps=deps) for task, deps in zip(drafts[g], waits[g]))
+                  for g in range(len(groups)))
     inputs = tuple(tuple(s for name in graph.inputs for s in sites[name] if s.group == g)
                    for g in range(len(groups)))
     staging = tuple(max((t.staging_bytes for t in ts), default=0) for ts in tasks)
