@@ -48,7 +48,7 @@ import numpy as np
 from numamem import _topology
 from numamem.arrays import empty as _nm_empty, owner as _owner, page_nodes as _page_nodes
 from numamem.planner.graph import Graph
-from numamem.planner.plans import Plan
+from numamem.planner.plan import Plan
 from numamem.runtime import kernels as K
 from numamem.threads import bind_thread
 

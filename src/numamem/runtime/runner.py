@@ -19,7 +19,8 @@ import numpy as np
 
 from numamem import _topology
 from numamem.planner.graph import Graph
-from numamem.planner.plans import Plan, plan as make_plan
+from numamem.planner.plan import Plan
+from numamem.planner.planner import plan as make_plan
 from numamem.runtime import kernels as K
 from numamem._jsonfile import dump_json
 from numamem.runtime.executor import MODES, BaselineExecutor, make_executor
