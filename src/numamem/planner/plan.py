@@ -16,12 +16,13 @@ file format to exist).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from numamem.planner import check as _check, report as _report
+from numamem.planner import check as _check, planfile as _planfile, report as _report
 from numamem.planner.boxes import Slice, full
 
 if TYPE_CHECKING:  # annotations only
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # annotations only
 
 PlanError = _check.PlanError
 
-__all__ = ["Arena", "Block", "LayerPlan", "Plan", "PlanError", "Slice", "TensorInfo"]
+__all__ = ["PLAN_TYPES", "Arena", "Block", "LayerPlan", "Plan", "PlanError", "Slice", "TensorInfo"]
 
 
 @dataclass
@@ -219,26 +220,22 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as a ``numamem-plan/1`` JSON object (required fields plus extras)."""
-        from numamem.planner import planfile
-
-        return planfile.to_dict(self)
+        return _planfile.to_dict(self)
 
     def to_json(self, path: str | os.PathLike | None = None, *, indent: int | None = 1) -> str:
         """Serialise to ``numamem-plan/1``; also write it to ``path`` when given."""
-        from numamem.planner import planfile
-
-        return planfile.to_json(self, path, indent=indent)
+        return _planfile.to_json(self, path, indent=indent)
 
     @classmethod
     def from_dict(cls, d: Any) -> "Plan":
         """Read a parsed ``numamem-plan/1`` object (fields beyond the required ones are optional)."""
-        from numamem.planner import planfile
-
-        return planfile.from_dict(d)
+        return _planfile.from_dict(d, dataclasses.replace(PLAN_TYPES, plan=cls))
 
     @classmethod
     def from_json(cls, source: str | os.PathLike) -> "Plan":
         """Read ``numamem-plan/1`` from JSON text or from a file path."""
-        from numamem.planner import planfile
+        return _planfile.from_json(source, dataclasses.replace(PLAN_TYPES, plan=cls))
 
-        return planfile.from_json(source)
+
+#: The classes :mod:`numamem.planner.planfile` builds a plan from.
+PLAN_TYPES = _planfile.PlanTypes(plan=Plan, block=Block, arena=Arena, layer=LayerPlan, tensor=TensorInfo)

@@ -8,30 +8,47 @@ rules the planner follows (module doc of :mod:`numamem.planner.planner`): blocks
 several nodes reserve whole pages, other blocks round up to the alignment, arenas lie back to
 back.
 
+This module sits below the plan model: it reads a plan by attribute, and it builds one from the
+classes it is given (:class:`PlanTypes`), which :mod:`numamem.planner.plan` passes in from its
+thin delegates (:meth:`~numamem.planner.plan.Plan.to_json`,
+:meth:`~numamem.planner.plan.Plan.from_json`). So the model can offer its file form without an
+import cycle.
+
 Examples
 --------
 >>> import numamem.models, numamem.planner
+>>> from numamem.planner.plan import PLAN_TYPES
 >>> p = numamem.planner.plan(numamem.models.get("mlp", batch=8), nodes=[0, 1])
 >>> text = to_json(p)
 >>> json.loads(text)["format"]
 'numamem-plan/1'
->>> from_json(text).to_dict() == p.to_dict()
+>>> from_json(text, PLAN_TYPES).to_dict() == p.to_dict()
 True
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 from numamem._jsonfile import dump_json
 from numamem.planner.boxes import Slice, round_up
-from numamem.planner.plan import Arena, Block, LayerPlan, Plan, TensorInfo
 
 FORMAT = "numamem-plan/1"
 
-__all__ = ["FORMAT", "from_dict", "from_json", "to_dict", "to_json"]
+__all__ = ["FORMAT", "PlanTypes", "from_dict", "from_json", "to_dict", "to_json"]
+
+
+@dataclass(frozen=True)
+class PlanTypes:
+    """The classes :func:`from_dict` builds a plan from (those of :mod:`numamem.planner.plan`)."""
+
+    plan: Callable[..., Any]
+    block: Callable[..., Any]
+    arena: Callable[..., Any]
+    layer: Callable[..., Any]
+    tensor: Callable[..., Any]
 
 
 def to_dict(plan: Any) -> dict[str, Any]:
@@ -59,8 +76,26 @@ def to_json(plan: Any, path: str | os.PathLike | None = None, *, indent: int | N
     return dump_json(to_dict(plan), path, indent=indent)
 
 
-def from_dict(d: Any) -> Plan:
-    """Read a parsed ``numamem-plan/1`` object (fields beyond the required ones are optional)."""
+def from_dict(d: Any, types: PlanTypes) -> Any:
+    """Read a parsed ``numamem-plan/1`` object (fields beyond the required ones are optional).
+
+    Parameters
+    ----------
+    d : mapping
+        The parsed JSON object.
+    types : PlanTypes
+        The classes to build (:data:`numamem.planner.plan.PLAN_TYPES`).
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    ValueError
+        When the format is not ``numamem-plan/1`` or a required field is missing or malformed.
+    """
+    Block, Arena, LayerPlan, TensorInfo = types.block, types.arena, types.layer, types.tensor
     try:
         if d.get("format") != FORMAT:
             raise ValueError(f"plan: format must be {FORMAT!r}, got {d.get('format')!r}")
@@ -113,15 +148,15 @@ def from_dict(d: Any) -> Plan:
             n: TensorInfo(tuple(t["shape"]), int(t["itemsize"]), t.get("role"), (int(t["live"][0]), int(t["live"][1])))
             for n, t in d.get("tensors", {}).items()
         }
-        return Plan(graph=d["graph"], nodes=[int(n) for n in d["nodes"]], page_size=int(d["page_size"]),
-                    arenas=arenas, blocks=blocks, layers=layers, alignment=align,
-                    steps=int(d.get("steps", len(layers))), tensors=tensors, info=dict(d.get("info", {})))
+        return types.plan(graph=d["graph"], nodes=[int(n) for n in d["nodes"]], page_size=int(d["page_size"]),
+                          arenas=arenas, blocks=blocks, layers=layers, alignment=align,
+                          steps=int(d.get("steps", len(layers))), tensors=tensors, info=dict(d.get("info", {})))
     except (KeyError, TypeError, IndexError, AttributeError) as exc:
         raise ValueError(f"plan: malformed numamem-plan/1 document ({type(exc).__name__}: {exc})") from None
 
 
-def from_json(source: str | os.PathLike) -> Plan:
-    """Read ``numamem-plan/1`` from JSON text or from a file path."""
+def from_json(source: str | os.PathLike, types: PlanTypes) -> Any:
+    """Read ``numamem-plan/1`` from JSON text or from a file path (``types`` as in :func:`from_dict`)."""
     text = os.fspath(source)
     if not text.lstrip().startswith("{"):
         with open(text, encoding="utf-8") as f:
@@ -130,4 +165,4 @@ def from_json(source: str | os.PathLike) -> Plan:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"plan: bad JSON: {exc}") from None
-    return from_dict(data)
+    return from_dict(data, types)
