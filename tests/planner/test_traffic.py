@@ -44,8 +44,9 @@ def test_layer_reads_whole_layer_and_holder_override():
 
 def test_input_boxes_of_a_split_and_a_whole_layer():
     g = _split_dense()
-    assert input_boxes(g, 0, None, full((8, 4))) == [full((8, 16)), full((16, 4))]
-    assert input_boxes(g, 0, 1, on_axis((8, 4), 1, 2, 4)) == [full((8, 16)), on_axis((16, 4), 1, 2, 4)]
+    assert input_boxes(g, 0, None, [full((8, 4))]) == [[full((8, 16)), full((16, 4))]]
+    assert input_boxes(g, 0, 1, [on_axis((8, 4), 1, 0, 2), on_axis((8, 4), 1, 2, 4)]) == [
+        [full((8, 16)), on_axis((16, 4), 1, 0, 2)], [full((8, 16)), on_axis((16, 4), 1, 2, 4)]]
 
 
 def test_block_layouts_follow_the_plan_blocks():

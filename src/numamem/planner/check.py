@@ -59,9 +59,9 @@ class PlanError(ValueError):
         )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Tensor:
-    """What the checker knows of a tensor: from the plan's ``tensors`` or from the graph."""
+    """What the checker knows of a tensor from the graph (the plan's ``tensors`` read alike)."""
 
     shape: tuple[int, ...]
     itemsize: int
@@ -151,11 +151,11 @@ def verify(plan: Any, graph: Graph | None = None) -> None:
         if b.live[0] > b.live[1] or b.live[0] < 0 or (plan.steps and b.live[1] >= plan.steps):
             v.append(f"{where}: live range {list(b.live)} is not within steps 0..{plan.steps - 1}")
 
-    tensors = {n: _Tensor(tuple(t.shape), t.itemsize, tuple(t.live)) for n, t in plan.tensors.items()}
+    tensors = dict(plan.tensors)
     if graph is not None:
         live = graph.lifetimes()
         for name, t in graph.tensors.items():
-            want = _Tensor(tuple(t.shape), graph.itemsize(name), live[name])
+            want = _Tensor(t.shape, graph.itemsize(name), live[name])
             have = tensors.get(name)
             if have is not None and (tuple(have.shape), have.itemsize, tuple(have.live)) != (
                 want.shape, want.itemsize, want.live
@@ -310,7 +310,7 @@ def _layer_traffic(graph: Graph, step: int, blocks_of: Mapping[str, list[Any]],
 def _check_traffic(p: Any, graph: Graph) -> list[str]:
     v: list[str] = []
     live = graph.lifetimes()
-    infos = {n: _Tensor(tuple(t.shape), graph.itemsize(n), live[n]) for n, t in graph.tensors.items()}
+    infos = {n: _Tensor(t.shape, graph.itemsize(n), live[n]) for n, t in graph.tensors.items()}
     blocks_of: dict[str, list[Any]] = {}
     for b in p.blocks:
         blocks_of.setdefault(b.tensor, []).append(b)

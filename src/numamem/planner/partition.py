@@ -24,7 +24,6 @@ Weights and graph inputs are laid out by their first reader (the weight rule):
 from __future__ import annotations
 
 import math
-from collections import ChainMap
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -170,7 +169,7 @@ class Partitioner:
         out_shape = g.tensors[layer.outputs[0]].shape
         total_flops = op_flops(layer.op, in_shapes, out_shape, layer.attrs)
         total_elems = max(1, math.prod(out_shape))
-        boxes = [input_boxes(g, step, axis, box) for _, box in parts]
+        boxes = input_boxes(g, step, axis, [box for _, box in parts])
         new_layouts: dict[str, Layout] = {}
         for i, name in enumerate(layer.inputs):
             if name in self.layouts or name in new_layouts:
@@ -179,7 +178,8 @@ class Partitioner:
             node_reads = [(n, boxes[j][i]) for j, (n, _) in enumerate(parts) if boxes[j][i] is not None]
             replicate = t.role == "weight" and g.nbytes(name) <= self.cost.replicate_bytes
             new_layouts[name] = natural_layout(t.shape, node_reads, replicate, self.nodes)
-        reads = layer_reads(g, step, axis, parts, ChainMap(self.layouts, new_layouts), boxes=boxes)
+        layouts = {name: new_layouts[name] if name in new_layouts else self.layouts[name] for name in layer.inputs}
+        reads = layer_reads(g, step, axis, parts, layouts, boxes=boxes)
         worst = 0.0
         local = remote = 0
         pairs: dict[tuple[int, int], int] = {}

@@ -95,17 +95,21 @@ def reads_from(layout: Layout, box: Box, node: int) -> dict[int, int]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Read:
-    """Bytes of ``tensor`` that the node computing a part of a layer reads from node ``source``."""
+    """Bytes of ``tensor`` that the node computing a part of a layer reads from node ``source``.
+
+    Not frozen: the partitioner makes thousands per plan, and a frozen dataclass is four times
+    slower to build.
+    """
 
     tensor: str
     source: int
     nbytes: int
 
 
-def input_boxes(graph: "Graph", step: int, axis: int | None, box: Box) -> list[Box | None]:
-    """The box of each input of layer ``step`` read to compute the output ``box``.
+def input_boxes(graph: "Graph", step: int, axis: int | None, out_boxes: Sequence[Box]) -> list[list[Box | None]]:
+    """For each output box of layer ``step``, the box of each input read to compute it.
 
     ``axis`` is the layer's split axis; None (computed whole) reads every input whole. None in the
     result marks an input the box does not read (a concat operand outside it).
@@ -113,9 +117,10 @@ def input_boxes(graph: "Graph", step: int, axis: int | None, box: Box) -> list[B
     layer = graph.layers[step]
     in_shapes = [graph.tensors[n].shape for n in layer.inputs]
     if axis is None:
-        return [full(s) for s in in_shapes]
-    a, b = box[axis]
-    return input_regions(layer.op, in_shapes, graph.tensors[layer.outputs[0]].shape, layer.attrs, axis, a, b)
+        whole = [full(s) for s in in_shapes]
+        return [whole for _ in out_boxes]
+    out_shape = graph.tensors[layer.outputs[0]].shape
+    return [input_regions(layer.op, in_shapes, out_shape, layer.attrs, axis, *box[axis]) for box in out_boxes]
 
 
 def layer_reads(
@@ -145,8 +150,8 @@ def layer_reads(
         ``holder(tensor)`` -> a node holding the whole tensor instead of its layout, or None to
         keep the layout (the runner models first-touch placement this way).
     boxes : sequence of sequence of Box or None, optional
-        Per part, the input boxes it reads, when the caller already has them
-        (:func:`input_boxes`).
+        Per part, the input boxes it reads, when the caller already has them (what
+        :func:`input_boxes` gives for the parts' boxes).
 
     Returns
     -------
@@ -155,17 +160,19 @@ def layer_reads(
         order of :func:`reads_from`). Inputs the part does not read contribute nothing.
     """
     layer = graph.layers[step]
+    items = [graph.itemsize(name) for name in layer.inputs]
+    if boxes is None:
+        boxes = input_boxes(graph, step, axis, [box for _, box in parts])
     out: list[list[Read]] = []
-    for j, (node, box) in enumerate(parts):
-        in_boxes = boxes[j] if boxes is not None else input_boxes(graph, step, axis, box)
+    for (node, _), in_boxes in zip(parts, boxes):
         reads: list[Read] = []
-        for name, in_box in zip(layer.inputs, in_boxes):
+        for name, item, in_box in zip(layer.inputs, items, in_boxes):
             if in_box is None:
                 continue
-            item = graph.itemsize(name)
             h = holder(name) if holder is not None else None
             got = {h: volume(in_box)} if h is not None else reads_from(layouts[name], in_box, node)
-            reads.extend(Read(name, m, e * item) for m, e in got.items())
+            for m, e in got.items():
+                reads.append(Read(name, m, e * item))
         out.append(reads)
     return out
 
