@@ -10,7 +10,9 @@ How a layer is split is chosen greedily in execution order with a cost model
 the bytes it reads, local or remote, each at the bandwidth between the two nodes (from a measured
 matrix when given, else the local bandwidth scaled by ``10 / distance``). A candidate that keeps
 the axis of the layer producing the first input wins whenever it is within
-``consistency_tolerance`` of the best, so a chain of layers keeps one access pattern.
+``consistency_tolerance`` of the best, so a chain of layers keeps one access pattern. The bytes
+a candidate reads are counted by :func:`numamem.planner.traffic.layer_reads`, the rule the
+runner's traffic model uses too; boxes come from :mod:`numamem.planner.boxes`.
 
 Weights and graph inputs are laid out by their first reader (the weight rule):
 
