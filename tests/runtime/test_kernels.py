@@ -158,6 +158,35 @@ def test_conv2d_methods_agree(case, method):
         assert rel_err(y, ref) <= RTOL
 
 
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[1] == "conv2d" and c[2][1][1] == 1], ids=lambda c: c[0])
+def test_forced_im2col_on_depthwise_layers(case):
+    """``_method`` forces the grouped im2col where depthwise would run (the benchmark's baseline)."""
+    name, op, shapes, attrs = case
+    rng = np.random.default_rng(12)
+    xs = make_inputs(op, shapes, rng)
+    ref = R.apply(op, xs, attrs)
+    for axis in range(4):
+        y = run_split(op, xs, dict(attrs, _method="im2col"), axis, cuts(ref.shape[axis], 3, rng), rng,
+                      restrict_inputs=axis % 2 == 1)
+        assert rel_err(y, ref) <= RTOL
+    with pytest.raises(ValueError, match="_method"):
+        K.bind(op, shapes, dict(attrs, _method="depthwise"))
+
+
+def test_as_slice_forms():
+    assert K.as_slice(Slice(1, 2, 5), (4, 8)) == Slice(1, 2, 5)
+    assert K.as_slice({"axis": np.int64(-2), "start": 1, "stop": 3}, (4, 8)) == Slice(0, 1, 3)
+    assert K.as_slice(None, (4, 8)) == Slice(0, 0, 4)
+    with pytest.raises(ValueError, match="block axis"):
+        K.as_slice((-3, 0, 1), (4, 8))
+    with pytest.raises(ValueError, match=r"\(axis, start, stop\)"):
+        K.as_slice((0, 1), (4, 8))
+    with pytest.raises(TypeError, match="block must be"):
+        K.as_slice(slice(0, 2), (4, 8))
+    with pytest.raises(TypeError):
+        K.as_slice((0, 1.0, 2), (4, 8))
+
 def test_whole_output_of_unsplittable_axis_is_allowed():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((4, 6)).astype(np.float32)

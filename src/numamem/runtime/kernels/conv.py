@@ -39,8 +39,11 @@ def conv_window(c: Ctx) -> Window:
     return window(c, stride, pad)
 
 
-def conv_method(c: Ctx) -> str:
-    """``"gemm"``, ``"im2col"``, ``"depthwise"`` or the ``_method`` forced on the call."""
+def conv_method(c: Ctx, g: Window) -> str:
+    """``"gemm"``, ``"im2col"``, ``"depthwise"`` or the ``_method`` forced on the call.
+
+    ``g`` is the block's :func:`conv_window`.
+    """
     forced = c.attrs.get("_method")
     if forced is not None:
         if forced not in FORCEABLE:
@@ -50,7 +53,6 @@ def conv_method(c: Ctx) -> str:
     if cg == 1:
         return "depthwise"
     kh, kw = c.shapes[1][2:]
-    g = conv_window(c)
     xr = extent(c.regions[0])
     spatial_full = xr[2:] == tuple(c.shapes[0][2:])  # then x[n, chans] is one contiguous run
     if (kh == kw == 1 and g.sh == g.sw == 1 and g.org_h == g.org_w == 0 and (g.nh, g.nw) == xr[2:]
@@ -61,7 +63,7 @@ def conv_method(c: Ctx) -> str:
 
 def conv2d_scratch(c: Ctx) -> list[Buffer]:
     """The buffers of the block's method, then the gelu chunk if the activation is gelu."""
-    method = conv_method(c)
+    method = conv_method(c, conv_window(c))
     _o, cg, kh, kw = c.shapes[1]
     nh, nw = c.bshape[2], c.bshape[3]
     bufs: list[Buffer] = []
@@ -119,8 +121,8 @@ def conv2d(ins, out, c: Ctx, bufs) -> None:
     x, w = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
     act = c.attrs.get("activation")
-    method = conv_method(c)
     g = conv_window(c)
+    method = conv_method(c, g)
     _o, cg, kh, kw = w.shape
     P = g.nh * g.nw
     chunk = bufs[-1] if act == "gelu" else None
