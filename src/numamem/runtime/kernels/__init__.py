@@ -6,19 +6,20 @@ along and the region of each operand a block reads are the planner's rules
 (:mod:`numamem.planner.ops`), so the executor reads exactly what the plan counted.
 
 ``k = bind(op, shapes, attrs, block, dtype)`` does the shape and region work once; ``k(inputs,
-out, scratch)`` then computes the block, as often as wanted and from any thread, and
-``run(...)`` does both at once. ``shapes`` are the full operand shapes. Each of ``inputs`` is
-the full operand or exactly the region the block reads (``k.regions``); a concat operand the
-block does not read may be None. ``out`` has shape ``k.out_shape`` and the graph's dtype and is
-written in place; matmul-based ops (``KERNELS[op].contiguous_out``) compute into a temporary
-unless it is C-contiguous, and elementwise ops accept ``out`` being one of their inputs.
-``scratch`` is None (the kernel allocates its temporaries) or a ``uint8`` array of at least
-``k.scratch_bytes`` bytes, carved at ``SCRATCH_ALIGN``-byte offsets. With scratch and a
-C-contiguous ``out`` a call allocates nothing proportional to the data, except where the op's
-module says otherwise (:mod:`.layout`). Errors are :class:`ValueError` (the planner's
-:class:`~numamem.planner.ops.ShapeError` for shapes and attributes). One module per op family:
-:mod:`.conv`, :mod:`.dense`, :mod:`.pool`, :mod:`.norm`, :mod:`.elementwise`, :mod:`.layout`;
-each states its numerics and scratch. Kernels compute in the dtype of ``out``.
+out, scratch)`` then computes the block, as often as wanted and from any thread (concurrent
+calls each with their own ``out`` and ``scratch``); ``run(...)`` does both at once. ``shapes``
+are the full operand shapes. Each of ``inputs`` is the full operand or exactly the region the
+block reads (``k.regions``); a concat operand the block does not read may be None. ``out`` has
+shape ``k.out_shape`` and the graph's dtype and is written in place; matmul-based ops
+(``KERNELS[op].contiguous_out``) compute into a temporary unless it is C-contiguous, and the
+elementwise ops and ``batchnorm`` accept ``out`` being one of their inputs. ``scratch`` is None
+(the kernel allocates its temporaries) or a ``uint8`` array of at least ``k.scratch_bytes``
+bytes, carved at ``SCRATCH_ALIGN``-byte offsets. With scratch and a C-contiguous ``out`` a call
+allocates nothing proportional to the data, except where :mod:`.layout` says. Errors are
+:class:`ValueError` (the planner's :class:`~numamem.planner.ops.ShapeError` for shapes and
+attributes), and :class:`IndexError` for embedding ids out of range. One module per op family,
+each stating its numerics and scratch: :mod:`.conv`, :mod:`.dense`, :mod:`.pool`, :mod:`.norm`,
+:mod:`.elementwise`, :mod:`.layout`. Kernels compute in the dtype of ``out``.
 """
 from __future__ import annotations
 
