@@ -7,11 +7,10 @@ node-bound worker threads in per-node arenas; :class:`BaselineExecutor` runs the
 first-touch or interleaved memory; :func:`run_graph` runs every mode and reports
 (``numamem run``); :mod:`numamem.runtime.bench` measures the machine (``numamem bench``).
 """
-from numamem.runtime.kernels import KERNELS, Block, bind, input_regions, output_shape, run, scratch_bytes
+from numamem.runtime.kernels import KERNELS, bind, run
 from numamem.runtime.reference import reference_forward
 from numamem.runtime.executor import MODES, BaselineExecutor, Executor, WorkerTeam, bytes_by_node, make_executor
 from numamem.runtime.runner import run_graph
 
-__all__ = ["KERNELS", "MODES", "BaselineExecutor", "Block", "Executor", "WorkerTeam", "bind", "bytes_by_node",
-           "input_regions", "make_executor", "output_shape", "reference_forward", "run", "run_graph",
-           "scratch_bytes"]
+__all__ = ["KERNELS", "MODES", "BaselineExecutor", "Executor", "WorkerTeam", "bind", "bytes_by_node",
+           "make_executor", "reference_forward", "run", "run_graph"]
