@@ -18,7 +18,7 @@ import numpy as np
 from numamem import _topology
 from numamem.planner.boxes import Box
 from numamem.planner.graph import Graph
-from numamem.planner.plans import Plan
+from numamem.planner.plan import Plan
 from numamem.runtime.program import Group
 from numamem.threads import WorkerTeam
 

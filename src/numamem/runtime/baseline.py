@@ -21,7 +21,7 @@ import numpy as np
 
 from numamem.arrays import empty as _nm_empty
 from numamem.planner.graph import Graph, Layer
-from numamem.planner.plans import Plan
+from numamem.planner.plan import Plan
 from numamem.runtime.base import ExecutorBase, ModeReport, box_index, check_tensors
 from numamem.runtime.locality import TrafficLedger, page_histogram
 from numamem.runtime.program import layer_work

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from numamem.planner.graph import Graph
-from numamem.planner.plans import Plan
+from numamem.planner.plan import Plan
 
 __all__ = ["PUBLISHED_MACHINE", "estimate_speedup", "shares_by_node"]
 

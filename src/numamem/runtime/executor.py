@@ -35,7 +35,7 @@ import numpy as np
 from numamem.arrays import empty as _nm_empty, placement
 from numamem.planner.boxes import Box, cut, extent, round_up
 from numamem.planner.graph import Graph
-from numamem.planner.plans import Block, Plan
+from numamem.planner.plan import Block, Plan
 from numamem.runtime.base import ExecutorBase, ModeReport, box_index, check_tensors
 from numamem.runtime.baseline import BASELINE_MODES, BaselineExecutor
 from numamem.runtime.kernels import BoundKernel

@@ -25,7 +25,7 @@ import numpy as np
 from numamem.planner.boxes import Box, Slice, cut, extent, contains, full, intersect, round_up, volume
 from numamem.planner.graph import Graph, Layer
 from numamem.planner.partition import split_for_workers
-from numamem.planner.plans import Block, Plan
+from numamem.planner.plan import Block, Plan
 from numamem.planner.traffic import replica_source
 from numamem.runtime.kernels import KERNELS, BoundKernel, bind
 
@@ -93,7 +93,7 @@ class NodeWork:
 
 
 def _bind(layer: Layer, shapes: Sequence[tuple[int, ...]], piece: Slice, dtype) -> BoundKernel:
-    return bind(layer.op, shapes, layer.attrs, (piece.axis, piece.start, piece.stop), dtype)
+    return bind(layer.op, shapes, layer.attrs, piece, dtype)
 
 
 def _c_contiguous(shape: Sequence[int], index: tuple[slice, ...]) -> bool:

@@ -20,8 +20,8 @@ import numpy as np
 
 from numamem import _topology, planner
 from numamem.planner.graph import Graph
-from numamem.planner.ops import input_regions
-from numamem.planner.plans import Plan
+from numamem.planner.plan import Plan
+from numamem.planner.traffic import block_layouts, layer_reads
 from numamem.runtime import kernels
 from numamem._jsonfile import dump_json
 from numamem.runtime.estimate import PUBLISHED_MACHINE, estimate_speedup, shares_by_node
@@ -210,43 +210,16 @@ def plan_traffic(plan: Plan, graph: Graph, holder: Callable[[str], int | None] |
         Per step ``{(source node, reader node): bytes}``; ``source == reader`` is local. With no
         ``holder`` the totals equal the plan's ``local_bytes``/``remote_bytes``.
     """
-    blocks = {}
-    for b in plan.blocks:
-        blocks.setdefault(b.tensor, []).append(b)
+    layouts = block_layouts(plan.blocks, {n: t.shape for n, t in graph.tensors.items()})
     out = []
-    for layer, lp in zip(graph.layers, plan.layers):
-        shapes = [graph.tensors[n].shape for n in layer.inputs]
+    for step, (layer, lp) in enumerate(zip(graph.layers, plan.layers)):
+        layout = layouts[layer.outputs[0]]
+        # A replicated output (never planned, but a plan file may say so) is computed whole.
+        axis = None if layout.replicated else lp.axis
         d: dict[tuple[int, int], int] = {}
-        for ob in blocks[layer.outputs[0]]:
-            n = ob.node
-            if lp.axis is None or ob.slice is None:
-                regions = [tuple((0, s) for s in sh) for sh in shapes]
-            else:
-                regions = input_regions(layer.op, shapes, graph.tensors[layer.outputs[0]].shape, layer.attrs,
-                                        ob.slice.axis, ob.slice.start, ob.slice.stop)
-            for name, region in zip(layer.inputs, regions):
-                if region is None:
-                    continue
-                item = graph.itemsize(name)
-                h = holder(name) if holder is not None else None
-                got: dict[int, int] = {}
-                vol = math.prod(b - a for a, b in region)
-                if h is not None:
-                    got[h] = vol
-                elif blocks[name][0].slice is None:
-                    src = n if any(b.node == n for b in blocks[name]) else blocks[name][0].node
-                    got[src] = vol
-                else:
-                    for b in blocks[name]:
-                        br = tuple((b.slice.start, b.slice.stop) if k == b.slice.axis else (0, s)
-                                   for k, s in enumerate(graph.tensors[name].shape))
-                        e = 1
-                        for (a0, a1), (b0, b1) in zip(region, br):
-                            e *= max(0, min(a1, b1) - max(a0, b0))
-                        if e:
-                            got[b.node] = got.get(b.node, 0) + e
-                for m, e in got.items():
-                    d[m, n] = d.get((m, n), 0) + e * item
+        for (n, _), reads in zip(layout.parts, layer_reads(graph, step, axis, layout.parts, layouts, holder)):
+            for r in reads:
+                d[r.source, n] = d.get((r.source, n), 0) + r.nbytes
         out.append(d)
     return out
 
