@@ -30,7 +30,8 @@ from numamem.planner.traffic import replica_source
 from numamem.runtime.kernels import KERNELS, BoundKernel, bind
 
 __all__ = ["ALIGN", "BlockSite", "CONTIGUOUS_OUT", "Direct", "Gather", "Group", "NodeTask", "NodeWork", "Operand",
-           "Program", "Read", "Staged", "StagingSlot", "Wait", "WorkerCall", "compile_program", "layer_work"]
+           "Program", "Read", "Staged", "StagingSlot", "Wait", "WorkerCall", "block_sites", "compile_program",
+           "layer_work"]
 
 #: Alignment of the buffers carved out of staging and scratch memory.
 ALIGN = 64
