@@ -204,7 +204,9 @@ class WeightArena:
             total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         self.node = node
         self.nbytes = total
-        self.buffer = empty(max(total, 1), np.uint8, node=node, policy=policy, align="page")
+        # "local" names no node: the pages land where the thread that first writes them runs.
+        self.buffer = empty(max(total, 1), np.uint8, node=None if policy == "local" else node,
+                            policy=policy, align="page")
         self._views = []
         for (shape, dtype), off in zip(specs, offsets):
             nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize

@@ -24,7 +24,7 @@ from numamem.engines._nodes import (
     resolve_nodes, run_on_all, split_counts,
 )
 
-__all__ = ["NodeSessions", "load_model", "default_session", "batch_unit", "random_feeds"]
+__all__ = ["NodeSessions", "load_model", "default_session", "batch_unit", "random_feeds", "run_rows", "join_rows"]
 
 #: Initializers smaller than this stay in the model: shapes and scalars that graph optimisation
 #: folds away; placing them would buy nothing.
@@ -137,6 +137,22 @@ def random_feeds(session, batch: int | None = None, seed: int = 0) -> dict[str, 
     return feeds
 
 
+def run_rows(session, output_names, feeds: Mapping[str, np.ndarray], start: int, stop: int,
+             fixed_batch: int | None, run_options=None) -> list[list[np.ndarray]]:
+    """Run ``session`` on rows ``[start, stop)`` of ``feeds``: in one call, or one fixed batch at a time.
+
+    Returns the list of each call's outputs (one call when the batch is symbolic).
+    """
+    step = fixed_batch or (stop - start)
+    return [session.run(output_names, {k: v[lo:lo + step] for k, v in feeds.items()}, run_options)
+            for lo in range(start, stop, step)]
+
+
+def join_rows(chunks: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Concatenate the outputs of several calls along axis 0, output by output."""
+    return [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(chunks[0]))]
+
+
 @dataclass
 class _NodeSession:
     share: NodeShare
@@ -163,6 +179,13 @@ class NodeSessions:
     thread_policy : {"local", "preferred", "bind"}
         Memory policy of the thread that builds and runs each session (see
         :class:`~numamem.engines._nodes.NodeWorker`).
+    prepack : bool
+        Let ONNX Runtime pre-pack weights (default, as it does out of the box). Its CPU kernels
+        (Gemm, MatMul, Conv) then copy the weights they use into their own layout while the
+        session is built, on the session's thread, so those copies are first-touched on its node
+        too (``build_bytes_per_node`` in :meth:`placement`); the placed arrays are their source.
+        ``False`` (``session.disable_prepacking``) makes the kernels read the placed, verified
+        arrays themselves.
     config : mapping, optional
         Extra ``add_session_config_entry`` keys and values.
     **session_options
@@ -178,12 +201,16 @@ class NodeSessions:
     """
 
     def __init__(self, model, nodes: Sequence[int] | None = None, threads_per_node: Any = None, *,
-                 weight_policy: str = "bind", thread_policy: str = "local",
+                 weight_policy: str = "bind", thread_policy: str = "local", prepack: bool = True,
                  config: Mapping[str, str] | None = None, min_initializer_bytes: int = MIN_INITIALIZER_BYTES,
                  **session_options):
         ort = _ort()
         proto = load_model(model)
         shares = resolve_nodes(nodes, threads_per_node)
+        config = dict(config or {})
+        if not prepack:
+            config["session.disable_prepacking"] = "1"
+        self.prepack = bool(prepack)
         weights = _weights(proto, min_initializer_bytes)
         names = list(weights)
         model_bytes = proto.SerializeToString()
@@ -204,7 +231,7 @@ class NodeSessions:
                 self._parts.append(part)
 
                 def build(part=part):
-                    so = _options(ort, part.share.threads, part.share.cpus, session_options, config or {})
+                    so = _options(ort, part.share.threads, part.share.cpus, session_options, config)
                     # OrtValues over the placed arrays: no copy on the CPU, and each OrtValue
                     # holds its array, so the session's weights live as long as it does.
                     part.values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in zip(names, part.arena)}
@@ -260,12 +287,6 @@ class NodeSessions:
             start += c * unit
         return bounds
 
-    def _run_rows(self, part: _NodeSession, output_names, feeds, start: int, stop: int, run_options=None):
-        """Run ``part``'s session on rows ``[start, stop)``: in one call, or one fixed batch at a time."""
-        step = self.fixed_batch or (stop - start)
-        return [part.session.run(output_names, {k: v[lo:lo + step] for k, v in feeds.items()}, run_options)
-                for lo in range(start, stop, step)]
-
     @staticmethod
     def _feeds(input_feed: Mapping[str, np.ndarray]) -> tuple[dict, int]:
         feeds = {k: np.asarray(v) for k, v in input_feed.items()}
@@ -284,10 +305,10 @@ class NodeSessions:
         parts = self._live()
         feeds, batch = self._feeds(input_feed)
         calls = [None if b == a else
-                 (lambda p=p, a=a, b=b: self._run_rows(p, output_names, feeds, a, b, run_options))
+                 (lambda p=p, a=a, b=b: run_rows(p.session, output_names, feeds, a, b, self.fixed_batch, run_options))
                  for p, (a, b) in zip(parts, self.split(batch))]
         chunks = [c for r in run_on_all([p.worker for p in parts], calls) if r for c in r]
-        return [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(chunks[0]))]
+        return join_rows(chunks)
 
     def warm_up(self, input_feed: Mapping[str, np.ndarray]) -> None:
         """Run each session once on its share, one at a time, recording what each allocated.
@@ -301,7 +322,7 @@ class NodeSessions:
             if b == a:
                 continue
             before = anon_bytes_per_node()
-            part.worker.call(self._run_rows, part, None, feeds, a, b)
+            part.worker.call(run_rows, part.session, None, feeds, a, b, self.fixed_batch)
             part.warmup_bytes = delta(anon_bytes_per_node(), before)
 
     # ------------------------------------------------------------------ placement
@@ -321,6 +342,7 @@ class NodeSessions:
         parts = self._live()
         return {
             "weight_bytes": self.weight_bytes,
+            "prepack": self.prepack,
             "sessions": [{
                 "node": p.share.node, "threads": p.share.threads, "binding": p.worker.binding,
                 "weights_bytes_per_node": p.arena.bytes_per_node(),
