@@ -194,6 +194,18 @@ def test_compare_a_builtin_graph(tmp_path, node0):
     write_json(report, tmp_path / "r.json")
 
 
+def test_compare_a_graph_with_given_weights_and_inputs(node0):
+    g = numamem.models.get("mlp", batch=4, features=(16, 32, 8))
+    ws, xs = random_tensors(g, 11)
+    report = compare(g, weights=ws, feeds=xs, iters=1, nodes=[node0], keep_outputs=True)
+    ref = reference_forward(g, ws, xs)[g.outputs[0]]
+    for mode in ("default", "per-node"):
+        got = report["_outputs"][mode][0]
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5, mode
+    with pytest.raises(ValueError, match="weights"):
+        compare(transformer(), weights=ws, feeds=torch.randn(1, 12, 64), nodes=[node0])
+
+
 def test_compare_a_module_needs_feeds(node0):
     with pytest.raises(ValueError, match="feeds"):
         compare(transformer(), nodes=[node0])

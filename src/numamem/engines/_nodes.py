@@ -218,6 +218,11 @@ class WeightArena:
     def __len__(self) -> int:
         return len(self._views)
 
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of the tensors themselves (``nbytes`` less the alignment padding)."""
+        return sum(v.nbytes for v in self._views)
+
     def bytes_per_node(self) -> dict[int, int]:
         """Node -> bytes of the arena on that node, from the kernel (``move_pages``)."""
         if self.nbytes == 0:

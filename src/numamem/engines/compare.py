@@ -106,7 +106,7 @@ def _ort_modes(model, modes, nodes, threads_per_node, feeds, batch, seed, prepac
 
 
 # ------------------------------------------------------------------------------ PyTorch
-def _as_module(model, feeds, seed):
+def _as_module(model, feeds, seed, weights=None):
     """``(module, name, input tensors)`` for an ``nn.Module`` or a numamem ``Graph``."""
     torch = require("torch", "torch")
     from numamem.planner import Graph
@@ -116,12 +116,14 @@ def _as_module(model, feeds, seed):
         from numamem.runtime.runner import random_tensors
 
         ws, xs = random_tensors(model, seed)
-        module = graph_module(model, ws)
+        module = graph_module(model, ws if weights is None else weights)
         if feeds is None:
             feeds = xs
         if isinstance(feeds, Mapping):
             feeds = [feeds[n] for n in model.inputs]
         name = model.name
+    elif weights is not None:
+        raise ValueError("weights: only a numamem Graph takes weights; a module and an ONNX model carry their own")
     elif isinstance(model, torch.nn.Module):
         module = model.eval()
         if feeds is None:
@@ -144,11 +146,11 @@ def _torch_outputs(y) -> list[np.ndarray]:
     return [y.detach().numpy()]
 
 
-def _torch_modes(model, modes, nodes, threads_per_node, feeds, seed):
+def _torch_modes(model, modes, nodes, threads_per_node, feeds, seed, weights):
     torch = require("torch", "torch")
     from numamem.engines import torch as et
 
-    module, name, xs = _as_module(model, feeds, seed)
+    module, name, xs = _as_module(model, feeds, seed, weights)
     weight_bytes = sum(t.numel() * t.element_size() for t, _ in et._module_tensors(module))
     out: dict[str, _Mode] = {}
 
@@ -245,7 +247,7 @@ def _estimate(report, modes_built, nodes, weight_bytes, bandwidth) -> dict | Non
 def compare(model, *, engine: str | None = None, modes: Sequence[str] = MODES, nodes: Sequence[int] | None = None,
             iters: int = 5, warmup: int = 1, feeds: Any = None, batch: int | None = None, seed: int = 0,
             threads_per_node: Any = None, prepack: bool = True, bandwidth: Any = None, rtol: float = RTOL,
-            keep_outputs: bool = False) -> dict[str, Any]:
+            weights: Mapping[str, np.ndarray] | None = None, keep_outputs: bool = False) -> dict[str, Any]:
     """Run ``model`` in each of ``modes`` on the same inputs; return a ``numamem-run/1`` report.
 
     Parameters
@@ -271,6 +273,8 @@ def compare(model, *, engine: str | None = None, modes: Sequence[str] = MODES, n
         ONNX Runtime's weight pre-packing in the ``per-node`` sessions.
     bandwidth : mapping, optional
         A ``numamem bench`` result (or its matrix) for the estimate; default published figures.
+    weights : mapping, optional
+        A layer graph's weights by tensor name (default: seeded random ones); only for a graph.
     rtol : float
         Largest relative error (2-norm) of a mode's outputs against the first mode's.
     keep_outputs : bool
@@ -303,11 +307,14 @@ def compare(model, *, engine: str | None = None, modes: Sequence[str] = MODES, n
     shares = resolve_nodes(nodes, threads_per_node)
     node_ids = [s.node for s in shares]
     if found == "onnxruntime":
+        if weights is not None:
+            raise ValueError("weights: an ONNX model carries its own weights")
         built, name, feeds_used, weight_bytes = _ort_modes(model, modes, node_ids, threads_per_node, feeds,
                                                            batch, seed, prepack)
         batch_size = int(next(iter(feeds_used.values())).shape[0])
     else:
-        built, name, feeds_used, weight_bytes = _torch_modes(model, modes, node_ids, threads_per_node, feeds, seed)
+        built, name, feeds_used, weight_bytes = _torch_modes(model, modes, node_ids, threads_per_node, feeds, seed,
+                                                             weights)
         batch_size = int(feeds_used[0].shape[0])
     page = _topology.topology(refresh=False).base_page_size
     seconds: dict[str, list[float]] = {m: [] for m in modes}

@@ -296,7 +296,7 @@ class NodeReplicas:
         """Where the memory is, from the kernel (the same keys as ``NodeSessions.placement``)."""
         workers = self._live()
         return {
-            "weight_bytes": sum(r._numamem_placed.arena.nbytes for r in self.replicas[:1]),
+            "weight_bytes": sum(r._numamem_placed.arena.data_bytes for r in self.replicas[:1]),
             "sessions": [{
                 "node": w.share.node, "threads": w.share.threads, "binding": w.binding,
                 "weights_bytes_per_node": r._numamem_placed.arena.bytes_per_node(),
