@@ -194,6 +194,7 @@ def test_compare_report(tmp_path, node0):
     assert est["basis"].startswith("ESTIMATE") and est["target_nodes"] == [0, 1]
     assert est["traffic"]["default"]["remote_bytes"] == report["weight_bytes"]
     assert est["traffic"]["per-node"]["remote_bytes"] == 0
+    assert report["outputs"]["names"] == ["y"]
     assert "per-node" in format_report(report)
     write_json(report, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["format"] == "numamem-run/1"

@@ -199,8 +199,9 @@ def test_compare_a_graph_with_given_weights_and_inputs(node0):
     ws, xs = random_tensors(g, 11)
     report = compare(g, weights=ws, feeds=xs, iters=1, nodes=[node0], keep_outputs=True)
     ref = reference_forward(g, ws, xs)[g.outputs[0]]
+    assert report["outputs"]["names"] == g.outputs
     for mode in ("default", "per-node"):
-        got = report["_outputs"][mode][0]
+        got = report["_outputs"][mode][g.outputs[0]]
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5, mode
     with pytest.raises(ValueError, match="weights"):
         compare(transformer(), weights=ws, feeds=torch.randn(1, 12, 64), nodes=[node0])
@@ -211,5 +212,6 @@ def test_compare_a_module_needs_feeds(node0):
         compare(transformer(), nodes=[node0])
     report = compare(transformer(), feeds=torch.randn(3, 12, 64), iters=1, nodes=[node0], keep_outputs=True)
     assert report["ok"]
-    np.testing.assert_allclose(report["_outputs"]["per-node"][0], report["_outputs"]["default"][0],
+    assert report["outputs"]["names"] == ["output0"]
+    np.testing.assert_allclose(report["_outputs"]["per-node"]["output0"], report["_outputs"]["default"]["output0"],
                                rtol=1e-5, atol=1e-5)

@@ -39,6 +39,18 @@ class _Mode:
     build_bytes: dict[int, int] = field(default_factory=dict)
 
 
+@dataclass
+class _Prepared:
+    """The modes of one model, ready to run, and what the report needs to know about the model."""
+
+    modes: dict[str, _Mode]
+    name: str
+    feeds: Any
+    batch: int
+    weight_bytes: int
+    output_names: list[str]
+
+
 def _engine_of(model) -> str:
     if isinstance(model, (str, os.PathLike, bytes, bytearray)):
         return "onnxruntime"
@@ -102,12 +114,13 @@ def _ort_modes(model, modes, nodes, threads_per_node, feeds, batch, seed, prepac
         for m in out.values():
             m.close()
         raise
-    return out, name, feeds, weight_bytes
+    return _Prepared(out, name, feeds, int(next(iter(feeds.values())).shape[0]), weight_bytes,
+                     [o.name for o in proto.graph.output])
 
 
 # ------------------------------------------------------------------------------ PyTorch
 def _as_module(model, feeds, seed, weights=None):
-    """``(module, name, input tensors)`` for an ``nn.Module`` or a numamem ``Graph``."""
+    """``(module, name, input tensors, output names)`` for an ``nn.Module`` or a numamem ``Graph``."""
     torch = require("torch", "torch")
     from numamem.planner import Graph
 
@@ -121,7 +134,7 @@ def _as_module(model, feeds, seed, weights=None):
             feeds = xs
         if isinstance(feeds, Mapping):
             feeds = [feeds[n] for n in model.inputs]
-        name = model.name
+        name, outputs = model.name, list(model.outputs)
     elif weights is not None:
         raise ValueError("weights: only a numamem Graph takes weights; a module and an ONNX model carry their own")
     elif isinstance(model, torch.nn.Module):
@@ -130,14 +143,14 @@ def _as_module(model, feeds, seed, weights=None):
             raise ValueError("feeds: give the module's input tensors (batch on axis 0)")
         if isinstance(feeds, Mapping):
             feeds = list(feeds.values())
-        name = type(model).__name__
+        name, outputs = type(model).__name__, None
     else:
         raise TypeError(f"model must be an ONNX model, a torch.nn.Module or a numamem Graph, "
                         f"not {type(model).__name__}")
     if not isinstance(feeds, (list, tuple)):
         feeds = [feeds]
     tensors = [x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x)) for x in feeds]
-    return module, name, tensors
+    return module, name, tensors, outputs
 
 
 def _torch_outputs(y) -> list[np.ndarray]:
@@ -150,7 +163,7 @@ def _torch_modes(model, modes, nodes, threads_per_node, feeds, seed, weights):
     torch = require("torch", "torch")
     from numamem.engines import torch as et
 
-    module, name, xs = _as_module(model, feeds, seed, weights)
+    module, name, xs, output_names = _as_module(model, feeds, seed, weights)
     weight_bytes = sum(t.numel() * t.element_size() for t, _ in et._module_tensors(module))
     out: dict[str, _Mode] = {}
 
@@ -179,7 +192,10 @@ def _torch_modes(model, modes, nodes, threads_per_node, feeds, seed, weights):
         for m in out.values():
             m.close()
         raise
-    return out, name, [x.numpy() for x in xs], weight_bytes
+    if output_names is None:  # a module's outputs have no names: number them
+        with torch.inference_mode():
+            output_names = [f"output{i}" for i in range(len(_torch_outputs(module(*xs))))]
+    return _Prepared(out, name, xs, int(xs[0].shape[0]), weight_bytes, output_names)
 
 
 def _sum_nodes(dicts) -> dict[int, int]:
@@ -278,7 +294,8 @@ def compare(model, *, engine: str | None = None, modes: Sequence[str] = MODES, n
     rtol : float
         Largest relative error (2-norm) of a mode's outputs against the first mode's.
     keep_outputs : bool
-        Put each mode's outputs under ``report["_outputs"][mode]`` (not JSON).
+        Put each mode's outputs under ``report["_outputs"][mode]`` as ``{output name: array}``
+        (not JSON; what ``--outputs Y.npz`` writes).
 
     Returns
     -------
@@ -309,13 +326,10 @@ def compare(model, *, engine: str | None = None, modes: Sequence[str] = MODES, n
     if found == "onnxruntime":
         if weights is not None:
             raise ValueError("weights: an ONNX model carries its own weights")
-        built, name, feeds_used, weight_bytes = _ort_modes(model, modes, node_ids, threads_per_node, feeds,
-                                                           batch, seed, prepack)
-        batch_size = int(next(iter(feeds_used.values())).shape[0])
+        prep = _ort_modes(model, modes, node_ids, threads_per_node, feeds, batch, seed, prepack)
     else:
-        built, name, feeds_used, weight_bytes = _torch_modes(model, modes, node_ids, threads_per_node, feeds, seed,
-                                                             weights)
-        batch_size = int(feeds_used[0].shape[0])
+        prep = _torch_modes(model, modes, node_ids, threads_per_node, feeds, seed, weights)
+    built, name, batch_size, weight_bytes = prep.modes, prep.name, prep.batch, prep.weight_bytes
     page = _topology.topology(refresh=False).base_page_size
     seconds: dict[str, list[float]] = {m: [] for m in modes}
     outputs: dict[str, list[np.ndarray]] = {}
@@ -361,7 +375,7 @@ def compare(model, *, engine: str | None = None, modes: Sequence[str] = MODES, n
             entry["ok"] = entry["rel_err"] <= rtol
             ok = ok and entry["ok"]
             report["modes"][m] = entry
-        report["outputs"] = {"compared_with": modes[0], "rtol": rtol, "count": len(ref)}
+        report["outputs"] = {"compared_with": modes[0], "rtol": rtol, "names": prep.output_names}
         report["ok"] = ok
         if "default" in report["modes"] and "per-node" in report["modes"]:
             d, p = report["modes"]["default"], report["modes"]["per-node"]
@@ -371,7 +385,7 @@ def compare(model, *, engine: str | None = None, modes: Sequence[str] = MODES, n
         for b in built.values():
             b.close()
     if keep_outputs:
-        report["_outputs"] = outputs
+        report["_outputs"] = {m: dict(zip(prep.output_names, outs)) for m, outs in outputs.items()}
     return report
 
 
