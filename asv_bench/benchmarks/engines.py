@@ -28,12 +28,12 @@ def _require(engine):
     try:
         return __import__(engine)
     except ImportError:
-        raise NotImplementedError(f"{engine} is not installed (pip install numamem[{engine}])")
+        raise NotImplementedError(f"{engine} is not installed (pip install numamem[{engine}])") from None
 
 
 def onnx_block(width=WIDTH, tokens=TOKENS, seed=0):
     """Self-attention (one head) and a feed-forward of 4 x width, residuals and layer norms."""
-    onnx = _require("onnx")
+    _require("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)

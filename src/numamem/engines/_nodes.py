@@ -20,8 +20,8 @@ from numamem import _topology
 from numamem.arrays import empty, placement
 from numamem.threads import bind_thread
 
-__all__ = ["NodeShare", "resolve_nodes", "split_counts", "NodeWorker", "PlacementWarning",
-           "WeightArena", "anon_bytes_per_node", "delta", "require"]
+__all__ = ["NodeShare", "resolve_nodes", "split_counts", "NodeWorker", "run_on_all", "PlacementWarning",
+           "WeightArena", "place_weights", "anon_bytes_per_node", "delta", "require"]
 
 #: Alignment of each tensor carved from a weight arena (a cache line; what SIMD loads want).
 ARENA_ALIGN = 64

@@ -91,7 +91,7 @@ def _ort_modes(model, modes, nodes, threads_per_node, feeds, batch, seed, prepac
                     feeds = eo.random_feeds(sess, batch, seed)
                 rows = next(iter(feeds.values())).shape[0]
                 out[mode] = _Mode(
-                    run=lambda s=sess, f=fixed: eo.join_rows(eo.run_rows(s, None, feeds, 0, rows, f)),
+                    run=lambda s=sess, f=fixed, x=feeds, n=rows: eo.join_rows(eo.run_rows(s, None, x, 0, n, f)),
                     close=lambda: None,
                     weights_per_node=_proportional(weight_bytes, built),
                     weights_basis=("ONNX Runtime deserialized the weights itself: placed in proportion to the "
@@ -105,7 +105,7 @@ def _ort_modes(model, modes, nodes, threads_per_node, feeds, batch, seed, prepac
                 ns.warm_up(feeds)
                 pl = ns.placement()
                 out[mode] = _Mode(
-                    run=lambda ns=ns: ns.run(None, feeds), close=ns.close,
+                    run=lambda ns=ns, x=feeds: ns.run(None, x), close=ns.close,
                     weights_per_node=_sum_nodes(s["weights_bytes_per_node"] for s in pl["sessions"]),
                     weights_basis="the placed initializers of every session (move_pages)",
                     threads={str(s["node"]): s["threads"] for s in pl["sessions"]},

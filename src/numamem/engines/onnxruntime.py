@@ -59,13 +59,19 @@ def _weights(proto, min_bytes: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _options(ort, threads: int, cpus: Sequence[int] | None, options: Mapping[str, Any],
-             config: Mapping[str, str]):
+def _session_options(ort, options: Mapping[str, Any]):
+    """``SessionOptions`` with ``options`` set as attributes (``TypeError`` naming an unknown one)."""
     so = ort.SessionOptions()
     for key, value in options.items():
         if not hasattr(so, key) or key.startswith("_") or callable(getattr(so, key)):
             raise TypeError(f"{key!r} is not a SessionOptions attribute")
         setattr(so, key, value)
+    return so
+
+
+def _options(ort, threads: int, cpus: Sequence[int] | None, options: Mapping[str, Any],
+             config: Mapping[str, str]):
+    so = _session_options(ort, options)
     so.intra_op_num_threads = threads
     if cpus is not None and threads > 1:
         # One entry per pool thread (the calling thread is the threads-th); ONNX Runtime numbers
@@ -85,11 +91,7 @@ def default_session(model, **session_options):
     """
     ort = _ort()
     proto = load_model(model)
-    so = ort.SessionOptions()
-    for key, value in session_options.items():
-        if not hasattr(so, key) or key.startswith("_") or callable(getattr(so, key)):
-            raise TypeError(f"{key!r} is not a SessionOptions attribute")
-        setattr(so, key, value)
+    so = _session_options(ort, session_options)
     return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

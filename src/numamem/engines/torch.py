@@ -99,7 +99,7 @@ def place_module(module, node: int, policy: str = "bind"):
     tensors = [t for t, _ in entries]
     arena = place_weights(node, _byte_views(tensors), policy)
     with torch.no_grad():
-        for (old, places), new in zip(entries, _tensors_over(arena, tensors)):
+        for (_, places), new in zip(entries, _tensors_over(arena, tensors)):
             for owner, kind, name in places:
                 if kind == "param":
                     owner._parameters[name].data = new
