@@ -134,9 +134,11 @@ def test_default_session_puts_what_it_loads_on_the_loading_threads_node(expected
             return sess, before, _anon()
 
     sess, before, after = kc.run_in_thread(build)
-    # The weights (1.1 MiB, deserialized by the loading thread) are among what grew there.
+    # The weights (a 1 MiB and a 16 KiB tensor, deserialized by the loading thread) are among
+    # what grew there, and cannot be among what grew elsewhere (ONNX Runtime's own pool threads,
+    # which it pins to CPUs of any node, may add their stacks there).
     assert after.get(loader, 0) - before.get(loader, 0) >= 1 << 20
-    assert _grown_elsewhere(before, after, loader) <= NOISE, (before, after)
+    assert _grown_elsewhere(before, after, loader) < 1 << 20, (before, after)
     del sess
 
 
