@@ -75,6 +75,14 @@ def test_worker_is_bound_to_its_node(node0, topo):
         w.close()
 
 
+def test_policies_are_checked_before_anything_runs(node0):
+    share = resolve_nodes([node0])[0]
+    with pytest.raises(ValueError, match="thread_policy"):
+        NodeWorker(share, "interleave")
+    with pytest.raises(ValueError, match="weight_policy"):
+        WeightArena(node0, [((4,), np.float32)], "interleave")
+
+
 def test_run_on_all_waits_for_every_call_then_raises(node0):
     share = resolve_nodes([node0])[0]
     workers = [NodeWorker(share), NodeWorker(share)]

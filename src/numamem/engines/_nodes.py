@@ -18,13 +18,15 @@ import numpy as np
 
 from numamem import _topology
 from numamem.arrays import empty, placement
-from numamem.threads import bind_thread
+from numamem.threads import THREAD_POLICIES, bind_thread
 
 __all__ = ["NodeShare", "resolve_nodes", "split_counts", "NodeWorker", "run_on_all", "PlacementWarning",
            "WeightArena", "place_weights", "anon_bytes_per_node", "delta", "require"]
 
 #: Alignment of each tensor carved from a weight arena (a cache line; what SIMD loads want).
 ARENA_ALIGN = 64
+#: How a weight arena may be placed: on the node (verified), preferably there, or by first touch.
+WEIGHT_POLICIES = ("bind", "preferred", "local")
 
 
 class PlacementWarning(UserWarning):
@@ -133,6 +135,8 @@ class NodeWorker:
     """
 
     def __init__(self, share: NodeShare, policy: str = "local"):
+        if policy not in THREAD_POLICIES:
+            raise ValueError(f"thread_policy must be one of {THREAD_POLICIES}, not {policy!r}")
         self.share = share
         self.policy = policy
         self.binding = "unbound"
@@ -197,6 +201,8 @@ class WeightArena:
     """
 
     def __init__(self, node: int, specs: Sequence[tuple[tuple[int, ...], Any]], policy: str = "bind"):
+        if policy not in WEIGHT_POLICIES:
+            raise ValueError(f"weight_policy must be one of {WEIGHT_POLICIES}, not {policy!r}")
         offsets, total = [], 0
         for shape, dtype in specs:
             total = -(-total // ARENA_ALIGN) * ARENA_ALIGN
