@@ -7,7 +7,7 @@
   modules (``pip install numamem[torch]``); :func:`numamem.engines.graph_torch.graph_module`
   runs the built-in layer graphs under PyTorch.
 - :func:`compare`: ``default`` against ``per-node`` for either engine, as a ``numamem-run/1``
-  report (what ``numamem run --engine`` prints).
+  report (the library side of ``numamem run MODEL --engine onnxruntime|torch``).
 
 Importing this package imports neither engine; each is imported when first used, and a missing
 one is an ``ImportError`` naming the extra that installs it.

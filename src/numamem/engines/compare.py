@@ -1,6 +1,6 @@
 """``default`` against ``per-node``: one engine, the same weights and inputs, a ``numamem-run/1`` report.
 
-:func:`compare` is what ``numamem run MODEL --engine onnxruntime|torch`` calls. Mode ``default`` is
+:func:`compare` is the library side of ``numamem run MODEL --engine onnxruntime|torch``. Mode ``default`` is
 the engine as it runs out of the box: one ONNX Runtime session (or the PyTorch module as given)
 built and loaded by the calling thread, with the engine's own thread count. Mode ``per-node`` is
 one session or module copy per node (:class:`~numamem.engines.onnxruntime.NodeSessions`,
