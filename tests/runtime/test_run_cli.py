@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from numamem.cli import main
-from numamem.runtime.cli import Progress
+from numamem.cli._progress import Progress
 from numamem.runtime.randgraph import random_graph
 from numamem.runtime.reference import reference_forward
 from numamem.runtime.runner import FORMAT, estimate_speedup, random_tensors, run_graph

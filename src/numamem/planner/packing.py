@@ -24,22 +24,18 @@ Alignment: with ``align > 1`` each buffer occupies its size rounded up to a mult
 and every offset is a multiple of ``align``. ``peak`` and ``lower_bound`` both count rounded sizes,
 so ``peak`` is a multiple of ``align`` and ``peak >= lower_bound`` always holds.
 
-The CSV form used by ``numamem pack`` is ``id,lower,upper,size`` with a header line; the output
-adds an ``offset`` column (:func:`read_csv`, :func:`write_csv`).
+The CSV form of ``numamem pack`` (``id,lower,upper,size``) is read and written by
+:mod:`numamem.cli.pack`.
 """
 from __future__ import annotations
 
-import csv
-import os
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
-
 import numpy as np
 
 from numamem.planner import _pack
 
-__all__ = ["PackResult", "PackInput", "pack", "check", "lower_bound", "read_csv", "write_csv"]
+__all__ = ["PackResult", "pack", "check", "lower_bound"]
 
 #: Default search time when ``time_limit`` is None (seconds); the search returns earlier when it
 #: reaches the lower bound or proves that nothing lower than its best peak fits.
@@ -101,19 +97,6 @@ class PackResult:
     greedy_peak: int = 0
     timed_out: bool = False
     proven_optimal: bool = False
-
-
-@dataclass(frozen=True)
-class PackInput:
-    """Buffers read from a CSV file by :func:`read_csv` (all int64 arrays of one length)."""
-
-    ids: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-    size: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.size.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,94 +521,3 @@ def check(lower, upper, size, offsets) -> None:
             o = keys[k][1]
             raise ValueError(f"buffers {b} and {o} are live together and overlap in memory")
         keys.insert(k, key)
-
-
-# ---------------------------------------------------------------------------------------------
-# CSV
-# ---------------------------------------------------------------------------------------------
-
-_COLUMNS = ("id", "lower", "upper", "size")
-
-
-def read_csv(path: str | os.PathLike) -> PackInput:
-    """Read buffers from a CSV file with the header ``id,lower,upper,size``.
-
-    Extra columns (such as ``offset``) are ignored.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file to read.
-
-    Returns
-    -------
-    PackInput
-        ids, lower, upper and size as int64 arrays, in file order.
-
-    Raises
-    ------
-    OSError
-        If the file cannot be read.
-    ValueError
-        On a missing column, or a row that is short, not integers, has ``lower >= upper`` or a
-        negative size (the message names the file and line).
-    """
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise ValueError(f"{path}: empty file, expected a header {','.join(_COLUMNS)}") from None
-        names = [h.strip().lower() for h in header]
-        missing = [c for c in _COLUMNS if c not in names]
-        if missing:
-            raise ValueError(f"{path}:1: header lacks column(s) {', '.join(missing)}")
-        cols = [names.index(c) for c in _COLUMNS]
-        rows = []
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) < len(names):
-                raise ValueError(f"{path}:{line}: expected {len(names)} fields, got {len(row)}")
-            try:
-                values = [int(row[c]) for c in cols]
-            except ValueError:
-                raise ValueError(
-                    f"{path}:{line}: id, lower, upper and size must be integers: {','.join(row)}"
-                ) from None
-            if values[1] >= values[2]:
-                raise ValueError(f"{path}:{line}: lower ({values[1]}) must be less than upper ({values[2]})")
-            if values[3] < 0:
-                raise ValueError(f"{path}:{line}: size ({values[3]}) must not be negative")
-            rows.append(values)
-    data = np.array(rows, dtype=np.int64).reshape(-1, 4)
-    return PackInput(ids=data[:, 0].copy(), lower=data[:, 1].copy(),
-                     upper=data[:, 2].copy(), size=data[:, 3].copy())
-
-
-def write_csv(path: str | os.PathLike, ids: Sequence[int], lower: Sequence[int],
-              upper: Sequence[int], size: Sequence[int], offsets: Sequence[int]) -> None:
-    """Write buffers and their offsets as CSV: ``id,lower,upper,size,offset`` with a header.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file to write (replaced).
-    ids, lower, upper, size, offsets : sequences of int
-        One entry per buffer, all the same length.
-
-    Raises
-    ------
-    ValueError
-        If the sequences differ in length.
-    OSError
-        If the file cannot be written.
-    """
-    cols = [np.asarray(c, dtype=np.int64) for c in (ids, lower, upper, size, offsets)]
-    if len({c.shape for c in cols}) != 1 or cols[0].ndim != 1:
-        raise ValueError("ids, lower, upper, size and offsets must be 1-D and of one length")
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow((*_COLUMNS, "offset"))
-        writer.writerows(np.stack(cols, axis=1).tolist())
