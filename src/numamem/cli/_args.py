@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 __all__ = [
-    "CommandError", "NodeMatrix", "add_graph_args", "add_nodes_arg", "parse_nodes", "positive_float",
-    "positive_int", "read_matrix", "resolve_graph", "resolve_nodes",
+    "CommandError", "MAX_NODES", "NodeMatrix", "add_graph_args", "add_nodes_arg", "node_count", "parse_nodes",
+    "positive_float", "positive_int", "read_matrix", "resolve_graph", "resolve_nodes",
 ]
 
 
@@ -60,36 +60,97 @@ def add_graph_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=positive_int, help="sequence length of bert_base (default 128)")
 
 
-def add_nodes_arg(parser: argparse.ArgumentParser, help: str, default: str | None = None) -> None:
-    """Declare ``--nodes`` (read by :func:`resolve_nodes`)."""
-    parser.add_argument("--nodes", default=default, help=help)
+#: Linux numbers at most 1024 NUMA nodes (MAX_NUMNODES with the largest CONFIG_NODES_SHIFT, 10).
+MAX_NODES = 1024
 
 
-def parse_nodes(text: str) -> list[int]:
-    """Parse ``--nodes``: a comma-separated list of ids (``0,2``; ``3,`` is node 3 alone) or a count.
+def node_count(text: str) -> int:
+    """argparse type of ``--node-count``: 1 to :data:`MAX_NODES`."""
+    value = positive_int(text)
+    if value > MAX_NODES:
+        raise argparse.ArgumentTypeError(f"Linux has at most {MAX_NODES} NUMA nodes, got {text!r}")
+    return value
 
-    >>> parse_nodes("0,2"), parse_nodes("4"), parse_nodes("3,")
-    ([0, 2], [0, 1, 2, 3], [3])
+
+def add_nodes_arg(parser: argparse.ArgumentParser, *, counts: bool, default: str) -> None:
+    """Declare ``--nodes`` (and with ``counts``, ``--node-count``, exclusive of it).
+
+    ``--nodes`` takes node ids of this machine in numactl's syntax (:func:`parse_nodes`);
+    ``--node-count N`` means nodes 0 to N-1 of any machine (a plan is data). ``default`` says in
+    the help what the command does with neither. :func:`resolve_nodes` reads both.
     """
-    text = text.strip()
-    try:
-        if "," in text:
-            nodes = [int(p) for p in text.split(",") if p.strip()]
-        else:
-            count = int(text)
-            if count < 1:
-                raise ValueError
-            nodes = list(range(count))
-    except ValueError:
-        raise ValueError(f"--nodes must be a count N or a comma-separated list of node ids, got {text!r}") from None
-    if not nodes or any(n < 0 for n in nodes):
-        raise ValueError(f"--nodes must name non-negative node ids, got {text!r}")
-    return nodes
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--nodes", metavar="IDS",
+                       help="node ids of this machine, as numactl writes them: 0 or 0,2 or 0-3 or 0-1,3 "
+                       f"or all (default: {default})")
+    if counts:
+        group.add_argument("--node-count", type=node_count, metavar="N",
+                           help="nodes 0 to N-1 of a machine that need not be this one")
+
+
+def parse_nodes(text: str) -> list[int] | None:
+    """Parse a node list in numactl's syntax: ids ascending, or None for ``all``.
+
+    Items are ids (``2``) or inclusive ranges (``0-3``) separated by commas; a node may appear
+    once. The relative (``+``) and inverted (``!``) forms of numactl are not taken.
+
+    >>> parse_nodes("0"), parse_nodes("2,0"), parse_nodes("0-1,3"), parse_nodes("all")
+    ([0], [0, 2], [0, 1, 3], None)
+
+    Raises
+    ------
+    ValueError
+        On an empty list or item, a reversed range, a node named twice, an id past
+        :data:`MAX_NODES`, or anything else (the message quotes the text).
+    """
+    spec = text.strip()
+    if spec.lower() == "all":
+        return None
+    if not spec:
+        raise ValueError("--nodes is empty: give node ids such as 0, 0,2, 0-3 or all")
+    if spec[0] in "+!":
+        raise ValueError(f"--nodes {text!r}: numactl's relative (+) and inverted (!) node lists are "
+                         "not supported; give node ids such as 0, 0,2, 0-3 or all")
+    nodes: set[int] = set()
+    for item in spec.split(","):
+        item = item.strip()
+        first, dash, last = item.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            what = "an empty item" if not item else f"{item!r} is not a node id or a range a-b"
+            raise ValueError(f"--nodes {text!r}: {what} (node ids as numactl writes them: 0, 0,2, 0-3, 0-1,3, all)")
+        lo = int(first)
+        hi = int(last) if dash else lo
+        if hi < lo:
+            raise ValueError(f"--nodes {text!r}: the range {item} runs backwards (write {hi}-{lo})")
+        if hi >= MAX_NODES:
+            raise ValueError(f"--nodes {text!r}: node {hi} is past the last node id Linux allows ({MAX_NODES - 1})")
+        again = nodes.intersection(range(lo, hi + 1))
+        if again:
+            raise ValueError(f"--nodes {text!r}: node {min(again)} is named twice")
+        nodes.update(range(lo, hi + 1))
+    return sorted(nodes)
 
 
 def resolve_nodes(args: argparse.Namespace) -> list[int] | None:
-    """The node ids ``args`` asks for, or None when ``--nodes`` is not given."""
-    return parse_nodes(args.nodes) if args.nodes else None
+    """The nodes ``--nodes`` or ``--node-count`` ask for, or None when neither is given.
+
+    ``--nodes`` ids must be nodes this process may place memory on (checked here, by
+    :meth:`numamem.Topology.check_memory_node`); ``all`` is every such node.
+    """
+    if args.nodes is not None:
+        from numamem._topology import topology
+
+        topo = topology()
+        nodes = parse_nodes(args.nodes)
+        if nodes is None:
+            return topo.memory_nodes()
+        for n in nodes:
+            topo.check_memory_node(n, "--nodes")
+        return nodes
+    count = getattr(args, "node_count", None)
+    if count is not None:
+        return list(range(count))
+    return None
 
 
 # ----------------------------------------------------------------------------- graphs

@@ -8,6 +8,9 @@ from numamem.cli._args import (
     add_graph_args, add_nodes_arg, positive_int, read_matrix, resolve_graph, resolve_nodes,
 )
 
+#: Nodes a plan describes without --nodes or --node-count: 0 and 1, of any machine.
+DEFAULT_NODE_COUNT = 2
+
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Run ``numamem plan``."""
@@ -15,6 +18,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     graph = resolve_graph(args.graph, args.batch, args.seq_len)
     nodes = resolve_nodes(args)
+    if nodes is None:
+        nodes = list(range(DEFAULT_NODE_COUNT))
     distances = read_matrix(args.distances, "distances") if args.distances else None
     bandwidth = read_matrix(args.bandwidth, "bandwidth") if args.bandwidth else None
     if args.export_graph:
@@ -44,11 +49,11 @@ def add_command(subparsers: Any) -> None:
         help="plan a layer graph over NUMA nodes (blocks, arenas, traffic)",
         description="Partition GRAPH over NUMA nodes, place every block in per-node arenas with "
         "memory reuse, verify the plan and print arenas against their lower bounds, page padding "
-        "and remote bytes per layer. A plan is data: the nodes need not exist on this machine.",
+        "and remote bytes per layer. A plan is data: with --node-count it may describe nodes this "
+        "machine lacks; --nodes names nodes of this machine.",
     )
     add_graph_args(ap)
-    add_nodes_arg(ap, default="0,1",
-                  help="node ids as a list (0,1 or 2,) or a count N meaning 0..N-1 (default 0,1)")
+    add_nodes_arg(ap, counts=True, default="--node-count 2, nodes 0 and 1 of any machine")
     ap.add_argument("--page-size", type=positive_int, default=4096, help="page size in bytes (default 4096)")
     ap.add_argument("--alignment", type=positive_int, default=64, help="alignment of single-node blocks (default 64)")
     ap.add_argument("--batch-axis-only", action="store_true",

@@ -68,8 +68,7 @@ def add_command(subparsers: Any) -> None:
         "remotely, where the pages are, peak memory, and an estimated multi-socket speed-up.",
     )
     add_graph_args(rp)
-    add_nodes_arg(rp, help="node ids (0,1 or 2,) or a count N; they must exist here "
-                  "(default: every allowed node with memory)")
+    add_nodes_arg(rp, counts=False, default="all: every node with memory this process may use")
     rp.add_argument("--mode", default="planned,first-touch,interleave",
                     help="comma-separated modes among planned, first-touch, interleave (default: all)")
     rp.add_argument("--iters", type=positive_int, default=5, help="timed iterations per mode (default 5)")
