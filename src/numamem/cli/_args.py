@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 __all__ = [
-    "CommandError", "MAX_NODES", "NodeMatrix", "add_graph_args", "add_nodes_arg", "node_count", "parse_nodes",
-    "positive_float", "positive_int", "read_matrix", "resolve_graph", "resolve_nodes",
+    "CommandError", "MAX_NODES", "NodeMatrix", "add_graph_args", "add_nodes_arg", "check_writable", "node_count",
+    "parse_nodes", "positive_float", "positive_int", "read_json", "read_matrix", "resolve_graph", "resolve_nodes",
 ]
 
 
@@ -171,52 +171,184 @@ def resolve_graph(spec: str, batch: int | None = None, seq_len: int | None = Non
             if key != "bert_base":
                 raise ValueError("--seq-len applies to bert_base only")
             kwargs["seq_len"] = seq_len
-        return models.get(key, batch=1 if batch is None else batch, **kwargs)
+        graph = models.get(key, batch=1 if batch is None else batch, **kwargs)
+        given = " ".join(f"{o} {v}" for o, v in (("--batch", batch), ("--seq-len", seq_len)) if v is not None)
+        _check_size(graph, f"{spec} with {given}" if given else spec)
+        return graph
     if not os.path.exists(spec):
         raise ValueError(f"{spec!r} is neither a built-in model ({', '.join(models.names())}) nor a file")
     if batch is not None or seq_len is not None:
         raise ValueError("--batch and --seq-len apply to built-in models; a graph file fixes its shapes")
-    return load_graph(spec)
+    graph = load_graph(spec)
+    _check_size(graph, spec)
+    return graph
+
+
+#: Bytes that sizes and offsets of plans and packings can count (int64).
+MAX_BYTES = 2**63 - 1
+
+
+def _check_size(graph, what: str) -> None:
+    """Refuse a graph whose tensors take more bytes than 64-bit sizes count.
+
+    Such a graph is data the planner could describe, but every size and offset it would compute
+    is an int64; past that the packer would fail deep inside, with a message about dtypes.
+    """
+    total = sum(graph.nbytes(n) for n in graph.tensors)
+    if total > MAX_BYTES:
+        biggest = max(graph.tensors, key=graph.nbytes)
+        raise ValueError(f"{what}: the tensors take {total} bytes in all ({biggest!r} alone {graph.nbytes(biggest)}), "
+                         f"more than the {MAX_BYTES} bytes 64-bit sizes count")
+
+
+# ----------------------------------------------------------------------------- files
+def read_json(path: str, what: str) -> Any:
+    """Parse the JSON file ``path``; every way it can be unreadable is one ``ValueError`` naming it.
+
+    ``OSError`` (no such file, no permission) propagates as it is: it names the file already.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {exc.start}): expected JSON {what}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: bad JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to be {what}") from None
+
+
+def check_writable(path: str | None, option: str) -> None:
+    """Refuse now, before any work, an output path that cannot be written.
+
+    The file is opened for appending (so an existing file is left as it is) and removed again if
+    this check created it.
+    """
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise CommandError(f"{option} {path}: is a directory")
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise CommandError(f"{option} {path}: cannot write there: {exc.strerror or exc}") from None
+    if not existed:
+        os.unlink(path)
 
 
 # ----------------------------------------------------------------------------- matrix files
 @dataclass(frozen=True)
 class NodeMatrix:
-    """A node-pair matrix read from a file by :func:`read_matrix`.
+    """A node-pair matrix read and checked by :func:`read_matrix`.
 
     Attributes
     ----------
     path : str
         The file it came from.
-    values : object
-        A square list (in the order of the nodes) or a mapping ``{a: {b: value}}`` by node id.
-    threads : mapping or None
-        Threads per reader node, when the file is ``numamem bench`` output.
+    values : dict
+        ``{a: {b: value}}`` by node id, over the nodes asked for, every value a positive float.
+    threads : dict or None
+        Threads per reader node ``{a: count}`` when the file is ``numamem bench`` output.
     """
 
     path: str
-    values: Any
-    threads: Mapping[str, Any] | None = None
+    values: dict[int, dict[int, float]]
+    threads: dict[int, float] | None = None
 
     def bench_result(self) -> dict[str, Any]:
         """The matrix as :func:`numamem.runtime.runner.run_graph` takes a ``numamem bench`` result."""
-        out: dict[str, Any] = {"bandwidth": self.values}
+        out: dict[str, Any] = {"bandwidth": {str(a): {str(b): v for b, v in row.items()}
+                                             for a, row in self.values.items()}}
         if self.threads is not None:
-            out["threads"] = self.threads
+            out["threads"] = {str(a): t for a, t in self.threads.items()}
         return out
 
 
-def read_matrix(path: str, key: str) -> NodeMatrix:
-    """Read a node-pair matrix from JSON: a square list, ``{a: {b: v}}``, or an object holding one under ``key``."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: bad JSON: {exc}") from None
+def _node_id(key: Any, path: str, where: str) -> int:
+    if isinstance(key, str) and key.isdigit():
+        return int(key)
+    raise ValueError(f"{path}: {where}: {key!r} is not a node id")
+
+
+def _number(value: Any, path: str, where: str) -> float:
+    # bool is an int to Python but never a bandwidth or a distance in a file
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{path}: {where} is not a number: {json.dumps(value)}")
+    value = float(value)
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"{path}: {where} must be positive and finite, got {value}")
+    return value
+
+
+def read_matrix(path: str, key: str, nodes: list[int], *, hint: str = "") -> NodeMatrix:
+    """Read and check a node-pair matrix (``key``: ``"distances"`` or ``"bandwidth"``) for ``nodes``.
+
+    The one reader of ``--distances`` and ``--bandwidth`` files. It takes
+
+    * a mapping ``{"a": {"b": value}}`` by node id;
+    * a square list, in the order of ``nodes`` (exactly ``len(nodes)`` rows of as many values);
+    * an object holding either under ``key``: ``numamem bench --json`` output (``bandwidth``,
+      with its ``threads`` per node), ``numamem topology --json`` output (``distances``, a list
+      in the order of its ``nodes``), or ``{"distances": ...}`` written by hand.
+
+    Anything it cannot use is refused, never skipped: a value that is not a positive finite
+    number (``true`` included), a key that is not a node id, a list of the wrong size, a matrix
+    lacking a pair of ``nodes`` (``hint`` is added to that message), another numamem file.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and what is wrong with it.
+    OSError
+        If the file cannot be read.
+    """
+    data = read_json(path, f"a {key} matrix")
+    order: list[int] | None = list(nodes)   # ids of a list's rows, when it is a list
     threads = None
     if isinstance(data, dict) and key in data:
-        threads = data.get("threads") if isinstance(data.get("threads"), dict) else None
-        data = data[key]
-    if not isinstance(data, (list, dict)):
+        doc = data
+        data = doc[key]
+        listed = doc.get("nodes")
+        if isinstance(data, list) and isinstance(listed, list):
+            # numamem topology --json: rows in the order of its "nodes" (objects with an "id")
+            order = [n.get("id") if isinstance(n, dict) else n for n in listed]
+            if not all(isinstance(n, int) and not isinstance(n, bool) for n in order):
+                raise ValueError(f"{path}: 'nodes' must list node ids")
+        if key == "bandwidth" and "threads" in doc:
+            # numamem bench --json: threads per reader node, for the run's estimate
+            if not isinstance(doc["threads"], dict):
+                raise ValueError(f"{path}: 'threads' must be an object by node id")
+            threads = {_node_id(a, path, "threads"): _number(t, path, f"threads of node {a}")
+                       for a, t in doc["threads"].items()}
+    elif isinstance(data, dict) and "format" in data:
+        raise ValueError(f"{path}: a {data['format']} file holds no {key} matrix")
+    values: dict[int, dict[int, float]] = {}
+    if isinstance(data, list):
+        n = len(order)
+        if len(data) != n or not all(isinstance(row, list) and len(row) == n for row in data):
+            raise ValueError(f"{path}: a {key} list must be {n}x{n}, in the order of nodes {order}")
+        for a, row in zip(order, data):
+            values[a] = {b: _number(v, path, f"{key} entry for nodes {a} and {b}") for b, v in zip(order, row)}
+    elif isinstance(data, dict):
+        for ka, row in data.items():
+            a = _node_id(ka, path, key)
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: {key} row of node {a} must be an object by node id")
+            values[a] = {}
+            for kb, v in row.items():
+                b = _node_id(kb, path, f"{key} row of node {a}")
+                values[a][b] = _number(v, path, f"{key} entry for nodes {a} and {b}")
+    else:
         raise ValueError(f"{path}: expected a square list or an object of node-pair {key}")
-    return NodeMatrix(path=path, values=data, threads=threads)
+    for a in nodes:
+        for b in nodes:
+            if b not in values.get(a, {}):
+                have = sorted(values)
+                raise ValueError(f"{path}: the {key} matrix has no entry for nodes {a} and {b} "
+                                 f"(it has nodes {have}){hint}")
+    picked = {a: {b: values[a][b] for b in nodes} for a in nodes}
+    if threads is not None:
+        threads = {a: threads[a] for a in nodes if a in threads}
+    return NodeMatrix(path=path, values=picked, threads=threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from numamem.cli._args import check_writable
 from numamem.cli._progress import Progress
 
 
@@ -12,6 +13,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from numamem._jsonfile import dump_json
     from numamem.runtime import bench
 
+    check_writable(args.json, "--json")
     result = bench.measure(quick=args.quick, progress=Progress("numamem bench"))
     if args.json:
         dump_json(result, args.json)

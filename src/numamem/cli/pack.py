@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from numamem.cli._args import positive_float
+from numamem.cli._args import check_writable, positive_float
 
 __all__ = ["PackInput", "add_command", "cmd_pack", "read_csv", "write_csv"]
 
@@ -172,6 +172,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     """
     from numamem.planner.packing import pack
 
+    check_writable(args.out, "--out")
     data = read_csv(args.file)
     result = pack(data.lower, data.upper, data.size, align=args.align, time_limit=args.time_limit)
     if args.out is not None:

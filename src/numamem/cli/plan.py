@@ -5,7 +5,7 @@ import argparse
 from typing import Any
 
 from numamem.cli._args import (
-    add_graph_args, add_nodes_arg, positive_int, read_matrix, resolve_graph, resolve_nodes,
+    add_graph_args, add_nodes_arg, check_writable, positive_int, read_matrix, resolve_graph, resolve_nodes,
 )
 
 #: Nodes a plan describes without --nodes or --node-count: 0 and 1, of any machine.
@@ -16,12 +16,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Run ``numamem plan``."""
     from numamem.planner.plans import plan
 
+    check_writable(args.json, "--json")
+    check_writable(args.export_graph, "--export-graph")
     graph = resolve_graph(args.graph, args.batch, args.seq_len)
     nodes = resolve_nodes(args)
     if nodes is None:
         nodes = list(range(DEFAULT_NODE_COUNT))
-    distances = read_matrix(args.distances, "distances") if args.distances else None
-    bandwidth = read_matrix(args.bandwidth, "bandwidth") if args.bandwidth else None
+    distances = read_matrix(args.distances, "distances", nodes) if args.distances else None
+    bandwidth = read_matrix(args.bandwidth, "bandwidth", nodes) if args.bandwidth else None
     if args.export_graph:
         graph.to_json(args.export_graph)
     p = plan(
@@ -58,8 +60,11 @@ def add_command(subparsers: Any) -> None:
     ap.add_argument("--alignment", type=positive_int, default=64, help="alignment of single-node blocks (default 64)")
     ap.add_argument("--batch-axis-only", action="store_true",
                     help="split every layer on its batch axis instead of choosing per layer")
-    ap.add_argument("--distances", metavar="FILE", help="JSON node distance matrix (order of --nodes, or by id)")
-    ap.add_argument("--bandwidth", metavar="FILE", help="JSON measured bandwidth matrix in bytes/s")
+    ap.add_argument("--distances", metavar="FILE",
+                    help="JSON node distance matrix (by node id, or a list in the order of the nodes; "
+                    "numamem topology --json output works)")
+    ap.add_argument("--bandwidth", metavar="FILE",
+                    help="JSON measured bandwidth matrix in bytes/s (numamem bench --json output works)")
     ap.add_argument("--replicate-bytes", type=int, help="replicate weights up to this size (default 16 MiB)")
     ap.add_argument("--time-limit", type=float, help="packer time limit per node in seconds")
     ap.add_argument("--json", metavar="OUT", help="write the plan (numamem-plan/1)")

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from numamem.cli._args import add_graph_args, add_nodes_arg, positive_int, read_matrix, resolve_graph, resolve_nodes
+from numamem.cli._args import (
+    add_graph_args, add_nodes_arg, check_writable, positive_int, read_matrix, resolve_graph, resolve_nodes,
+)
 from numamem.cli._progress import Progress
 
 
@@ -30,12 +32,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run ``numamem run``."""
     from numamem.runtime import runner
 
+    # np.savez adds .npz to a name without it: check the file it will really write
+    outputs = args.outputs if not args.outputs or args.outputs.endswith(".npz") else args.outputs + ".npz"
+    check_writable(args.json, "--json")
+    check_writable(outputs, "--outputs")
     graph = resolve_graph(args.graph, args.batch, args.seq_len)
     nodes = resolve_nodes(args)
+    if nodes is None:
+        from numamem._topology import topology
+
+        nodes = topology().memory_nodes()
     modes = _modes(args.mode)
     weights = runner.load_npz(args.weights, graph, graph.weights, "weight") if args.weights else None
     inputs = runner.load_npz(args.inputs, graph, graph.inputs, "input") if args.inputs else None
-    bandwidth = read_matrix(args.bandwidth, "bandwidth").bench_result() if args.bandwidth else None
+    bandwidth = None
+    if args.bandwidth:
+        target = runner.estimate_nodes(nodes)
+        hint = ("; the estimate of a run on one node is for a two-node machine, nodes [0, 1]: measure one, "
+                "or leave --bandwidth out for the published figures") if len(nodes) < 2 else ""
+        bandwidth = read_matrix(args.bandwidth, "bandwidth", target, hint=hint).bench_result()
     reference = {"auto": None, "independent": True, "kernels": False}[args.reference]
     report = runner.run_graph(
         graph, nodes, modes, iters=args.iters, seed=args.seed, weights=weights, inputs=inputs,
@@ -44,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.outputs:
         first = report["_outputs"][modes[0]]
-        np.savez(args.outputs, **first)
+        np.savez(outputs, **first)
     if args.json:
         runner.write_json(report, args.json)
     if not args.quiet:
