@@ -33,6 +33,7 @@ class PackInput:
 
 
 _COLUMNS = ("id", "lower", "upper", "size")
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 def read_csv(path: str | os.PathLike) -> PackInput:
@@ -55,8 +56,8 @@ def read_csv(path: str | os.PathLike) -> PackInput:
     OSError
         If the file cannot be read.
     ValueError
-        On a missing column, or a row that is short, not integers, has ``lower >= upper`` or a
-        negative size (the message names the file and line).
+        On a missing column, or a row that is short, not integers, past int64, has
+        ``lower >= upper`` or a negative size (the message names the file and line).
     """
     with open(path, newline="") as fh:
         reader = csv.reader(fh)
@@ -82,6 +83,9 @@ def read_csv(path: str | os.PathLike) -> PackInput:
                 raise ValueError(
                     f"{path}:{line}: id, lower, upper and size must be integers: {','.join(row)}"
                 ) from None
+            for name, value in zip(_COLUMNS, values):
+                if not _INT64_MIN <= value <= _INT64_MAX:
+                    raise ValueError(f"{path}:{line}: {name} ({value}) is past int64")
             if values[1] >= values[2]:
                 raise ValueError(f"{path}:{line}: lower ({values[1]}) must be less than upper ({values[2]})")
             if values[3] < 0:

@@ -16,6 +16,24 @@ def greedy(
     best_fit: bool,
 ) -> npt.NDArray[np.int64]: ...
 
+def greedy_until(
+    lower: npt.NDArray[np.int64],
+    upper: npt.NDArray[np.int64],
+    size: npt.NDArray[np.int64],
+    order: npt.NDArray[np.int64],
+    best_fit: bool,
+    deadline: float,
+) -> tuple[npt.NDArray[np.int64], int]: ...
+
+def first_overlap(
+    who: npt.NDArray[np.int64],
+    starts: npt.NDArray[np.int8],
+    rank: npt.NDArray[np.int64],
+    by_rank: npt.NDArray[np.int64],
+    offset: npt.NDArray[np.int64],
+    end: npt.NDArray[np.int64],
+) -> tuple[int, int] | None: ...
+
 class SkylineSearch:
     def __init__(
         self,
