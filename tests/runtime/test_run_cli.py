@@ -115,6 +115,9 @@ def test_nodes_and_modes_are_checked(graph_file, capsys):
     with pytest.raises(SystemExit):  # counts are for plans of other machines only
         main(["run", path, "--node-count", "2"])
     assert "unrecognized arguments: --node-count" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a RuntimeError traceback ("can't start new thread") before
+        main(["run", path, "--workers", "100000"])
+    assert "at most 1024 worker threads per node" in capsys.readouterr().err
     assert "unknown mode 'fast'" in _error(capsys, ["run", path, "--mode", "planned,fast"])
     assert "neither a built-in model" in _error(capsys, ["run", "no-such-graph"])
 

@@ -14,6 +14,19 @@ from numamem.cli._args import (
 from numamem.cli._progress import Progress
 
 
+#: Worker threads per node --workers may ask for: a bound far above any node's CPUs, so that a
+#: typo is refused here rather than failing half-way through starting threads.
+MAX_WORKERS = 1024
+
+
+def workers_per_node(text: str) -> int:
+    """argparse type of ``--workers``: 1 to :data:`MAX_WORKERS`."""
+    value = positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_WORKERS} worker threads per node, got {text!r}")
+    return value
+
+
 def _modes(text: str) -> list[str]:
     from numamem.runtime.executor import MODES
 
@@ -92,7 +105,8 @@ def add_command(subparsers: Any) -> None:
     rp.add_argument("--inputs", metavar="X.npz", help="inputs by tensor name (default: random)")
     rp.add_argument("--outputs", metavar="Y.npz", help="write the first mode's outputs")
     rp.add_argument("--json", metavar="OUT", help="write the report (numamem-run/1)")
-    rp.add_argument("--workers", type=positive_int, help="worker threads per node (default: the node's CPUs)")
+    rp.add_argument("--workers", type=workers_per_node, metavar="N",
+                    help=f"worker threads per node, at most {MAX_WORKERS} (default: the node's CPUs)")
     rp.add_argument("--bandwidth", metavar="FILE",
                     help="numamem bench --json output: measured matrix for the speed-up estimate")
     rp.add_argument("--reference", choices=("auto", "independent", "kernels"), default="auto",
