@@ -244,3 +244,20 @@ def test_output_check_leaves_no_file_and_keeps_existing_ones(capsys, tmp_path):
     capsys.readouterr()
     err = error_of(capsys, ["bench", "--json", str(tmp_path)])
     assert "--json" in err and "is a directory" in err
+
+
+@pytest.mark.parametrize("value", [10**6, -1])
+def test_embedding_ids_outside_the_table(capsys, tmp_path, value):
+    """An IndexError traceback from the reference ops, after the set-up of every mode."""
+    from numamem.planner import GraphBuilder
+
+    b = GraphBuilder("emb", dtype="float32")
+    b.output(b.embedding(b.input("ids", (2, 3), dtype="int64"), b.weight("table", (10, 4))))
+    g = b.build()
+    graph = tmp_path / "emb.json"
+    g.to_json(graph)
+    _, xs = random_tensors(g, 0)
+    xs = {k: np.full_like(v, value) for k, v in xs.items()}
+    np.savez(tmp_path / "x.npz", **xs)
+    err = error_of(capsys, ["run", str(graph), "--inputs", str(tmp_path / "x.npz")])
+    assert f"input 'ids' holds the id {value}, outside the 10 rows of 'table'" in err

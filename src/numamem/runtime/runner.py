@@ -130,8 +130,8 @@ def load_npz(path: str | os.PathLike, graph: Graph, names: Sequence[str], what: 
     ------
     ValueError
         If the file is not an ``.npz`` file, or naming a tensor that is missing, mis-shaped, not
-        one of ``names``, of a dtype that is not a real number of the graph's kind, or holding
-        NaN or infinity.
+        one of ``names``, of a dtype that is not a real number of the graph's kind, holding
+        NaN or infinity, or holding embedding ids outside the table.
     OSError
         If the file cannot be read.
     """
@@ -163,6 +163,13 @@ def load_npz(path: str | os.PathLike, graph: Graph, names: Sequence[str], what: 
             data[n] = data[n].astype(dt, copy=False)
         if dt.kind == "f" and not np.isfinite(data[n]).all():
             raise ValueError(f"{path}: {what} {n!r} holds NaN or infinite values (as {dt})")
+        for layer in graph.layers:  # embedding ids must name rows of the table
+            if layer.op == "embedding" and layer.inputs[0] == n and data[n].size:
+                rows = graph.tensors[layer.inputs[1]].shape[0]
+                low, high = int(data[n].min()), int(data[n].max())
+                if low < 0 or high >= rows:
+                    raise ValueError(f"{path}: {what} {n!r} holds the id {low if low < 0 else high}, outside "
+                                     f"the {rows} rows of {layer.inputs[1]!r} (layer {layer.name!r})")
     return data
 
 
