@@ -25,15 +25,6 @@ def greedy_until(
     deadline: float,
 ) -> tuple[npt.NDArray[np.int64], int]: ...
 
-def first_overlap(
-    who: npt.NDArray[np.int64],
-    starts: npt.NDArray[np.int8],
-    rank: npt.NDArray[np.int64],
-    by_rank: npt.NDArray[np.int64],
-    offset: npt.NDArray[np.int64],
-    end: npt.NDArray[np.int64],
-) -> tuple[int, int] | None: ...
-
 class SkylineSearch:
     def __init__(
         self,

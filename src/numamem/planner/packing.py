@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 import numpy as np
 
-from numamem.planner import _pack
+from numamem.planner import _overlap, _pack
 
 __all__ = ["PackResult", "pack", "check", "lower_bound"]
 
@@ -519,7 +519,7 @@ def check(lower, upper, size, offsets) -> None:
 
     Independent of the packer: a sweep over time keeps the live buffers sorted by offset and
     checks each new buffer against its neighbours in that order (the loop is
-    :func:`numamem.planner._pack.first_overlap`, in C since it runs after every packing: a
+    :func:`numamem.planner._overlap.first_overlap`, in C since it runs after every packing: a
     Python loop took 1.6 s of a one-second time limit on 200,000 buffers).
 
     Parameters
@@ -553,7 +553,7 @@ def check(lower, upper, size, offsets) -> None:
     by_rank = np.argsort(off, kind="stable").astype(np.int64)   # (offset, index) order
     rank = np.empty(off.size, dtype=np.int64)
     rank[by_rank] = np.arange(off.size, dtype=np.int64)
-    pair = _pack.first_overlap(np.ascontiguousarray(who[order]), np.ascontiguousarray(kinds[order]),
+    pair = _overlap.first_overlap(np.ascontiguousarray(who[order]), np.ascontiguousarray(kinds[order]),
                                rank, by_rank, off, off + sz)
     if pair is not None:
         raise ValueError(f"buffers {pair[0]} and {pair[1]} are live together and overlap in memory")
