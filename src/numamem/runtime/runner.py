@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,7 +28,7 @@ from numamem._jsonfile import dump_json
 from numamem.runtime.estimate import PUBLISHED_MACHINE, estimate_speedup, shares_by_node
 from numamem.runtime.executor import MODES, make_executor
 
-__all__ = ["FORMAT", "PUBLISHED_MACHINE", "RTOL", "estimate_speedup", "float64_reference", "format_report",
+__all__ = ["FORMAT", "PUBLISHED_MACHINE", "RTOL", "estimate_nodes", "estimate_speedup", "float64_reference", "format_report",
            "load_npz", "plan_traffic", "random_tensors", "run_graph"]
 
 FORMAT = "numamem-run/1"
@@ -121,14 +122,20 @@ def load_npz(path: str | os.PathLike, graph: Graph, names: Sequence[str], what: 
     Raises
     ------
     ValueError
-        Naming a tensor that is missing, mis-shaped, or not one of ``names``.
+        If the file is not an ``.npz`` file, or naming a tensor that is missing, mis-shaped, not
+        one of ``names``, of a dtype that is not a real number of the graph's kind, holding
+        NaN or infinity, or holding embedding ids outside the table.
     OSError
         If the file cannot be read.
     """
     try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    except (ValueError, EOFError) as exc:
+        with open(path, "rb") as fh:  # ours to close, also when np.load fails half-way
+            loaded = np.load(fh, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: one array, no names
+                raise ValueError("a .npy file holds one unnamed array; write the tensors by name with numpy.savez")
+            with loaded as f:
+                data = {k: f[k] for k in f.files}
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
     extra = sorted(set(data) - set(names))
     if extra:
@@ -141,9 +148,21 @@ def load_npz(path: str | os.PathLike, graph: Graph, names: Sequence[str], what: 
         if tuple(data[n].shape) != shape:
             raise ValueError(f"{path}: {what} {n!r} has shape {list(data[n].shape)}, the graph needs {list(shape)}")
         dt = np.dtype(graph.tensor_dtype(n))
-        if dt.kind in "iu" and data[n].dtype.kind not in "iu":
+        # Only numbers of the graph's kind convert without losing meaning: integer ids stay
+        # integers, and complex, structured, string, bool or object arrays are refused, not cast.
+        if data[n].dtype.kind not in ("iu" if dt.kind in "iu" else "iuf"):
             raise ValueError(f"{path}: {what} {n!r} has dtype {data[n].dtype}, the graph needs {dt}")
-        data[n] = data[n].astype(dt, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # values past float32 become inf: refused below
+            data[n] = data[n].astype(dt, copy=False)
+        if dt.kind == "f" and not np.isfinite(data[n]).all():
+            raise ValueError(f"{path}: {what} {n!r} holds NaN or infinite values (as {dt})")
+        for layer in graph.layers:  # embedding ids must name rows of the table
+            if layer.op == "embedding" and layer.inputs[0] == n and data[n].size:
+                rows = graph.tensors[layer.inputs[1]].shape[0]
+                low, high = int(data[n].min()), int(data[n].max())
+                if low < 0 or high >= rows:
+                    raise ValueError(f"{path}: {what} {n!r} holds the id {low if low < 0 else high}, outside "
+                                     f"the {rows} rows of {layer.inputs[1]!r} (layer {layer.name!r})")
     return data
 
 
@@ -310,7 +329,7 @@ def _estimate(report: Mapping[str, Any], graph: Graph, p: Plan, nodes: Sequence[
         basis = f"traffic measured in this run on nodes {nodes}"
         est = estimate_speedup(graph, layer_s, traffic, shares_by_node(p, graph), nodes, bandwidth, basis, cores_here)
     else:
-        target = list(nodes) if len(nodes) >= 2 else [0, 1]
+        target = estimate_nodes(nodes)
         tp = planner.plan(graph, nodes=target, **plan_options)
         loader = target[0]
         role = {n: graph.tensors[n].role for n in graph.tensors}
@@ -328,6 +347,11 @@ def _estimate(report: Mapping[str, Any], graph: Graph, p: Plan, nodes: Sequence[
 
 
 # ================================================================================= the command
+def estimate_nodes(nodes: Sequence[int]) -> list[int]:
+    """The nodes the multi-socket estimate of a run on ``nodes`` is for: those, or [0, 1] for one node."""
+    return list(nodes) if len(nodes) >= 2 else [0, 1]
+
+
 def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[str] = MODES, iters: int = 5,
               seed: int = 0, weights: Mapping[str, np.ndarray] | None = None,
               inputs: Mapping[str, np.ndarray] | None = None, *, warmup: int = 1, workers: Any = None,
