@@ -89,7 +89,13 @@ def check_order(order: str, allow_keep: bool = False) -> str:
 
 def page_kinds(pages) -> tuple[str, ...]:
     """Return the page kinds to try, in order, from ``pages`` (a kind or a sequence of kinds)."""
-    kinds = (pages,) if isinstance(pages, str) else tuple(pages)
+    if isinstance(pages, str):
+        kinds = (pages,)
+    else:
+        try:
+            kinds = tuple(pages)
+        except TypeError:
+            raise TypeError(f"pages must be one of {PAGE_KINDS} or a sequence of them, not {pages!r}") from None
     if not kinds:
         raise ValueError("pages must name at least one page kind")
     for kind in kinds:
@@ -153,11 +159,29 @@ _REQUEST_CACHE: dict = {}
 
 
 def request(node, nodes, axis, policy, align, pages, populate) -> Request:
-    """Validate a placement request, memoised per topology snapshot (validation is pure)."""
+    """Validate a placement request, memoised per topology snapshot (validation is pure).
+
+    The memo keys on each argument's exact type as well as its value: ``False == 0``,
+    ``0.0 == 0`` and ``True == 1`` hash alike, and an earlier valid call must not make a refused
+    spelling pass. Iterables are read once, here, so a generator given as ``nodes`` or ``pages``
+    reaches validation whole.
+    """
     topo = _topology.topology(refresh=False)
+    if nodes is not None and not isinstance(nodes, (tuple, int, np.integer)):
+        try:
+            nodes = tuple(nodes)
+        except TypeError:
+            pass  # validation names the argument
+    if not isinstance(pages, (str, tuple)):
+        try:
+            pages = tuple(pages)
+        except TypeError:
+            pass
     try:
-        key = (node, None if nodes is None else tuple(nodes), axis, policy, align,
-               pages if isinstance(pages, str) else tuple(pages), populate)
+        key = (type(node), node, type(axis), axis, type(align), align, type(populate), populate,
+               type(policy), policy,
+               (str, pages) if isinstance(pages, str) else tuple((type(kind), kind) for kind in pages),
+               None if nodes is None else tuple((type(n), n) for n in nodes))
         cached = _REQUEST_CACHE.get(key)
     except TypeError:  # unhashable or non-iterable arguments: validate to name the problem
         key = cached = None
@@ -180,15 +204,25 @@ def validate_request(node, nodes, axis, policy, align, pages, populate) -> Reque
     if node is not None:
         node = node_id(node, "node")
     if nodes is not None:
-        if isinstance(nodes, (int, np.integer)):
+        if isinstance(nodes, (int, np.integer, str, bytes)):
             raise TypeError("nodes must be a sequence of node ids, e.g. nodes=[0, 1]")
+        try:
+            nodes = tuple(nodes)
+        except TypeError:
+            raise TypeError(f"nodes must be a sequence of node ids, e.g. nodes=[0, 1], not {nodes!r}") from None
         nodes = tuple(node_id(n, "nodes") for n in nodes)
         if not nodes:
             raise ValueError("nodes must not be empty")
         if len(set(nodes)) != len(nodes) and policy == "interleave":
             raise ValueError(f"nodes {list(nodes)} lists a node twice")
-    if axis is not None and nodes is None:
-        raise ValueError("axis= splits an array over nodes= and needs a nodes list")
+    if axis is not None:
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"axis must be an int, not {axis!r}")
+        axis = int(axis)
+        if nodes is None:
+            raise ValueError("axis= splits an array over nodes= and needs a nodes list")
+    if populate is not None and not isinstance(populate, (bool, np.bool_)):
+        raise TypeError(f"populate must be True, False or None, not {populate!r}")
 
     if policy == "local":
         if node is not None or nodes is not None:
