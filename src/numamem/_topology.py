@@ -374,6 +374,8 @@ def topology(refresh: bool = True) -> Topology:
     snapshot = _cached
     if not refresh and snapshot is not None:
         return snapshot  # the hot path of every allocation: no lock for a read of one reference
+    if type(refresh) is not bool and type(refresh).__name__ != "bool_":
+        raise TypeError(f"refresh must be True or False, not {refresh!r}")
     with _cache_lock:
         if refresh or _cached is None:
             _cached = read_topology()
