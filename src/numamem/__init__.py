@@ -13,6 +13,7 @@ from numamem.arrays import (
     asarray, empty, empty_like, full, full_like, ones, ones_like, zeros, zeros_like,
 )
 from numamem.inspect import Placement, migrate, owner, page_nodes, placement
+from numamem.npyio import fromfile, load
 from numamem.errors import (
     HugePageError, NodeMemoryError, NumaUnavailableError, PageSizeError, PlacementError,
 )
@@ -22,7 +23,7 @@ from numamem.threads import ProcessBinding, ThreadBinding, bind_process, bind_th
 from numamem._topology import HugePagePool, Node, Topology, topology
 
 __all__ = [
-    "__version__", "on_node", "pool_stats", "release_pools", "ArrayBlock", "Placement", "asarray", "blocks", "empty", "empty_like",
+    "__version__", "on_node", "pool_stats", "release_pools", "ArrayBlock", "Placement", "asarray", "blocks", "load", "fromfile", "empty", "empty_like",
     "full", "full_like", "migrate", "ones", "ones_like", "owner", "page_nodes", "placement", "zeros",
     "zeros_like", "HugePageError", "NodeMemoryError", "NumaUnavailableError", "PageSizeError",
     "PlacementError", "Graph", "GraphBuilder", "GraphError", "Plan", "PlanError", "load_graph", "plan",
