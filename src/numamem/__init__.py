@@ -23,11 +23,12 @@ from numamem.threads import ProcessBinding, ThreadBinding, bind_process, bind_th
 from numamem._topology import HugePagePool, Node, Topology, topology
 
 __all__ = [
-    "__version__", "on_node", "pool_stats", "release_pools", "ArrayBlock", "Placement", "asarray", "blocks", "load", "fromfile", "empty", "empty_like",
-    "full", "full_like", "migrate", "ones", "ones_like", "owner", "page_nodes", "placement", "zeros",
-    "zeros_like", "HugePageError", "NodeMemoryError", "NumaUnavailableError", "PageSizeError",
-    "PlacementError", "Graph", "GraphBuilder", "GraphError", "Plan", "PlanError", "load_graph", "plan",
-    "ThreadBinding", "bind_thread", "ProcessBinding", "bind_process", "HugePagePool", "Node", "Topology", "topology",
+    "__version__", "on_node", "pool_stats", "release_pools", "ArrayBlock", "Placement", "asarray",
+    "blocks", "load", "fromfile", "empty", "empty_like", "full", "full_like", "migrate", "ones",
+    "ones_like", "owner", "page_nodes", "placement", "zeros", "zeros_like", "HugePageError",
+    "NodeMemoryError", "NumaUnavailableError", "PageSizeError", "PlacementError", "Graph",
+    "GraphBuilder", "GraphError", "Plan", "PlanError", "load_graph", "plan", "ThreadBinding",
+    "bind_thread", "ProcessBinding", "bind_process", "HugePagePool", "Node", "Topology", "topology",
 ]
 
 from numamem import models  # noqa: E402  (built-in layer graphs: numamem.models.get)

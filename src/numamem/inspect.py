@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-
 from numpy._core.multiarray import get_handler_name
 
 from numamem import _kernel, _pool, _topology
