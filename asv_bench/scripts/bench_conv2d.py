@@ -1,4 +1,4 @@
-"""Benchmark script (not a test): conv2d strategies of :mod:`numamem.runtime.kernels`.
+"""Benchmark script (not a test): conv2d strategies of :mod:`numamem.runtime.kernels.conv`.
 
 Compares, on ResNet-50 and MobileNetV2 layer shapes at batch 1, in the same run:
 
@@ -9,6 +9,9 @@ Compares, on ResNet-50 and MobileNetV2 layer shapes at batch 1, in the same run:
 * ``offsets`` - per-kernel-tap accumulation: one GEMM per tap into a temporary, added to ``out``;
 * ``depthwise`` (depthwise layers only) - per-tap vectorised multiply-add over all channels,
   against ``im2col`` which then runs one tiny GEMM per group.
+
+The kernel's methods are forced with its private ``_method`` attribute. The figures and how they
+were taken: "conv2d methods" in ``docs/performance.md``.
 
 Run: ``OPENBLAS_NUM_THREADS=1 python asv_bench/scripts/bench_conv2d.py [--runs N]``. Prints the median
 of N timed calls per method (after one warm-up call) and the ratio to ``im2col``; methods are
@@ -23,6 +26,7 @@ import time
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from numamem.planner import ops
 from numamem.runtime import kernels as K
 
 LAYERS = [
@@ -64,32 +68,21 @@ def main() -> None:
         x = rng.standard_normal(xs).astype(np.float32)
         w = rng.standard_normal(ws).astype(np.float32)
         attrs = {"stride": stride, "padding": pad, "groups": groups}
-        oshape = K.output_shape("conv2d", [xs, ws], attrs)
+        oshape = ops.infer_shape("conv2d", [xs, ws], attrs)
         methods = {}
         ref = np.empty(oshape, np.float32)
         if groups == 1:
             for m in ("im2col", "offsets"):
                 a = dict(attrs, _method=m)
-                scr = np.empty(K.scratch_bytes("conv2d", [xs, ws], a, None), np.uint8)
+                scr = np.empty(K.bind("conv2d", [xs, ws], a).scratch_bytes, np.uint8)
                 methods[m] = (lambda a=a, scr=scr: K.run("conv2d", [x, w], out, a, None, scr))
             xpad = np.empty((xs[1], xs[2] + 2 * pad, xs[3] + 2 * pad), np.float32)
             col = np.empty((xs[1] * ws[2] * ws[3], oshape[2] * oshape[3]), np.float32)
             methods["swv"] = lambda: swv_conv(x, w, out, stride, pad, xpad, col)
         else:
-            scr = np.empty(K.scratch_bytes("conv2d", [xs, ws], attrs, None), np.uint8)
-            methods["depthwise"] = lambda: K.run("conv2d", [x, w], out, attrs, None, scr)
-            # The grouped-im2col path, forced by calling the GEMM body directly per group.
-            ctx = K._context("conv2d", [xs, ws], attrs, None, np.float32)
-            col = np.empty((ws[1] * ws[2] * ws[3], oshape[2] * oshape[3]), np.float32)
-
-            def grouped_im2col():
-                geom = K._conv_geom(ctx)[:6]
-                for n in range(xs[0]):
-                    for rows, chans in K._conv_groups(ctx):
-                        K._fill_cols(x[n, chans], col.reshape(ws[1], ws[2], ws[3], *oshape[2:]), geom)
-                        np.matmul(w[rows].reshape(rows.stop - rows.start, -1), col,
-                                  out=out[n, rows].reshape(rows.stop - rows.start, -1))
-            methods["im2col"] = grouped_im2col
+            for m, a in (("depthwise", attrs), ("im2col", dict(attrs, _method="im2col"))):
+                scr = np.empty(K.bind("conv2d", [xs, ws], a).scratch_bytes, np.uint8)
+                methods[m] = (lambda a=a, scr=scr: K.run("conv2d", [x, w], out, a, None, scr))
         out = ref
         times = {m: [] for m in methods}
         results = {}

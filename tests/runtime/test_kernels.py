@@ -7,6 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
+from numamem.planner import ops
+from numamem.planner.boxes import Slice
 from numamem.runtime import kernels as K
 from numamem.runtime import reference as R
 
@@ -96,18 +98,19 @@ def cuts(n, parts, rng):
 def run_split(op, xs, attrs, axis, ranges, rng, restrict_inputs):
     """Run every block of a split; return the assembled output (NaN where nothing wrote)."""
     shapes = [x.shape for x in xs]
-    out_shape = K.output_shape(op, shapes, attrs)
+    out_shape = K.bind(op, shapes, attrs).out_shape
     y = np.full(out_shape, np.nan, np.float32)
     for start, stop in ranges:
-        blk = K.Block(axis, start, stop)
-        bshape = K.block_shape(op, shapes, attrs, blk)
+        blk = Slice(axis, start, stop)
+        bound = K.bind(op, shapes, attrs, blk)
+        bshape = bound.out_shape
         out = np.full(bshape, np.nan, np.float32)
         ins = xs
         if restrict_inputs:
-            regs = K.input_regions(op, shapes, attrs, blk)
+            regs = bound.regions
             ins = [None if r is None else np.ascontiguousarray(x[tuple(slice(a, b) for a, b in r)])
                    for x, r in zip(xs, regs)]
-        need = K.scratch_bytes(op, shapes, attrs, blk)
+        need = bound.scratch_bytes
         # An exactly sized scratch starting at an odd address: carving must realign inside it.
         scratch = np.empty(need + 1, np.uint8)[1:] if need else None
         got = K.run(op, ins, out, attrs, blk, scratch, shapes=shapes)
@@ -123,9 +126,9 @@ def test_kernel_matches_reference_on_every_split(case):
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     xs = make_inputs(op, shapes, rng)
     ref = R.apply(op, xs, attrs)
-    out_shape = K.output_shape(op, shapes, attrs)
+    out_shape = ops.infer_shape(op, shapes, attrs)
     assert out_shape == ref.shape
-    axes = [a for a in range(len(out_shape)) if K.splittable(op, shapes, attrs, a)]
+    axes = [a for a in range(len(out_shape)) if ops.splittable(op, shapes, out_shape, attrs, a)]
     assert 0 in axes or op in ("layernorm", "softmax", "reshape", "flatten")
     tried = 0
     for axis in axes:
@@ -155,16 +158,45 @@ def test_conv2d_methods_agree(case, method):
         assert rel_err(y, ref) <= RTOL
 
 
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[1] == "conv2d" and c[2][1][1] == 1], ids=lambda c: c[0])
+def test_forced_im2col_on_depthwise_layers(case):
+    """``_method`` forces the grouped im2col where depthwise would run (the benchmark's baseline)."""
+    name, op, shapes, attrs = case
+    rng = np.random.default_rng(12)
+    xs = make_inputs(op, shapes, rng)
+    ref = R.apply(op, xs, attrs)
+    for axis in range(4):
+        y = run_split(op, xs, dict(attrs, _method="im2col"), axis, cuts(ref.shape[axis], 3, rng), rng,
+                      restrict_inputs=axis % 2 == 1)
+        assert rel_err(y, ref) <= RTOL
+    with pytest.raises(ValueError, match="_method"):
+        K.bind(op, shapes, dict(attrs, _method="depthwise"))
+
+
+def test_as_slice_forms():
+    assert K.as_slice(Slice(1, 2, 5), (4, 8)) == Slice(1, 2, 5)
+    assert K.as_slice({"axis": np.int64(-2), "start": 1, "stop": 3}, (4, 8)) == Slice(0, 1, 3)
+    assert K.as_slice(None, (4, 8)) == Slice(0, 0, 4)
+    with pytest.raises(ValueError, match="block axis"):
+        K.as_slice((-3, 0, 1), (4, 8))
+    with pytest.raises(ValueError, match=r"\(axis, start, stop\)"):
+        K.as_slice((0, 1), (4, 8))
+    with pytest.raises(TypeError, match="block must be"):
+        K.as_slice(slice(0, 2), (4, 8))
+    with pytest.raises(TypeError):
+        K.as_slice((0, 1.0, 2), (4, 8))
+
 def test_whole_output_of_unsplittable_axis_is_allowed():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((4, 6)).astype(np.float32)
     out = np.empty((4, 6), np.float32)
-    K.run("softmax", [x], out, {}, K.Block(1, 0, 6))
+    K.run("softmax", [x], out, {}, Slice(1, 0, 6))
     assert rel_err(out, R.softmax(x)) <= RTOL
     with pytest.raises(ValueError, match="cannot be split"):
-        K.run("softmax", [x], out[:, :3], {}, K.Block(1, 0, 3))
+        K.run("softmax", [x], out[:, :3], {}, Slice(1, 0, 3))
     with pytest.raises(ValueError, match="cannot be split"):
-        K.input_regions("layernorm", [(4, 6), (6,), (6,)], {}, K.Block(1, 2, 4))
+        K.bind("layernorm", [(4, 6), (6,), (6,)], {}, Slice(1, 2, 4))
 
 
 def test_out_is_written_in_place_including_views():
@@ -215,34 +247,34 @@ def test_sigmoid_extremes_do_not_warn():
 def test_empty_block_touches_nothing():
     x = np.ones((4, 3), np.float32)
     out = np.empty((0, 3), np.float32)
-    assert K.run("relu", [x], out, block=K.Block(0, 2, 2)) is out
-    assert K.scratch_bytes("gelu", [(4, 3)], {}, K.Block(0, 2, 2)) == 0
+    assert K.run("relu", [x], out, block=Slice(0, 2, 2)) is out
+    assert K.bind("gelu", [(4, 3)], {}, Slice(0, 2, 2)).scratch_bytes == 0
 
 
 def test_block_forms_and_errors():
     shapes = [(4, 6), (6, 8)]
-    assert K.block_shape("dense", shapes, {}, {"axis": 1, "start": 2, "stop": 5}) == (4, 3)
-    assert K.block_shape("dense", shapes, {}, (-1, 2, 5)) == (4, 3)
-    assert K.block_shape("dense", shapes, {}, None) == (4, 8)
+    assert K.bind("dense", shapes, {}, {"axis": 1, "start": 2, "stop": 5}).out_shape == (4, 3)
+    assert K.bind("dense", shapes, {}, (-1, 2, 5)).out_shape == (4, 3)
+    assert K.bind("dense", shapes, {}, None).out_shape == (4, 8)
     with pytest.raises(ValueError):
-        K.as_block(K.Block(0, 0, 5), (4, 8))
+        K.as_slice(Slice(0, 0, 5), (4, 8))
     with pytest.raises(ValueError):
-        K.as_block((2, 0, 1), (4, 8))
+        K.as_slice((2, 0, 1), (4, 8))
     with pytest.raises(ValueError):
-        K.Block(0, 3, 2)
+        Slice(0, 3, 2)
     x, w = np.ones((4, 6), np.float32), np.ones((6, 8), np.float32)
     with pytest.raises(ValueError, match="block needs"):
-        K.run("dense", [x, w], np.empty((4, 8), np.float32), {}, K.Block(1, 0, 4))
+        K.run("dense", [x, w], np.empty((4, 8), np.float32), {}, Slice(1, 0, 4))
     with pytest.raises(ValueError, match="neither the full"):
-        K.run("dense", [x[:3], w], np.empty((2, 8), np.float32), {}, K.Block(0, 0, 2), shapes=shapes)
+        K.run("dense", [x[:3], w], np.empty((2, 8), np.float32), {}, Slice(0, 0, 2), shapes=shapes)
     with pytest.raises(ValueError, match="unknown op"):
-        K.output_shape("conv3d", shapes, {})
+        K.bind("conv3d", shapes, {})
     with pytest.raises(ValueError):
-        K.output_shape("dense", [(4, 6), (5, 8)], {})
+        K.bind("dense", [(4, 6), (5, 8)], {})
     with pytest.raises(ValueError, match="activation"):
-        K.output_shape("dense", shapes, {"activation": "tanh"})
+        K.bind("dense", shapes, {"activation": "tanh"})
     xs = [np.ones((1, 2, 8, 8), np.float32), np.ones((4, 2, 3, 3), np.float32)]
-    need = K.scratch_bytes("conv2d", [a.shape for a in xs], {}, None)
+    need = K.bind("conv2d", [a.shape for a in xs], {}, None).scratch_bytes
     with pytest.raises(ValueError, match="too small"):
         K.run("conv2d", xs, np.empty((1, 4, 6, 6), np.float32), {}, None, np.empty(need // 2, np.uint8))
 
@@ -282,13 +314,13 @@ def test_graph_blockwise_matches_reference_forward():
                                               if k not in ("op", "inputs", "outputs", "attrs")}}
         xs = [env[n] for n in layer["inputs"]]
         shapes = [x.shape for x in xs]
-        out_shape = K.output_shape(layer["op"], shapes, attrs)
+        out_shape = ops.infer_shape(layer["op"], shapes, attrs)
         y = np.empty(out_shape, np.float32)
-        axis = 1 if K.splittable(layer["op"], shapes, attrs, 1) and layer["op"] != "dense" else 0
+        axis = 1 if ops.splittable(layer["op"], shapes, out_shape, attrs, 1) and layer["op"] != "dense" else 0
         half = out_shape[axis] // 2
         for lo, hi in ((0, half), (half, out_shape[axis])):
             idx = tuple(slice(lo, hi) if k == axis else slice(None) for k in range(len(out_shape)))
-            K.run(layer["op"], xs, y[idx], attrs, K.Block(axis, lo, hi))
+            K.run(layer["op"], xs, y[idx], attrs, Slice(axis, lo, hi))
         env[layer["outputs"][0]] = y
     for name in ("h1", "h3", "h5", "h7", "y"):
         assert rel_err(env[name], ref[name]) <= RTOL, name
@@ -336,9 +368,10 @@ def test_steady_state_call_allocates_no_large_temporaries(case):
     name, op, shapes, attrs, (axis, lo, hi) = case
     rng = np.random.default_rng(8)
     xs = make_inputs(op, shapes, rng)
-    blk = K.Block(axis, lo, hi)
-    out = np.empty(K.block_shape(op, shapes, attrs, blk), np.float32)
-    scratch = np.empty(K.scratch_bytes(op, shapes, attrs, blk), np.uint8)
+    blk = Slice(axis, lo, hi)
+    bound = K.bind(op, shapes, attrs, blk)
+    out = np.empty(bound.out_shape, np.float32)
+    scratch = np.empty(bound.scratch_bytes, np.uint8)
     K.run(op, xs, out, attrs, blk, scratch)  # warm-up: first-call caches (BLAS, ufunc loops)
     tracemalloc.start()
     try:
@@ -413,8 +446,8 @@ def test_bound_kernel_reused_and_run_from_threads():
     rng = np.random.default_rng(10)
     shapes = [(6, 8, 12, 12), (16, 8, 3, 3), (16,)]
     attrs = {"padding": 1, "activation": "relu"}
-    y = np.zeros(K.output_shape("conv2d", shapes, attrs), np.float32)
-    bound = [K.bind("conv2d", shapes, attrs, K.Block(1, lo, hi)) for lo, hi in ((0, 5), (5, 11), (11, 16))]
+    y = np.zeros(ops.infer_shape("conv2d", shapes, attrs), np.float32)
+    bound = [K.bind("conv2d", shapes, attrs, Slice(1, lo, hi)) for lo, hi in ((0, 5), (5, 11), (11, 16))]
     outs = [np.empty(b.out_shape, np.float32) for b in bound]
     scratch = [np.empty(b.scratch_bytes, np.uint8) for b in bound]
     for _ in range(2):  # new inputs each iteration, same bound kernels and buffers
@@ -435,7 +468,7 @@ def test_rows_wholly_in_padding_read_nothing():
     rng = np.random.default_rng(11)
     xs = make_inputs("conv2d", shapes, rng)
     ref = R.apply("conv2d", xs, attrs)
-    regions = [K.input_regions("conv2d", shapes, attrs, K.Block(2, t, t + 1))[0][2] for t in range(ref.shape[2])]
+    regions = [K.bind("conv2d", shapes, attrs, Slice(2, t, t + 1)).regions[0][2] for t in range(ref.shape[2])]
     assert regions[0] == (0, 0) and regions[-1] == (9, 9)  # empty, never reversed
     for restrict in (False, True):
         y = run_split("conv2d", xs, attrs, 2, [(t, t + 1) for t in range(ref.shape[2])], rng, restrict)

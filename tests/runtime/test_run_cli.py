@@ -105,8 +105,8 @@ def test_missing_and_misshaped_weights_are_named(graph_file, tmp_path, capsys):
 
 def test_nodes_and_modes_are_checked(graph_file, capsys):
     _, path = graph_file
-    assert "node 7 does not exist" in _error(capsys, ["run", path, "--nodes", "7,"])
-    assert "node 1 does not exist" in _error(capsys, ["run", path, "--nodes", "0,1"])
+    assert "nodes=7: no such node" in _error(capsys, ["run", path, "--nodes", "7,"])
+    assert "nodes=1: no such node" in _error(capsys, ["run", path, "--nodes", "0,1"])
     assert "unknown mode 'fast'" in _error(capsys, ["run", path, "--mode", "planned,fast"])
     assert "neither a built-in model" in _error(capsys, ["run", "no-such-graph"])
 

@@ -4,7 +4,8 @@ import importlib
 
 import pytest
 
-MODULES = ["numamem.runtime.kernels", "numamem.runtime.reference"]
+MODULES = ["numamem.runtime.kernels", "numamem.runtime.kernels._common", "numamem.runtime.kernels.elementwise",
+           "numamem.runtime.reference"]
 
 
 @pytest.mark.parametrize("name", MODULES)

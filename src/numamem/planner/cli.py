@@ -68,7 +68,7 @@ def resolve_graph(spec: str, batch: int | None = None, seq_len: int | None = Non
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Run ``numamem plan``."""
-    from numamem.planner.plans import plan
+    from numamem.planner.planner import plan
 
     graph = resolve_graph(args.graph, args.batch, args.seq_len)
     if args.export_graph:
