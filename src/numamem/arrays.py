@@ -154,7 +154,12 @@ def _lent_axis(own, req: Request, shape: tuple[int, ...], order: str) -> int:
 def empty_like(prototype, dtype=None, order="K", *, shape=None, **placement_kw) -> np.ndarray:
     """Return an uninitialised array like ``prototype`` (shape, dtype, order), placed as asked.
 
-    Without ``node``/``nodes``/``policy``, a numamem prototype's placement is reused.
+    Without ``node``/``nodes``/``policy``, a numamem prototype's placement is reused (keywords
+    given, such as ``pages=``, override it). A block-split prototype lends its nodes, and its split
+    axis while the new array has the prototype's shape and layout; otherwise (a transpose, a new
+    ``shape``) the new array is split along the outermost axis of its own layout, the axis along
+    which blocks are always contiguous. An array made inside :func:`numamem.on_node` lends the
+    scope's node and policy.
     """
     shape, dtype, order, placement_kw = _like(prototype, dtype, order, shape, placement_kw)
     return empty(shape, dtype, order, **placement_kw)
