@@ -119,6 +119,8 @@ cdef class Region(BufferOwner):
 
         Raises ``OSError`` (e.g. ``EINVAL`` where the kernel has no transparent huge pages).
         """
+        if advice not in ADVICE:
+            raise ValueError(f"advice must be one of {sorted(ADVICE)}, not {advice!r}")
         cdef size_t span = self._span(offset, length)
         cdef int advice_code = ADVICE[advice]
         cdef int rc, err = 0

@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from numamem import _topology
-from numamem.arrays import empty, placement
+from numamem.arrays import empty
+from numamem.inspect import placement
 from numamem.threads import THREAD_POLICIES, bind_thread
 
 __all__ = ["NodeShare", "resolve_nodes", "split_counts", "NodeWorker", "run_on_all", "PlacementWarning",

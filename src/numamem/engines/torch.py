@@ -142,7 +142,7 @@ def replicas(module, nodes: Sequence[int] | None = None, policy: str = "bind") -
 
 
 def _tensor_bytes_per_node(t) -> dict[int, int]:
-    from numamem.arrays import placement
+    from numamem.inspect import placement
 
     if not t.numel():
         return {}

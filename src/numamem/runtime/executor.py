@@ -32,7 +32,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from numamem.arrays import empty as _nm_empty, placement
+from numamem.arrays import empty as _nm_empty
+from numamem.inspect import placement
 from numamem.planner.boxes import Box, cut, extent, round_up
 from numamem.planner.graph import Graph
 from numamem.planner.plan import Block, Plan

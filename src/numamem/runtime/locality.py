@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from numamem import _topology
-from numamem.arrays import owner as _owner, page_nodes as _page_nodes
+from numamem.inspect import owner as _owner, span_page_nodes as _page_nodes  # indexed by page offset
 
 __all__ = ["TrafficLedger", "bytes_by_node", "page_histogram"]
 
