@@ -52,7 +52,7 @@ cdef extern from "<pthread.h>" nogil:
 
 DEF DIR_BITS = 13
 DEF DIR_SIZE = 8192
-DEF ALL_GRANULES = 0xFFFFFFFF
+cdef unsigned int ALL_GRANULES = 0xFFFFFFFFU  # every granule of a chunk free
 
 cdef size_t BASE_PAGE = <size_t>sysconf(_SC_PAGESIZE)
 cdef size_t CLASS_SIZE[NUM_CLASSES]
@@ -419,11 +419,17 @@ cdef extern from *:
 
 
 cdef inline int _longest_run(unsigned int mask) noexcept nogil:
-    cdef int length = 0
+    # One step per run of free granules (not per granule): this runs on every run and slab change.
+    cdef int best = 0, ones
     while mask:
-        mask &= mask >> 1
-        length += 1
-    return length
+        mask >>= __builtin_ctz(mask)
+        if mask == ALL_GRANULES:
+            return 32 if best < 32 else best
+        ones = __builtin_ctz(~mask)
+        if ones > best:
+            best = ones
+        mask >>= ones
+    return best
 
 
 cdef inline int _find_run(unsigned int mask, int count) noexcept nogil:
