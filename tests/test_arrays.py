@@ -397,3 +397,28 @@ def test_large_arrays_are_staggered(node0):
     assert len(starts) > 1
     split = numamem.empty((512, 1024), np.float64, nodes=[node0, node0])
     assert split.ctypes.data == numamem.owner(split).address  # block splits start at their page
+
+
+def test_page_histogram_uses_no_sort(monkeypatch, node0, mapping_counter):
+    # NumPy's argsort (behind np.unique) returned wrong orders inside the QEMU-emulated guests, and
+    # the misplacement error reports its page counts on exactly those guests: count with bincount.
+    real = _kernel.page_status
+
+    def spilled(addresses, target_node=None):
+        status = real(addresses, target_node)
+        status[::2] = node0 + 1
+        return status
+
+    def no_sort(*args, **kwargs):
+        raise AssertionError("the page histogram must not sort")
+
+    monkeypatch.setattr(_kernel, "page_status", spilled)
+    for name in ("unique", "sort", "argsort"):
+        monkeypatch.setattr(np, name, no_sort)
+    with pytest.raises(NodeMemoryError, match="landed elsewhere") as info:
+        numamem.empty(64 * 4096, np.uint8, node=node0, pages="4k")
+    monkeypatch.undo()
+    assert f"{{{node0}: 32, {node0 + 1}: 32}}" in str(info.value)
+    assert mapping_counter() == (1, 1)
+    from numamem.inspect import histogram
+    assert histogram(np.array([3, -2, 0, 3, -14, 0, 0], np.int32)) == {-14: 1, -2: 1, 0: 3, 3: 2}

@@ -432,7 +432,7 @@ def test_small_arrays_come_from_the_nodes_pool(node0):
     before = _pool.get_pool(node0).stats()["in_use"]
     a = numamem.zeros(1000, np.float64, node=node0)
     owner = numamem.owner(a)
-    assert isinstance(owner, numamem.PoolAllocation) and owner.pool.node == node0
+    assert isinstance(owner, numamem.pools.PoolAllocation) and owner.pool.node == node0
     assert set(numamem.page_nodes(a).tolist()) == {node0}
     info = numamem.placement(a)
     assert info.bytes_per_node == {node0: a.nbytes} and info.policy == "bind"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import numamem
-from numamem import Region
+from numamem.inspect import PoolAllocation, Region
 
 
 # Small default arrays come from pools (tests/test_pools.py); pages="4k" or a size above the pool
@@ -17,7 +17,7 @@ from numamem import Region
 OWN = dict(pages="4k")
 
 
-@pytest.mark.parametrize("kw, owner_type", [(OWN, Region), ({}, numamem.PoolAllocation)])
+@pytest.mark.parametrize("kw, owner_type", [(OWN, Region), ({}, PoolAllocation)])
 def test_base_chain_ends_in_the_owner(node0, kw, owner_type):
     array = numamem.zeros((4, 4), node=node0, **kw)
     assert isinstance(array.base, memoryview)

@@ -5,6 +5,7 @@ import os
 import threading
 
 from numamem import _kernel, _topology
+from numamem._request import node_id
 
 __all__ = ["bind_thread", "ThreadBinding"]
 
@@ -18,22 +19,13 @@ class ThreadBinding:
     """
 
     def __init__(self, node, policy: str = "bind"):
-        if isinstance(node, bool) or not isinstance(node, int):
-            raise TypeError(f"node must be an int node id, not {node!r}")
+        node = node_id(node, "node")
         if policy not in THREAD_POLICIES:
             raise ValueError(f"policy must be one of {THREAD_POLICIES}, not {policy!r}")
         topo = _topology.topology(refresh=False)
-        info = topo.node(node)  # ValueError naming the node if it does not exist
-        if not info.has_cpus:
-            raise ValueError(f"node {node} has no CPUs to run a thread on (a memory-only node)")
-        if policy != "local" and not info.has_memory:
-            raise ValueError(f"node {node} has no memory; use policy='local' to bind CPUs only")
-        if policy != "local" and node not in topo.allowed_nodes:
-            raise ValueError(f"node {node} is not allowed by this process's cpuset "
-                             f"(Mems_allowed: {sorted(topo.allowed_nodes)})")
-        cpus = set(info.cpus) & set(topo.allowed_cpus)
-        if not cpus:
-            raise ValueError(f"none of node {node}'s CPUs {list(info.cpus)} is allowed by this process's cpuset")
+        cpus = topo.check_cpu_node(node, "node")
+        if policy != "local":
+            topo.check_memory_node(node, "node")
         self.node = node
         self.policy = policy
         self.cpus = frozenset(cpus)

@@ -46,7 +46,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from numamem import _topology
-from numamem.arrays import empty as _nm_empty, owner as _owner, page_nodes as _page_nodes
+from numamem.arrays import empty as _nm_empty
+from numamem.inspect import owner as _owner, page_nodes as _page_nodes
 from numamem.planner.graph import Graph
 from numamem.planner.plans import Plan
 from numamem.runtime import kernels as K
@@ -986,7 +987,7 @@ class Executor(_ExecutorBase):
     def memory(self) -> dict[str, int]:
         """Bytes reserved: arenas (and how much of them transparent huge pages back), per-worker
         scratch and per-node staging."""
-        from numamem.arrays import placement
+        from numamem.inspect import placement
 
         return {
             "arena_bytes": sum(a.size for a in self.arenas if a is not None),
