@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import numamem
-from numamem import Region, _kernel, _place
+from numamem import _kernel, _place
+from numamem._region import Region
 from numamem.errors import (
     HugePageError, NodeMemoryError, NumaUnavailableError, PolicyPermissionError, from_place_result,
 )

@@ -89,7 +89,7 @@ def page_nodes(array) -> np.ndarray:
         an address not mapped at all.
     """
     array = np.asarray(array)
-    if array.size == 0:
+    if array.size == 0 or array.itemsize == 0:  # no byte, hence no page (V0 has elements but no bytes)
         return np.empty(0, dtype=np.int32)
     region = owner(array)
     page = region.page_size if region is not None else _topology.topology(refresh=False).base_page_size
@@ -246,14 +246,20 @@ def migrate(array, node) -> np.ndarray:
     region = owner(array)
     if region is None:
         raise TypeError("migrate() moves numamem arrays; copy other arrays with numamem.asarray(a, node=...)")
-    if isinstance(region, PoolAllocation):
-        raise TypeError(
-            "this array is a block of a node pool, whose pages it shares with other arrays of that node; "
-            "copy it with numamem.asarray(a, node=...) or allocate it with populate/pages/align options "
-            "that give it a mapping of its own")
     node = node_id(node, "node")
     topo = _topology.topology(refresh=False)
     topo.check_memory_node(node, "node")
+    if isinstance(region, PoolAllocation):
+        # A pool block shares its pages with other blocks of its node: it cannot move alone. Where
+        # it already is on `node` there is nothing to do (a bind pool's chunks were verified there).
+        status = _kernel.page_status(page_addresses(region.address, region.address + max(region.nbytes, 1),
+                                                    region.page_size))
+        if region.pool.node == node and bool(np.all(status == node)):
+            return array
+        raise TypeError(
+            f"this array is a block of node {region.pool.node}'s pool, whose pages it shares with other arrays "
+            f"of that node: it cannot move alone. Copy it with numamem.asarray(a, node={node}), or allocate it "
+            "with populate/pages/align options that give it a mapping of its own")
     page = region.page_size
     hugetlb = page if page != topo.base_page_size else 0
     addresses = page_addresses(region.address, region.address + region.mapped_bytes, page)
