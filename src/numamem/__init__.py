@@ -15,6 +15,7 @@ from numamem.arrays import (
 from numamem.inspect import Placement, migrate, owner, page_nodes, placement
 from numamem.errors import (
     HugePageError, NodeMemoryError, NumaUnavailableError, PageSizeError, PlacementError,
+    PolicyPermissionError,
 )
 from numamem.planner import Graph, GraphBuilder, GraphError, Plan, PlanError, load_graph, plan
 from numamem.pools import on_node, pool_stats, release_pools
@@ -25,7 +26,7 @@ __all__ = [
     "__version__", "on_node", "pool_stats", "release_pools", "ArrayBlock", "Placement", "asarray", "blocks", "empty", "empty_like",
     "full", "full_like", "migrate", "ones", "ones_like", "owner", "page_nodes", "placement", "zeros",
     "zeros_like", "HugePageError", "NodeMemoryError", "NumaUnavailableError", "PageSizeError",
-    "PlacementError", "Graph", "GraphBuilder", "GraphError", "Plan", "PlanError", "load_graph", "plan",
+    "PlacementError", "PolicyPermissionError", "Graph", "GraphBuilder", "GraphError", "Plan", "PlanError", "load_graph", "plan",
     "ThreadBinding", "bind_thread", "HugePagePool", "Node", "Topology", "topology",
 ]
 

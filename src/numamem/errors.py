@@ -1,10 +1,12 @@
 """The one place where numamem's failures become Python exceptions.
 
 Low-level code never builds exception messages itself: it calls :func:`oserror` for a failed
-system call (errno -> the matching ``OSError`` subclass, e.g. ``PermissionError``), raises
-:class:`NodeMemoryError` / :class:`HugePageError` for capacity, :class:`PlacementError` when the
-kernel put pages somewhere else than asked, and ``ValueError``/``TypeError`` for bad arguments
-(those name the argument).
+system call (errno -> the matching ``OSError`` subclass, e.g. ``PermissionError``), and
+:func:`from_place_result` for a failed placement (the one routine in ``numamem._place``, used by
+regions and pools alike), which picks :class:`NodeMemoryError` / :class:`HugePageError` for
+capacity (with where the pages went), :class:`PolicyPermissionError` for a refused policy call, or
+the failing call's ``OSError``; :class:`PlacementError` when the kernel put pages somewhere else than
+asked by a move; and ``ValueError``/``TypeError`` for bad arguments (those name the argument).
 """
 from __future__ import annotations
 
