@@ -50,7 +50,6 @@ cdef struct Chunk:
     unsigned int free_mask    # bit g set: granule g is free
     int largest_free          # longest run of free granules
     size_t live_bytes
-    int idle                  # 1: on the pool's idle list (nothing live in it)
     signed char kind[GRANULES]        # class index, or KIND_*
     unsigned char run_len[GRANULES]   # granules in the run starting here
     Slab slab[GRANULES]
@@ -81,10 +80,9 @@ cdef struct NodePool:
     ChunkSource source
     FakeSourceState fake
     ClassState classes[NUM_CLASSES]
-    Chunk *chunks             # pooled chunks with something live
-    Chunk *idle               # pooled chunks with nothing live, most recently idle first
+    Chunk *chunks             # pooled chunks, newest first
     int chunk_count
-    int idle_count
+    int idle_count            # pooled chunks with nothing live
     Chunk *direct             # direct mappings
     int direct_count
     size_t in_use

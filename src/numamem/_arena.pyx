@@ -15,9 +15,10 @@ Layout (every page of a chunk belongs to one node and one policy: invariant 2):
   granules back to the mask, where they coalesce with free neighbours and serve any later run or
   slab: memory follows the live bytes, whatever the mix of sizes.
 * Larger requests get a **direct mapping** of their own, registered like a chunk, unmapped on free.
-* A chunk with nothing live goes on the pool's **idle** list; a pool keeps ``IDLE_CHUNKS_KEPT`` of
-  them (so a loop allocating and freeing does not map and unmap each time) and unmaps the rest at
-  once. When a chunk cannot be mapped, the pool unmaps its idle chunks and tries once more (as
+* A chunk with nothing live is **idle**; a pool keeps ``IDLE_CHUNKS_KEPT`` of them (so a loop
+  allocating and freeing does not map and unmap each time) and unmaps the rest at once. Idle chunks
+  stay on the pool's one chunk list (counted, not moved: a block cycling alone in a chunk makes it
+  idle at every free). When a chunk cannot be mapped, the pool unmaps its idle chunks and tries once more (as
   cupy's ``_try_malloc`` does).
 * A global two-level directory maps ``address >> 21`` to the chunk record, so ``free`` and
   ``realloc`` find size and pool from the pointer alone.
@@ -280,7 +281,6 @@ cdef void arena_destroy(NodePool *pool) noexcept nogil:
     ALL_POOLS[POOL_COUNT] = NULL
     pthread_mutex_unlock(&POOLS_LOCK)
     _free_chunk_list(pool, pool.chunks)
-    _free_chunk_list(pool, pool.idle)
     _free_chunk_list(pool, pool.direct)
     pthread_mutex_destroy(&pool.lock)
     c_free(pool)
@@ -356,7 +356,7 @@ cdef Chunk *_map_with_retry(NodePool *pool, size_t length, size_t request, Place
 
 
 cdef void _evict(NodePool *pool, Chunk *chunk) noexcept nogil:
-    """Unmap an idle chunk; caller holds the lock."""
+    """Unmap an idle chunk (nothing live in it); caller holds the lock."""
     cdef int g
     cdef signed char kind
     for g in range(GRANULES):
@@ -364,7 +364,7 @@ cdef void _evict(NodePool *pool, Chunk *chunk) noexcept nogil:
         # Only the slab a class is carving from can be left in a chunk with nothing live.
         if kind >= 0 and pool.classes[kind].current == &chunk.slab[g]:
             pool.classes[kind].current = NULL
-    _unlink(&pool.idle, chunk)
+    _unlink(&pool.chunks, chunk)
     pool.idle_count -= 1
     pool.chunk_count -= 1
     _register(chunk, False)
@@ -374,27 +374,25 @@ cdef void _evict(NodePool *pool, Chunk *chunk) noexcept nogil:
 
 
 cdef size_t _release_idle(NodePool *pool, int keep) noexcept nogil:
-    """Unmap idle chunks beyond the ``keep`` most recently idle; return the bytes released."""
-    cdef Chunk *chunk = pool.idle
+    """Unmap idle chunks beyond the ``keep`` nearest the head of the list (the newest); return the bytes."""
+    cdef Chunk *chunk = pool.chunks
     cdef Chunk *next
     cdef int seen = 0
     cdef size_t released = 0
-    while chunk != NULL:
+    while chunk != NULL and pool.idle_count > keep:
         next = chunk.next
-        seen += 1
-        if seen > keep:
-            released += chunk.length
-            _evict(pool, chunk)
+        if chunk.live_bytes == 0:
+            seen += 1
+            if seen > keep:
+                released += chunk.length
+                _evict(pool, chunk)
         chunk = next
     return released
 
 
 cdef inline void _add_live(NodePool *pool, Chunk *chunk, size_t nbytes) noexcept nogil:
-    if chunk.idle:
-        _unlink(&pool.idle, chunk)
+    if chunk.live_bytes == 0:
         pool.idle_count -= 1
-        chunk.idle = 0
-        _push(&pool.chunks, chunk)
     chunk.live_bytes += nbytes
     pool.in_use += nbytes
     pool.allocations += 1
@@ -405,9 +403,6 @@ cdef inline void _sub_live(NodePool *pool, Chunk *chunk, size_t nbytes) noexcept
     pool.in_use -= nbytes
     pool.allocations -= 1
     if chunk.live_bytes == 0:
-        _unlink(&pool.chunks, chunk)
-        chunk.idle = 1
-        _push(&pool.idle, chunk)
         pool.idle_count += 1
         if pool.idle_count > IDLE_CHUNKS_KEPT:
             _release_idle(pool, IDLE_CHUNKS_KEPT)
@@ -434,10 +429,13 @@ cdef inline int _longest_run(unsigned int mask) noexcept nogil:
 
 cdef inline int _find_run(unsigned int mask, int count) noexcept nogil:
     """Lowest granule starting ``count`` free granules in ``mask``, or -1."""
+    # After each step bit i of `fits` says granules i .. i + have - 1 are free; `have` doubles.
     cdef unsigned int fits = mask
-    cdef int i
-    for i in range(1, count):
-        fits &= mask >> i
+    cdef int have = 1, step
+    while have < count:
+        step = have if have < count - have else count - have
+        fits &= fits >> step
+        have += step
     return __builtin_ctz(fits) if fits else -1
 
 
@@ -445,11 +443,12 @@ cdef char *_take_granules(NodePool *pool, int count, signed char kind, PlaceResu
     """``count`` contiguous free granules, marked ``kind``; caller holds the lock.
 
     Best fit over the chunks in use (the one whose longest free run is shortest and still fits),
-    so partly used chunks fill up and the others drain; then an idle chunk; then a new one.
+    so partly used chunks fill up and the others drain (an idle chunk, all free, comes last);
+    then a new one.
     """
     cdef Chunk *chunk = pool.chunks
     cdef Chunk *best = NULL
-    cdef int first, i
+    cdef int first
     while chunk != NULL:
         if chunk.largest_free >= count and (best == NULL or chunk.largest_free < best.largest_free):
             best = chunk
@@ -457,38 +456,27 @@ cdef char *_take_granules(NodePool *pool, int count, signed char kind, PlaceResu
                 break
         chunk = chunk.next
     if best == NULL:
-        chunk = pool.idle
-        while chunk != NULL:
-            if chunk.largest_free >= count:
-                best = chunk
-                break
-            chunk = chunk.next
-    if best == NULL:
         best = _map_with_retry(pool, CHUNK_SIZE, 0, why)
         if best == NULL:
             return NULL
         pool.chunk_count += 1
         # Nothing is live in it yet: it is idle until the caller counts its first block.
-        best.idle = 1
-        _push(&pool.idle, best)
+        _push(&pool.chunks, best)
         pool.idle_count += 1
     first = _find_run(best.free_mask, count)
-    for i in range(first, first + count):
-        best.free_mask &= ~((<unsigned int>1) << i)
-        best.kind[i] = KIND_RUN_BODY if kind == KIND_RUN_HEAD else kind
-        best.run_len[i] = 0
+    best.free_mask &= ~(((<unsigned int>1 << count) - 1) << first)   # count <= RUN_MAX < 32
     best.kind[first] = kind
     best.run_len[first] = count
+    if count > 1:
+        memset(&best.kind[first + 1], KIND_RUN_BODY, count - 1)
     best.largest_free = _longest_run(best.free_mask)
     return best.base + (<size_t>first << GRANULE_SHIFT)
 
 
 cdef void _give_granules(Chunk *chunk, int first, int count) noexcept nogil:
-    cdef int i
-    for i in range(first, first + count):
-        chunk.kind[i] = KIND_FREE
-        chunk.run_len[i] = 0
-        chunk.free_mask |= (<unsigned int>1) << i
+    memset(&chunk.kind[first], <unsigned char>KIND_FREE, count)
+    chunk.run_len[first] = 0
+    chunk.free_mask |= ((<unsigned int>1 << count) - 1) << first
     chunk.largest_free = _longest_run(chunk.free_mask)
 
 
