@@ -1,10 +1,9 @@
 # The C allocator behind numamem's pools (see _arena.pyx): chunks, granules, size classes, the
 # address directory, chunk sources and fork safety. _pool.pyx puts Python and NumPy on top.
-from numamem._place cimport Faults, PlaceResult
+from numamem._chunksource cimport ChunkSource, FakeSourceState
+from numamem._place cimport PlaceResult
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_mutex_t:
-        pass
+from numamem._registry cimport MAX_POOLS, pthread_mutex_t
 
 cdef enum:
     CHUNK_SHIFT = 21
@@ -18,7 +17,6 @@ cdef enum:
     KIND_RUN_HEAD = -2
     KIND_RUN_BODY = -3
     IDLE_CHUNKS_KEPT = 4      # chunks with nothing live a pool keeps mapped (8 MiB); more are unmapped
-    MAX_POOLS = 1024
 
 # Answers of arena_check (why a pointer may not be freed through the public API).
 cdef enum:
@@ -56,18 +54,6 @@ cdef struct Chunk:
     Chunk *prev
     Chunk *next
 
-# Where chunks come from: a struct of function pointers, as NumPy's PyDataMemAllocator is.
-ctypedef struct ChunkSource:
-    void *ctx
-    char *(*map)(void *ctx, size_t length, int node, int mode, PlaceResult *out) noexcept nogil
-    void (*unmap)(void *ctx, char *base, size_t length) noexcept nogil
-
-# The fake source's state: heap memory placed by the real routine over faked system calls.
-cdef struct FakeSourceState:
-    long limit                # chunks (2 MiB each) it may have mapped at once; -1: no limit
-    long mapped_chunks
-    Faults faults
-
 cdef struct ClassState:
     Slab *current             # the slab blocks are carved from (may hold nothing live)
     Slab *partial             # other slabs with free blocks
@@ -76,7 +62,6 @@ cdef struct NodePool:
     pthread_mutex_t lock
     int node
     int mode                  # PLACE_STRICT or PLACE_PREFERRED (numamem._place)
-    int slot                  # index in the registry of pools (for fork safety)
     ChunkSource source
     FakeSourceState fake
     ClassState classes[NUM_CLASSES]

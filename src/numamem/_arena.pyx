@@ -20,13 +20,13 @@ Layout (every page of a chunk belongs to one node and one policy: invariant 2):
   stay on the pool's one chunk list (counted, not moved: a block cycling alone in a chunk makes it
   idle at every free). When a chunk cannot be mapped, the pool unmaps its idle chunks and tries once more (as
   cupy's ``_try_malloc`` does).
-* A global two-level directory maps ``address >> 21`` to the chunk record, so ``free`` and
-  ``realloc`` find size and pool from the pointer alone.
+* A process-wide directory (``numamem._registry``) maps ``address >> 21`` to the chunk record, so
+  ``free`` and ``realloc`` find size and pool from the pointer alone.
 
 Locks: one mutex per pool, held only around list, mask and slab updates and the chunk source's
 system calls, never while taking the GIL, so allocation from NumPy (GIL held) cannot deadlock with
-another thread. ``pthread_atfork`` takes every pool lock before ``fork()`` and releases them in
-both processes, so a child finds consistent pools. Lock order: the registry, a pool, the directory.
+another thread. The registry's ``pthread_atfork`` handlers take every pool lock before ``fork()``
+and release them in both processes, so a child finds consistent pools.
 """
 from libc.errno cimport ENOMEM
 from libc.stdint cimport uintptr_t
@@ -34,36 +34,21 @@ from libc.stdlib cimport calloc as c_calloc, free as c_free
 from libc.string cimport memcpy, memset
 from posix.unistd cimport _SC_PAGESIZE, sysconf
 
-from numamem._libnuma cimport MAP_ANONYMOUS, MAP_PRIVATE, munmap
-from numamem._place cimport (
-    POPULATED_TOUCH, STEP_MAP, PlaceOps, PlaceResult, fault_ops, kernel_ops, map_aligned,
-    place_on_node,
-)
-
-cdef extern from "<stdlib.h>" nogil:
-    int posix_memalign(void **memptr, size_t alignment, size_t size)
+from numamem._chunksource cimport fake_source_init, kernel_source
+from numamem._registry cimport directory_lookup, directory_set, registry_add, registry_remove
+from numamem._place cimport POPULATED_TOUCH, STEP_MAP, PlaceResult
 
 cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_init(pthread_mutex_t *mutex, void *attr)
     int pthread_mutex_destroy(pthread_mutex_t *mutex)
     int pthread_mutex_lock(pthread_mutex_t *mutex)
     int pthread_mutex_unlock(pthread_mutex_t *mutex)
-    int pthread_atfork(void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil,
-                       void (*child)() noexcept nogil)
 
-DEF DIR_BITS = 13
-DEF DIR_SIZE = 8192
 cdef unsigned int ALL_GRANULES = 0xFFFFFFFFU  # every granule of a chunk free
 
-cdef size_t BASE_PAGE = <size_t>sysconf(_SC_PAGESIZE)
+cdef size_t BASE_PAGE = <size_t>sysconf(_SC_PAGESIZE)   # direct mappings are rounded to pages
 cdef size_t CLASS_SIZE[NUM_CLASSES]
 cdef unsigned char CLASS_OF[1025]   # (size + 63) // 64 -> class index, for sizes up to 64 KiB
-
-cdef Chunk **DIRECTORY[DIR_SIZE]
-cdef pthread_mutex_t DIRECTORY_LOCK
-cdef NodePool *ALL_POOLS[MAX_POOLS]
-cdef int POOL_COUNT = 0
-cdef pthread_mutex_t POOLS_LOCK
 
 
 cdef void _init_classes() noexcept:
@@ -88,8 +73,6 @@ cdef void _init_classes() noexcept:
 
 
 _init_classes()
-pthread_mutex_init(&DIRECTORY_LOCK, NULL)
-pthread_mutex_init(&POOLS_LOCK, NULL)
 
 
 cdef size_t class_size(int cls) noexcept nogil:
@@ -101,31 +84,6 @@ def class_sizes():
     return [CLASS_SIZE[i] for i in range(NUM_CLASSES)]
 
 
-def pool_count():
-    """Pools registered in this process (each holds one of ``MAX_POOLS`` slots)."""
-    return POOL_COUNT
-
-
-# ---- fork safety ----------------------------------------------------------------------------
-cdef void _before_fork() noexcept nogil:
-    cdef int i
-    pthread_mutex_lock(&POOLS_LOCK)
-    for i in range(POOL_COUNT):
-        pthread_mutex_lock(&ALL_POOLS[i].lock)
-    pthread_mutex_lock(&DIRECTORY_LOCK)
-
-
-cdef void _after_fork() noexcept nogil:
-    cdef int i
-    pthread_mutex_unlock(&DIRECTORY_LOCK)
-    for i in range(POOL_COUNT):
-        pthread_mutex_unlock(&ALL_POOLS[i].lock)
-    pthread_mutex_unlock(&POOLS_LOCK)
-
-
-pthread_atfork(_before_fork, _after_fork, _after_fork)
-
-
 cdef void arena_lock(NodePool *pool) noexcept nogil:
     pthread_mutex_lock(&pool.lock)
 
@@ -134,91 +92,13 @@ cdef void arena_unlock(NodePool *pool) noexcept nogil:
     pthread_mutex_unlock(&pool.lock)
 
 
-# ---- directory: address -> chunk --------------------------------------------------------------
+# ---- directory: address -> chunk (numamem._registry) ------------------------------------------
 cdef inline Chunk *_lookup(void *ptr) noexcept nogil:
-    cdef uintptr_t index = (<uintptr_t>ptr) >> CHUNK_SHIFT
-    cdef Chunk **table
-    if (index >> (2 * DIR_BITS)) != 0:
-        return NULL
-    table = DIRECTORY[index >> DIR_BITS]
-    if table == NULL:
-        return NULL
-    return table[index & (DIR_SIZE - 1)]
+    return <Chunk *>directory_lookup(ptr)
 
 
-cdef int _register(Chunk *chunk, bint add) noexcept nogil:
-    # Every 2 MiB slot the chunk covers points at it, so interior pointers of direct mappings
-    # resolve too. Tables are created on demand and never freed (64 KiB each).
-    cdef uintptr_t first = (<uintptr_t>chunk.base) >> CHUNK_SHIFT
-    cdef uintptr_t last = ((<uintptr_t>chunk.base) + chunk.length - 1) >> CHUNK_SHIFT
-    cdef uintptr_t index
-    cdef Chunk **table
-    pthread_mutex_lock(&DIRECTORY_LOCK)
-    index = first
-    while index <= last:
-        if (index >> (2 * DIR_BITS)) != 0:
-            pthread_mutex_unlock(&DIRECTORY_LOCK)
-            return -1
-        table = DIRECTORY[index >> DIR_BITS]
-        if table == NULL:
-            if not add:
-                index += 1
-                continue
-            table = <Chunk **>c_calloc(DIR_SIZE, sizeof(Chunk *))
-            if table == NULL:
-                pthread_mutex_unlock(&DIRECTORY_LOCK)
-                return -1
-            DIRECTORY[index >> DIR_BITS] = table
-        table[index & (DIR_SIZE - 1)] = chunk if add else NULL
-        index += 1
-    pthread_mutex_unlock(&DIRECTORY_LOCK)
-    return 0
-
-
-# ---- chunk sources ---------------------------------------------------------------------------
-cdef char *_kernel_map(void *ctx, size_t length, int node, int mode, PlaceResult *out) noexcept nogil:
-    cdef int err = 0
-    cdef char *base = map_aligned(length, CHUNK_SIZE, MAP_PRIVATE | MAP_ANONYMOUS, BASE_PAGE, &err)
-    if base == NULL:
-        memset(out, 0, sizeof(PlaceResult))
-        out.step = STEP_MAP
-        out.err = err
-        return NULL
-    if place_on_node(base, length, node, mode, BASE_PAGE, kernel_ops(), out) != 0:
-        munmap(base, length)
-        return NULL
-    return base
-
-
-cdef void _kernel_unmap(void *ctx, char *base, size_t length) noexcept nogil:
-    munmap(base, length)
-
-
-cdef char *_fake_map(void *ctx, size_t length, int node, int mode, PlaceResult *out) noexcept nogil:
-    cdef FakeSourceState *fake = <FakeSourceState *>ctx
-    cdef long chunks = <long>((length + CHUNK_SIZE - 1) // CHUNK_SIZE)
-    cdef void *memory = NULL
-    cdef PlaceOps ops
-    if (fake.limit >= 0 and fake.mapped_chunks + chunks > fake.limit) or \
-            posix_memalign(&memory, CHUNK_SIZE, length) != 0:
-        memset(out, 0, sizeof(PlaceResult))
-        out.step = STEP_MAP
-        out.err = ENOMEM
-        return NULL
-    # Fresh chunks are zero, as anonymous mappings are.
-    memset(memory, 0, length)
-    fault_ops(&fake.faults, &ops)
-    if place_on_node(<char *>memory, length, node, mode, BASE_PAGE, &ops, out) != 0:
-        c_free(memory)
-        return NULL
-    fake.mapped_chunks += chunks
-    return <char *>memory
-
-
-cdef void _fake_unmap(void *ctx, char *base, size_t length) noexcept nogil:
-    cdef FakeSourceState *fake = <FakeSourceState *>ctx
-    fake.mapped_chunks -= <long>((length + CHUNK_SIZE - 1) // CHUNK_SIZE)
-    c_free(base)
+cdef inline int _register(Chunk *chunk, bint add) noexcept nogil:
+    return directory_set(chunk.base, chunk.length, chunk if add else NULL)
 
 
 # ---- pools -----------------------------------------------------------------------------------
@@ -227,7 +107,6 @@ cdef NodePool *arena_create(int node, int mode, FakeSourceState *fake) noexcept 
 
     Returns NULL when ``MAX_POOLS`` pools exist or memory is short.
     """
-    global POOL_COUNT
     cdef NodePool *pool = <NodePool *>c_calloc(1, sizeof(NodePool))
     if pool == NULL:
         return NULL
@@ -236,26 +115,13 @@ cdef NodePool *arena_create(int node, int mode, FakeSourceState *fake) noexcept 
     pool.mode = mode
     if fake != NULL:
         pool.fake = fake[0]
-        pool.fake.mapped_chunks = 0
-        pool.fake.faults.kernel = 0
-        pool.fake.faults.node = node
-        pool.source.ctx = &pool.fake
-        pool.source.map = _fake_map
-        pool.source.unmap = _fake_unmap
+        fake_source_init(&pool.source, &pool.fake, node)
     else:
-        pool.source.ctx = NULL
-        pool.source.map = _kernel_map
-        pool.source.unmap = _kernel_unmap
-    pthread_mutex_lock(&POOLS_LOCK)
-    if POOL_COUNT >= MAX_POOLS:
-        pthread_mutex_unlock(&POOLS_LOCK)
+        kernel_source(&pool.source)
+    if registry_add(&pool.lock) != 0:
         pthread_mutex_destroy(&pool.lock)
         c_free(pool)
         return NULL
-    pool.slot = POOL_COUNT
-    ALL_POOLS[POOL_COUNT] = pool
-    POOL_COUNT += 1
-    pthread_mutex_unlock(&POOLS_LOCK)
     return pool
 
 
@@ -271,15 +137,7 @@ cdef void _free_chunk_list(NodePool *pool, Chunk *chunk) noexcept nogil:
 
 cdef void arena_destroy(NodePool *pool) noexcept nogil:
     """Unregister ``pool`` and unmap all its memory (nothing may use it any more)."""
-    global POOL_COUNT
-    cdef NodePool *moved
-    pthread_mutex_lock(&POOLS_LOCK)
-    POOL_COUNT -= 1
-    moved = ALL_POOLS[POOL_COUNT]
-    ALL_POOLS[pool.slot] = moved
-    moved.slot = pool.slot
-    ALL_POOLS[POOL_COUNT] = NULL
-    pthread_mutex_unlock(&POOLS_LOCK)
+    registry_remove(&pool.lock)
     _free_chunk_list(pool, pool.chunks)
     _free_chunk_list(pool, pool.direct)
     pthread_mutex_destroy(&pool.lock)

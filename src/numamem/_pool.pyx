@@ -8,6 +8,7 @@ every array NumPy allocated through the handler hold that capsule, so a discarde
 fake pool, a pool made directly) frees its chunks and its registry slot once the last of them is
 gone, while pools shared through :func:`get_pool` live as long as the process.
 """
+cimport cython
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from libc.errno cimport ENOMEM
 from libc.stdint cimport uint8_t, uintptr_t
@@ -16,11 +17,13 @@ from libc.string cimport memset, strncpy
 
 from numamem._arena cimport (
     CHECK_FOREIGN, CHECK_INTERIOR, CHECK_NOT_LIVE, CHECK_OK, CHECK_OTHER_POOL, CHUNK_SIZE, GRANULE,
-    MAX_POOLS, RUN_MAX, Chunk, FakeSourceState, NodePool, arena_alloc, arena_check, arena_create,
+    MAX_POOLS, RUN_MAX, Chunk, NodePool, arena_alloc, arena_check, arena_create,
     arena_destroy, arena_free, arena_free_checked, arena_lock, arena_realloc, arena_release,
     arena_unlock, arena_usable_size,
 )
-from numamem._arena import class_sizes, pool_count
+from numamem._arena import class_sizes
+from numamem._registry import pool_count
+from numamem._chunksource cimport FakeSourceState
 from numamem._ndarray cimport BufferOwner
 from numamem._place cimport PLACE_PREFERRED, PLACE_STRICT, STEP_MAP, PlaceResult, result_object
 from numamem._place import STEPS
@@ -395,6 +398,9 @@ def pools():
     return dict(_POOLS)
 
 
+# The block must go back while its pool is certainly alive: the garbage collector must not clear
+# `pool` (possibly the last reference to a discarded pool) before __dealloc__ frees the block.
+@cython.no_gc_clear
 cdef class PoolAllocation(BufferOwner):
     """The owner of a block carved from a :class:`Pool` (the root of an array's ``.base`` chain).
 
