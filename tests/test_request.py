@@ -28,6 +28,7 @@ def test_refusals_do_not_depend_on_earlier_calls(node0, warm, changes, error, na
     # The memo once keyed on values only: after empty(10, node=0), node=False (== 0, same hash)
     # was a cache hit and passed; the same for align=64.0 / True after align=64.
     _request._REQUEST_CACHE.clear()
+    _request._SIMPLE_CACHE.clear()
     kw = {"node": node0, "align": 64, "populate": True, "pages": "auto"}
     if warm:
         numamem.empty(10, **kw)

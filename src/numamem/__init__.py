@@ -19,15 +19,16 @@ from numamem.errors import (
 )
 from numamem.planner import Graph, GraphBuilder, GraphError, Plan, PlanError, load_graph, plan
 from numamem.pools import on_node, pool_stats, release_pools
-from numamem.threads import ThreadBinding, bind_thread
+from numamem.threads import ProcessBinding, ThreadBinding, bind_process, bind_thread
 from numamem._topology import HugePagePool, Node, Topology, topology
 
 __all__ = [
     "__version__", "on_node", "pool_stats", "release_pools", "ArrayBlock", "Placement", "asarray", "blocks", "empty", "empty_like",
     "full", "full_like", "migrate", "ones", "ones_like", "owner", "page_nodes", "placement", "zeros",
     "zeros_like", "HugePageError", "NodeMemoryError", "NumaUnavailableError", "PageSizeError",
-    "PlacementError", "PolicyPermissionError", "Graph", "GraphBuilder", "GraphError", "Plan", "PlanError", "load_graph", "plan",
-    "ThreadBinding", "bind_thread", "HugePagePool", "Node", "Topology", "topology",
+    "PlacementError", "PolicyPermissionError", "Graph", "GraphBuilder", "GraphError", "Plan", "PlanError",
+    "load_graph", "plan", "ThreadBinding", "bind_thread", "ProcessBinding", "bind_process", "HugePagePool", "Node",
+    "Topology", "topology",
 ]
 
 from numamem import models  # noqa: E402  (built-in layer graphs: numamem.models.get)

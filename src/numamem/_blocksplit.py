@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numamem._request import Request
-from numamem.inspect import owner
+from numamem._pool import Pool
+from numamem.inspect import owner, request_of
 
 __all__ = ["BlockSpan", "split_blocks", "ArrayBlock", "blocks"]
 
@@ -83,18 +83,23 @@ def blocks(array) -> list[ArrayBlock]:
     Parameters
     ----------
     array : numpy.ndarray
-        An array as returned by a numamem creator (not a view of one: block bounds are stated
-        in the created array's indices).
+        An array as returned by a numamem creator, or made by NumPy inside
+        :func:`numamem.on_node` (not a view of one: block bounds are stated in the created
+        array's indices).
     """
-    region = owner(array)
-    if region is None:
-        raise TypeError("blocks() describes numamem arrays; this array's memory is not numamem's")
-    info = region.info
+    own = owner(array)
+    req = request_of(own)
+    if req is None:
+        raise TypeError("blocks() describes arrays numamem placed; this array's memory is "
+                        f"{'not numamem' if own is None else 'a ' + type(own).__name__ + ' no creator placed'}")
     array = np.asarray(array)
-    if array.shape != info["shape"] or array.ctypes.data != region.address + info.get("offset", 0):
+    if isinstance(own, Pool):
+        created = array.base is None
+    else:
+        created = array.shape == own.info["shape"] and array.ctypes.data == own.address + own.info.get("offset", 0)
+    if not created:
         raise ValueError("blocks() takes the array numamem created, not a view of it")
-    req: Request = info["request"]
-    spans = info.get("blocks") or ()
+    spans = () if isinstance(own, Pool) else own.info.get("blocks") or ()
     if not spans:
         extent = array.shape[0] if array.ndim else 1
         node = req.node if req.node is not None else -1

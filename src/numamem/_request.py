@@ -156,6 +156,7 @@ class Request:
 
 
 _REQUEST_CACHE: dict = {}
+_SIMPLE_CACHE: dict = {}
 
 
 def request(node, nodes, axis, policy, align, pages, populate) -> Request:
@@ -167,6 +168,19 @@ def request(node, nodes, axis, policy, align, pages, populate) -> Request:
     reaches validation whole.
     """
     topo = _topology.topology(refresh=False)
+    if (nodes is None and axis is None and populate is None and type(node) is int and type(align) is int
+            and type(pages) is str and type(policy) is str):
+        # The common call (empty(n, node=k)): every argument of an exact builtin type, so the
+        # values alone are an unambiguous key. Worth its own path on the creators' hot path.
+        key = (node, align, pages, policy)
+        cached = _SIMPLE_CACHE.get(key)
+        if cached is not None and cached[0] is topo:
+            return cached[1]
+        req = validate_request(node, nodes, axis, policy, align, pages, populate)
+        if len(_SIMPLE_CACHE) > 256:
+            _SIMPLE_CACHE.clear()
+        _SIMPLE_CACHE[key] = (topo, req)
+        return req
     if nodes is not None and not isinstance(nodes, (tuple, int, np.integer)):
         try:
             nodes = tuple(nodes)

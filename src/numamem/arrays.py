@@ -17,7 +17,7 @@ import numpy as np
 
 from numamem._placement import allocate
 from numamem._request import DEFAULT_ALIGN, Request, check_dtype, check_order, check_shape, request
-from numamem.inspect import owner
+from numamem.inspect import owner, request_of
 
 __all__ = [
     "empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like", "full_like", "asarray",
@@ -126,15 +126,29 @@ def _like(prototype, dtype, order, shape, placement_kw):
     shape = prototype.shape if shape is None else shape
     if not any(key in placement_kw for key in ("node", "nodes", "policy")):
         # Without placement keywords, a numamem prototype lends its own placement.
-        region = owner(prototype)
-        if region is None:
-            raise ValueError(f"{type(prototype).__name__} is not numamem memory: give node= (or nodes=/policy=)")
-        req: Request = region.info["request"]
-        placement_kw = dict(node=req.node, nodes=req.nodes or None, policy=req.policy, pages=req.pages,
-                            align=req.align, populate=req.populate, **placement_kw)
+        own = owner(prototype)
+        req = request_of(own)
+        if req is None:
+            what = "not numamem memory" if own is None else f"a {type(own).__name__} no numamem creator placed"
+            raise ValueError(f"{type(prototype).__name__} is {what}: give node= (or nodes=/policy=)")
+        lent = dict(node=req.node, nodes=req.nodes or None, policy=req.policy, pages=req.pages,
+                    align=req.align, populate=req.populate)
         if req.axis is not None and req.nodes:
-            placement_kw["axis"] = req.axis
+            lent["axis"] = _lent_axis(own, req, check_shape(shape), order)
+        placement_kw = {**lent, **placement_kw}
     return shape, dtype, order, placement_kw
+
+
+def _lent_axis(own, req: Request, shape: tuple[int, ...], order: str) -> int:
+    """The split axis a block-split prototype lends to a new array of ``shape`` and ``order``.
+
+    Its own axis while the geometry is the created array's; for any other shape or layout (a
+    transpose, a reshape, ``shape=``) the outermost axis of the new layout, the one axis along
+    which blocks are always contiguous, rather than an axis the caller never gave.
+    """
+    if shape == own.info.get("shape") and order == own.info.get("order"):
+        return req.axis
+    return 0 if order == "C" else len(shape) - 1
 
 
 def empty_like(prototype, dtype=None, order="K", *, shape=None, **placement_kw) -> np.ndarray:

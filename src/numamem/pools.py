@@ -46,6 +46,14 @@ def on_node(node: int, policy: str = "bind"):
     Pool
         The node's pool (for its ``stats()``).
 
+    Notes
+    -----
+    The scope lives in a context variable, so it follows the code's context, not the block's
+    text: a generator (or coroutine) suspended inside ``with on_node(k):`` hands control back
+    with the scope still installed, and its caller allocates on ``k`` until the generator resumes
+    and leaves the block. Enter the scope inside each step when a generator must not lend it.
+    Arrays allocated inside are numamem arrays: ``numamem.owner(a)`` is the pool.
+
     Examples
     --------
     >>> import numpy as np, numamem

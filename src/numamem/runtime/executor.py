@@ -47,7 +47,7 @@ import numpy as np
 
 from numamem import _topology
 from numamem.arrays import empty as _nm_empty
-from numamem.inspect import owner as _owner, page_nodes as _page_nodes
+from numamem.inspect import owner as _owner, span_page_nodes as _page_nodes  # indexed by page offset
 from numamem.planner.graph import Graph
 from numamem.planner.plans import Plan
 from numamem.runtime import kernels as K
