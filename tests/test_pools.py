@@ -302,6 +302,16 @@ def test_fake_source_arguments_are_checked():
         _pool.Pool(0, "bind", "kernel", fake_chunk_limit=3)
 
 
+def test_kernel_pool_checks_a_large_mapping_against_the_nodes_free_memory(node0, topo):
+    pool = _pool.get_pool(node0)
+    mapped = pool.stats()["mapped"]
+    too_big = topo.node(node0).mem_total + 2**30
+    with pytest.raises(NodeMemoryError, match="checked before mapping") as info:
+        pool.malloc(too_big)
+    assert info.value.node == node0 and info.value.free is not None and info.value.pages is None
+    assert pool.stats()["mapped"] == mapped
+
+
 # ---- the public free is checked -------------------------------------------------------------
 def test_free_refuses_double_interior_and_foreign_addresses():
     pool, other = fake_pool(), fake_pool()

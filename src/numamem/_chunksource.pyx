@@ -18,7 +18,10 @@ from libc.string cimport memset
 from posix.unistd cimport _SC_PAGESIZE, sysconf
 
 from numamem._libnuma cimport MAP_ANONYMOUS, MAP_PRIVATE, munmap
-from numamem._place cimport STEP_MAP, PlaceOps, PlaceResult, fault_ops, kernel_ops, map_aligned, place_on_node
+from numamem._place cimport (
+    PLACE_STRICT, STEP_MAP, PlaceOps, PlaceResult, check_capacity, fault_ops, kernel_ops, map_aligned,
+    place_on_node,
+)
 
 cdef extern from "<stdlib.h>" nogil:
     int posix_memalign(void **memptr, size_t alignment, size_t size)
@@ -29,7 +32,12 @@ cdef size_t CHUNK_SIZE = 2097152
 
 cdef char *_kernel_map(void *ctx, size_t length, int node, int mode, PlaceResult *out) noexcept nogil:
     cdef int err = 0
-    cdef char *base = map_aligned(length, CHUNK_SIZE, MAP_PRIVATE | MAP_ANONYMOUS, BASE_PAGE, &err)
+    cdef char *base
+    # A large strict mapping is refused before anything is mapped when the node lacks the memory,
+    # as numamem.empty's are (the same threshold).
+    if mode == PLACE_STRICT and check_capacity(length, node, out) != 0:
+        return NULL
+    base = map_aligned(length, CHUNK_SIZE, MAP_PRIVATE | MAP_ANONYMOUS, BASE_PAGE, &err)
     if base == NULL:
         memset(out, 0, sizeof(PlaceResult))
         out.step = STEP_MAP

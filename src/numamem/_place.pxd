@@ -9,6 +9,7 @@ cdef enum:
     STEP_VERIFY = 4       # move_pages itself failed (never a capacity problem)
     STEP_BIND = 5         # mbind(MPOL_BIND[, MPOL_MF_STRICT]) or the lazy policy's mbind failed
     STEP_MISPLACED = 6    # pages were found off the node (by move_pages or by the strict walk's EIO)
+    STEP_CAPACITY = 7     # the node's free memory was short before anything was mapped
 
 # What to do (the `mode` argument of place_on_node).
 cdef enum:
@@ -27,6 +28,10 @@ cdef enum:
 cdef enum:
     MASK_WORDS_MAX = 16
     HIST_SLOTS = 16
+    # Strict requests from this size up are compared with the node's free memory before mapping:
+    # below it reading meminfo costs more than placing, and safety does not depend on the check
+    # (populate under `preferred` then verify turns a full node into an error, never an OOM kill).
+    CAPACITY_CHECK_BYTES = 4194304
 
 ctypedef struct PlaceResult:
     int step              # STEP_*: where it stopped
@@ -58,6 +63,7 @@ ctypedef struct Faults:
     int misplace_last     # 1: the last page of each move_pages query is reported off the node
     int node              # the node the fake reports for pages it does not misplace
 
+cdef int check_capacity(size_t length, int node, PlaceResult *out) noexcept nogil
 cdef int mask_words() noexcept nogil
 cdef int node_mask(int node, unsigned long *mask, unsigned long *maxnode) noexcept nogil
 cdef const PlaceOps *kernel_ops() noexcept nogil

@@ -4,6 +4,7 @@ STEP_NAMES: dict[int, str]
 STEPS: dict[str, int]
 MODES: dict[str, int]
 POPULATED: dict[int, str | None]
+CAPACITY_CHECK: int
 
 class PlaceOutcome:
     step: str

@@ -24,7 +24,7 @@ in first-seen order: no sort, whose result the emulated guests have got wrong). 
 The three calls go through a :c:type:`PlaceOps` table: the kernel's, or a fault-injecting one
 (:class:`Faults`) so that every failure branch runs in tests on a one-node machine.
 """
-from libc.errno cimport EINVAL, EIO, errno
+from libc.errno cimport EINVAL, EIO, ENOMEM, errno
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free as c_free
 from libc.string cimport memset
@@ -33,7 +33,7 @@ from posix.unistd cimport _SC_PAGESIZE, sysconf
 from numamem._libnuma cimport (
     MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, MPOL_BIND, MPOL_MF_STRICT,
     MPOL_PREFERRED, PROT_READ, PROT_WRITE, madvise, mbind, mmap, move_pages, munmap,
-    nm_set_errno, numa_max_possible_node,
+    nm_set_errno, numa_max_possible_node, numa_node_size64,
 )
 
 cdef size_t BASE_PAGE = <size_t>sysconf(_SC_PAGESIZE)
@@ -46,12 +46,32 @@ DEF QUERY_BATCH = 512
 
 STEP_NAMES = {
     STEP_NONE: "none", STEP_MAP: "map", STEP_PREFER: "prefer", STEP_POPULATE: "populate",
-    STEP_VERIFY: "verify", STEP_BIND: "bind", STEP_MISPLACED: "misplaced",
+    STEP_VERIFY: "verify", STEP_BIND: "bind", STEP_MISPLACED: "misplaced", STEP_CAPACITY: "capacity",
 }
+CAPACITY_CHECK = CAPACITY_CHECK_BYTES
 STEPS = {name: step for step, name in STEP_NAMES.items()}
 MODES = {"strict": PLACE_STRICT, "preferred": PLACE_PREFERRED, "bind-lazy": PLACE_BIND_LAZY,
          "preferred-lazy": PLACE_PREFERRED_LAZY}
 POPULATED = {POPULATED_NONE: None, POPULATED_MADVISE: "madvise", POPULATED_TOUCH: "touch"}
+
+
+# ---- capacity ----------------------------------------------------------------------------------
+cdef int check_capacity(size_t length, int node, PlaceResult *out) noexcept nogil:
+    """0 if ``node`` has ``length`` bytes free (or the check does not apply), else -1 (STEP_CAPACITY).
+
+    Applies from ``CAPACITY_CHECK_BYTES`` up; reads the node's ``MemFree`` (libnuma, from sysfs).
+    """
+    cdef long long free_bytes = -1
+    if length < CAPACITY_CHECK_BYTES:
+        return 0
+    if numa_node_size64(node, &free_bytes) < 0 or free_bytes < 0:
+        return 0  # unknown: populate under `preferred` and the verification still guard
+    if <unsigned long long>length <= <unsigned long long>free_bytes:
+        return 0
+    memset(out, 0, sizeof(PlaceResult))
+    out.step = STEP_CAPACITY
+    out.err = ENOMEM
+    return -1
 
 
 # ---- node masks ------------------------------------------------------------------------------

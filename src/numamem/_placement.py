@@ -23,7 +23,7 @@ import itertools
 
 import numpy as np
 
-from numamem import _kernel, _topology
+from numamem import _kernel, _place, _topology
 from numamem._blocksplit import BlockSpan, split_blocks
 from numamem._region import Region
 from numamem._request import HUGETLB_SIZES, POOL_ALIGN, POOL_MAX_BYTES, Request, nbytes_of, resolve_align
@@ -38,7 +38,8 @@ _stagger_slots = itertools.count()
 # the node's meminfo costs more than placing a small array, and safety does not depend on the
 # check (pages are populated under MPOL_PREFERRED and verified, so a full node is an exception,
 # never an OOM kill). Above it the check fails fast instead of spilling, then unmapping, a lot.
-CAPACITY_CHECK_BYTES = 4 * 2**20
+# One threshold for arrays and the pools' chunk source (numamem._place).
+CAPACITY_CHECK_BYTES = _place.CAPACITY_CHECK
 
 
 def check_capacity(req: Request, spans, page_size: int, hugetlb: int) -> None:

@@ -176,6 +176,7 @@ _STEP_CALLS = {
     "verify": "move_pages",
     "bind": "mbind(MPOL_BIND, MPOL_MF_STRICT)",
     "misplaced": "mbind(MPOL_BIND, MPOL_MF_STRICT)",
+    "capacity": "the capacity check",
 }
 # Errnos of a populate that mean "no memory there": ENOMEM (base pages), EFAULT (hugetlb pool
 # empty), EAGAIN (memory could not be reclaimed in time), EHWPOISON-free kernels report EFAULT.
@@ -229,6 +230,8 @@ def from_place_result(result, node, requested, page_size, hugetlb=False, free=No
             return HugePageError(node, requested, available, page_size, detail + suffix, pages)
         return NodeMemoryError(node, requested, available, detail + suffix, pages)
 
+    if step == "capacity":
+        return shortage("checked before mapping")
     if step == "misplaced":
         found = dict(result.histogram)
         return shortage(f"{result.misplaced} page(s) landed elsewhere: {_histogram_text(found)}")

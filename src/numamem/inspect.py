@@ -393,10 +393,16 @@ def migrate(array, node) -> np.ndarray:
     numpy.ndarray
         ``array`` itself (its memory moved in place).
 
+    A pooled array (a small array of the creators, or one NumPy allocated inside
+    :func:`numamem.on_node`) shares its pages with other arrays of its node: it is returned as it is
+    when it is already on ``node``, and cannot move alone otherwise. ``numamem.asarray(a, node=k)``
+    is the way to have any array's data on node ``k`` (a copy).
+
     Raises
     ------
     TypeError
-        If ``array`` is not numamem memory (copy it with :func:`asarray` instead).
+        If ``array`` is not numamem memory, or a pooled array on another node (copy it with
+        :func:`asarray` instead).
     NodeMemoryError
         If ``node`` lacks the free memory.
     PlacementError
