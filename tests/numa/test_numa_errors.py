@@ -145,26 +145,26 @@ def test_preferred_beyond_the_small_node_spills_without_error(expected):
     assert problem is None, problem
 
 
-def test_pool_chunk_beyond_the_small_node_reports_where_the_pages_went(expected):
-    """The pool's kernel source runs the one placement routine: a direct mapping larger than the
-    node spills under `preferred` while populating, move_pages sees it, and the error says where the
-    pages went; the process lives and the pool still serves the node."""
+def test_pool_block_beyond_the_small_node_is_refused_before_mapping(expected):
+    """The pool's kernel source checks a large strict mapping against the node's free memory, as
+    numamem.empty does: a NodeMemoryError naming the node, nothing kept mapped, and the process and
+    the pool go on serving the node."""
     node = expected["roles"]["small"]
 
     def child():
         free = kc.sysfs_meminfo(node)["MemFree"]
         want = free + 64 * MiB
         pool = numamem.pools.get_pool(node)
+        mapped = pool.stats()["mapped"]
         try:
             pool.malloc(want)
         except numamem.NodeMemoryError as exc:
-            elsewhere = {k: v for k, v in (exc.pages or {}).items() if k != node}
-            if exc.node != node or not elsewhere or "landed elsewhere" not in str(exc):
-                return f"error without where the pages went: node={exc.node} pages={exc.pages}: {exc}"
+            if exc.node != node or exc.free is None or "checked before mapping" not in str(exc):
+                return f"bad error: node={exc.node} free={exc.free}: {exc}"
         else:
             return f"a {want}-byte pool block on node {node} ({free} free) did not raise"
-        if pool.stats()["direct"] != 0:
-            return f"the failed mapping was kept: {pool.stats()}"
+        if pool.stats()["mapped"] != mapped:
+            return f"the refused block left memory mapped: {pool.stats()}"
         with numamem.on_node(node):
             small = np.ones(100_000)
         hist = kc.histogram(kc.nodes_of(small))
