@@ -337,6 +337,17 @@ def test_free_refuses_double_interior_and_foreign_addresses():
     assert a != b
 
 
+def test_a_block_freed_twice_by_any_path_is_freed_once():
+    pool = fake_pool()
+    block = pool.allocation(100)
+    pool.free(block.address)  # wrongly, through the public API, while its owner lives
+    block.close()  # the owner's own free finds the block free already: refused, nothing changes
+    stats = pool.stats()
+    assert stats["in_use"] == 0 and stats["allocations"] == 0  # no wrap to 2**64
+    a, b = pool.malloc(100), pool.malloc(100)
+    assert a != b
+
+
 def test_realloc_and_usable_size_refuse_bad_addresses():
     pool = fake_pool()
     buffer = ctypes.create_string_buffer(128)

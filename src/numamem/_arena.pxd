@@ -39,6 +39,9 @@ cdef struct Slab:
     int listed
     int index                 # granule index in the chunk
     void *chunk
+    # Bit (offset >> 6) set: the block at that offset is on the free list, so any free of it is a
+    # double free, refused in O(1) on every path.
+    unsigned long long freed[16]
 
 cdef struct Chunk:
     char *base

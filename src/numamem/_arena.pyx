@@ -383,6 +383,7 @@ cdef void *_class_alloc(NodePool *pool, int cls, PlaceResult *why) noexcept nogi
             slab = &_lookup(memory).slab[((<uintptr_t>memory) >> GRANULE_SHIFT) & (GRANULES - 1)]
             slab.free = NULL
             slab.bump = 0
+            memset(slab.freed, 0, sizeof(slab.freed))
             slab.live = 0
             slab.listed = 0
         state.current = slab
@@ -390,6 +391,7 @@ cdef void *_class_alloc(NodePool *pool, int cls, PlaceResult *why) noexcept nogi
     if block != NULL:
         slab.free = block.next
         memory = <char *>block
+        _mark_freed(slab, memory, False)
     else:
         memory = _slab_base(slab) + slab.bump
         slab.bump += size
@@ -398,11 +400,32 @@ cdef void *_class_alloc(NodePool *pool, int cls, PlaceResult *why) noexcept nogi
     return memory
 
 
-cdef void _class_free(NodePool *pool, Chunk *chunk, int granule, void *ptr) noexcept nogil:
+cdef inline unsigned int _block_bit(Slab *slab, void *ptr) noexcept nogil:
+    return <unsigned int>(((<uintptr_t>ptr) & (GRANULE - 1)) >> 6)
+
+
+cdef inline bint _is_freed(Slab *slab, void *ptr) noexcept nogil:
+    cdef unsigned int bit = _block_bit(slab, ptr)
+    return (slab.freed[bit >> 6] >> (bit & 63)) & 1
+
+
+cdef inline void _mark_freed(Slab *slab, void *ptr, bint freed) noexcept nogil:
+    cdef unsigned int bit = _block_bit(slab, ptr)
+    if freed:
+        slab.freed[bit >> 6] |= (<unsigned long long>1) << (bit & 63)
+    else:
+        slab.freed[bit >> 6] &= ~((<unsigned long long>1) << (bit & 63))
+
+
+cdef int _class_free(NodePool *pool, Chunk *chunk, int granule, void *ptr) noexcept nogil:
+    """Free a block of a size class; -1 (nothing changed) if it is already free."""
     cdef Slab *slab = &chunk.slab[granule]
     cdef signed char kind = chunk.kind[granule]
     cdef ClassState *state = &pool.classes[kind]
     cdef FreeBlock *block = <FreeBlock *>ptr
+    if _is_freed(slab, ptr):
+        return -1
+    _mark_freed(slab, ptr, True)
     block.next = slab.free
     slab.free = block
     slab.live -= 1
@@ -415,6 +438,7 @@ cdef void _class_free(NodePool *pool, Chunk *chunk, int granule, void *ptr) noex
         elif not slab.listed:
             _slab_list(state, slab)
     _sub_live(pool, chunk, CLASS_SIZE[kind])
+    return 0
 
 
 # ---- allocation ------------------------------------------------------------------------------
@@ -502,7 +526,9 @@ cdef int _free_locked(NodePool *pool, Chunk *chunk, void *ptr) noexcept nogil:
     granule = <int>(((<char *>ptr) - chunk.base) >> GRANULE_SHIFT)
     kind = chunk.kind[granule]
     if kind >= 0:
-        _class_free(pool, chunk, granule, ptr)
+        if _class_free(pool, chunk, granule, ptr) != 0:
+            pthread_mutex_unlock(&pool.lock)
+            return -1
     elif kind == KIND_RUN_HEAD and (<char *>ptr) == chunk.base + (<size_t>granule << GRANULE_SHIFT):
         granule_count = chunk.run_len[granule]
         _give_granules(chunk, granule, granule_count)
@@ -533,7 +559,6 @@ cdef int _check_locked(NodePool *pool, Chunk *chunk, void *ptr) noexcept nogil:
     cdef signed char kind
     cdef size_t offset
     cdef Slab *slab
-    cdef FreeBlock *block
     if <NodePool *>chunk.pool != pool:
         return CHECK_OTHER_POOL
     if chunk.request:
@@ -550,13 +575,8 @@ cdef int _check_locked(NodePool *pool, Chunk *chunk, void *ptr) noexcept nogil:
     if offset % CLASS_SIZE[kind] != 0:
         return CHECK_INTERIOR
     slab = &chunk.slab[granule]
-    if offset >= slab.bump:
+    if offset >= slab.bump or _is_freed(slab, ptr):
         return CHECK_NOT_LIVE
-    block = slab.free
-    while block != NULL:     # at most GRANULE / 64 = 1024 blocks
-        if <void *>block == ptr:
-            return CHECK_NOT_LIVE
-        block = block.next
     return CHECK_OK
 
 

@@ -283,8 +283,10 @@ cdef class Pool:
         """Return the block at ``address`` (from this pool's :meth:`malloc`) to the pool.
 
         Checked: a double free, an address inside a block, another pool's block or memory no
-        pool allocated raise ``ValueError`` and change nothing. Do not free the block of a
-        :class:`PoolAllocation` (its ``close()`` does).
+        pool allocated raise ``ValueError`` and change nothing. The block of a
+        :class:`PoolAllocation` is its owner's to free (``close()``); freed here as well, the
+        owner's later free of a small block is refused without harm, but the bytes may have been
+        handed out again meanwhile.
         """
         cdef int answer
         with nogil:
