@@ -309,7 +309,8 @@ def test_kernel_pool_checks_a_large_mapping_against_the_nodes_free_memory(node0,
     with pytest.raises(NodeMemoryError, match="checked before mapping") as info:
         pool.malloc(too_big)
     assert info.value.node == node0 and info.value.free is not None and info.value.pages is None
-    assert pool.stats()["mapped"] == mapped
+    # Nothing new is mapped (idle chunks were given back before the one retry).
+    assert pool.stats()["mapped"] <= mapped and pool.stats()["idle_chunks"] == 0
 
 
 # ---- the public free is checked -------------------------------------------------------------
