@@ -163,7 +163,7 @@ def test_pool_block_beyond_the_small_node_is_refused_before_mapping(expected):
                 return f"bad error: node={exc.node} free={exc.free}: {exc}"
         else:
             return f"a {want}-byte pool block on node {node} ({free} free) did not raise"
-        if pool.stats()["mapped"] != mapped:
+        if pool.stats()["mapped"] > mapped:  # (idle chunks may have been given back before the retry)
             return f"the refused block left memory mapped: {pool.stats()}"
         with numamem.on_node(node):
             small = np.ones(100_000)
