@@ -126,7 +126,7 @@ def test_pages_obtained_is_what_the_kernel_gave(node0, topo):
 
 
 # ---- arrays made inside on_node (item 21) --------------------------------------------------------
-def test_on_node_arrays_are_numamem_arrays(node0):
+def test_on_node_arrays_are_numamem_arrays(node0, topo, fake_topology):
     with numamem.on_node(node0):
         y = np.arange(1000.0) * 2
     pool = numamem.pools.get_pool(node0)
@@ -141,9 +141,13 @@ def test_on_node_arrays_are_numamem_arrays(node0):
         numamem.blocks(y[1:])
     like = numamem.zeros_like(y)  # outside the scope, placed like y
     assert numamem.placement(like).requested["node"] == node0 and not like.any()
-    with pytest.raises(TypeError, match=f"inside numamem.on_node from node {node0}'s pool"):
-        numamem.migrate(y, node0)
+    assert numamem.migrate(y, node0) is y  # already on the node: nothing to do
     assert numamem.owner(np.arange(10.0)) is None  # outside the scope: NumPy's memory
+    other = max(topo.node_ids) + 1  # a pooled array cannot move alone to another node
+    fake_topology(nodes=topo.nodes + (numamem.Node(other, (), topo.node(node0).mem_total, 2**30, {}),),
+                  allowed_nodes=frozenset(topo.allowed_nodes | {other}))
+    with pytest.raises(TypeError, match=rf"inside numamem.on_node from node {node0}'s pool.*asarray\(a, node={other}\)"):
+        numamem.migrate(y, other)
 
 
 # ---- raw regions (item 19) -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from numamem.inspect import Placement, migrate, owner, page_nodes, placement
 from numamem.npyio import fromfile, load
 from numamem.errors import (
     HugePageError, NodeMemoryError, NumaUnavailableError, PageSizeError, PlacementError,
+    PolicyPermissionError,
 )
 from numamem.planner import Graph, GraphBuilder, GraphError, Plan, PlanError, load_graph, plan
 from numamem.pools import on_node, pool_stats, release_pools
@@ -26,9 +27,10 @@ __all__ = [
     "__version__", "on_node", "pool_stats", "release_pools", "ArrayBlock", "Placement", "asarray",
     "blocks", "load", "fromfile", "empty", "empty_like", "full", "full_like", "migrate", "ones",
     "ones_like", "owner", "page_nodes", "placement", "zeros", "zeros_like", "HugePageError",
-    "NodeMemoryError", "NumaUnavailableError", "PageSizeError", "PlacementError", "Graph",
-    "GraphBuilder", "GraphError", "Plan", "PlanError", "load_graph", "plan", "ThreadBinding",
-    "bind_thread", "ProcessBinding", "bind_process", "HugePagePool", "Node", "Topology", "topology",
+    "NodeMemoryError", "NumaUnavailableError", "PageSizeError", "PlacementError",
+    "PolicyPermissionError", "Graph", "GraphBuilder", "GraphError", "Plan", "PlanError",
+    "load_graph", "plan", "ThreadBinding", "bind_thread", "ProcessBinding", "bind_process",
+    "HugePagePool", "Node", "Topology", "topology",
 ]
 
 from numamem import models  # noqa: E402  (built-in layer graphs: numamem.models.get)

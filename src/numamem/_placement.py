@@ -10,22 +10,24 @@ node is short of memory (ARCHITECTURE.md, invariant 4):
 3. ask the kernel (``move_pages``) where every page is; any page elsewhere -> unmap and raise;
 4. switch the range to ``MPOL_BIND`` (strict), so later faults (after swap, migration) stay.
 
+Steps 2-4 are the one placement routine, ``numamem._place.place_on_node`` (through
+``Region.place``), which the pools' kernel chunk source runs too; this module keeps the decisions:
+page kind, spans, capacity check, staggering.
+
 Arrays small enough for a node's pool skip all of this here: the pool's chunks were placed by the
 same sequence when they were mapped.
 """
 from __future__ import annotations
 
-import errno
 import itertools
 
 import numpy as np
 
-from numamem import _kernel, _topology
+from numamem import _kernel, _place, _topology
 from numamem._blocksplit import BlockSpan, split_blocks
 from numamem._region import Region
 from numamem._request import HUGETLB_SIZES, POOL_ALIGN, POOL_MAX_BYTES, Request, nbytes_of, resolve_align
 from numamem.errors import HugePageError, NodeMemoryError, PageSizeError
-from numamem.inspect import histogram, page_addresses
 
 __all__ = ["allocate", "map_one_kind", "check_capacity"]
 
@@ -36,7 +38,8 @@ _stagger_slots = itertools.count()
 # the node's meminfo costs more than placing a small array, and safety does not depend on the
 # check (pages are populated under MPOL_PREFERRED and verified, so a full node is an exception,
 # never an OOM kill). Above it the check fails fast instead of spilling, then unmapping, a lot.
-CAPACITY_CHECK_BYTES = 4 * 2**20
+# One threshold for arrays and the pools' chunk source (numamem._place).
+CAPACITY_CHECK_BYTES = _place.CAPACITY_CHECK
 
 
 def check_capacity(req: Request, spans, page_size: int, hugetlb: int) -> None:
@@ -85,10 +88,14 @@ def _populate(region: Region, req: Request, hugetlb: int, offset: int = 0, lengt
 
 
 def _place(region: Region, req: Request, spans, hugetlb: int) -> None:
-    """Apply the policy to the region, pre-fault and verify as the request says."""
-    base = region.address
+    """Apply the policy to the region, pre-fault and verify as the request says.
+
+    One-node policies go through the one placement routine (``Region.place``, numamem._place),
+    block by block; its failures arrive as ``NodeMemoryError``/``HugePageError`` (with where the
+    pages went), ``PolicyPermissionError`` or the failing call's ``OSError``.
+    """
     if req.policy in ("interleave", "local"):
-        _kernel.bind_range(base, region.mapped_bytes, req.policy, req.nodes)
+        _kernel.bind_range(region.address, region.mapped_bytes, req.policy, req.nodes)
         if req.populate:
             _populate(region, req, hugetlb)
         return
@@ -98,53 +105,7 @@ def _place(region: Region, req: Request, spans, hugetlb: int) -> None:
         stop = region.mapped_bytes if i == len(spans) - 1 else span.offset + span.nbytes
         if stop <= start:
             continue
-        if req.policy == "preferred" or not req.populate:
-            _kernel.bind_range(base + start, stop - start, req.policy, (span.node,))
-            if req.populate:
-                _populate(region, req, hugetlb, start, stop - start)
-            continue
-        # Strict and pre-faulted: populate under `preferred` so a shortfall spills instead of
-        # OOM-killing, verify, then bind.
-        _kernel.bind_range(base + start, stop - start, "preferred", (span.node,))
-        _populate(region, req, hugetlb, start, stop - start)
-        _verify_and_bind(region, span.node, start, stop, hugetlb)
-
-
-# Ranges up to this size are verified page by page with move_pages (at most 512 queries); larger
-# ones rely on the kernel's own walk (mbind with MPOL_MF_STRICT, which fails with EIO when a page
-# is off the nodemask and handles transparent huge pages at the PMD level) plus a sample of one
-# page per 2 MiB, because a full move_pages query costs ~130 ns per 4 KiB page (8.6 ms for 256 MiB,
-# more than a fifth of writing the array once).
-FULL_VERIFY_BYTES = 2 * 2**20
-SAMPLE_STRIDE = 2 * 2**20
-
-
-def _verify_and_bind(region: Region, node: int, start: int, stop: int, hugetlb: int) -> None:
-    base = region.address
-    page = region.page_size
-    if hugetlb or stop - start <= FULL_VERIFY_BYTES:
-        addresses = page_addresses(base + start, base + stop, page)
-    else:
-        # Sample from the range's own first page: rounding down to a 2 MiB boundary would ask
-        # about an address before the mapping (EFAULT) whenever the range is not 2 MiB-aligned.
-        addresses = np.append(np.arange(base + start, base + stop, SAMPLE_STRIDE, dtype=np.uint64),
-                              np.uint64(base + stop - page))
-    status = _kernel.page_status(addresses)
-    misplaced = bool(np.any(status != node))
-    if not misplaced:
-        try:
-            _kernel.bind_range(base + start, stop - start, "bind", (node,), _kernel.MF_STRICT)
-            return
-        except OSError as exc:
-            if exc.errno != errno.EIO:
-                raise
-    # Some page is elsewhere: the node ran out while populating. Report what the kernel says.
-    found = histogram(_kernel.page_status(page_addresses(base + start, base + stop, page)))
-    elsewhere = sum(count for where, count in found.items() if where != node)
-    detail = f"{elsewhere} page(s) landed elsewhere: {found}"
-    if hugetlb:
-        raise HugePageError(node, stop - start, _topology.node_hugepages(node, hugetlb).free_bytes, hugetlb, detail)
-    raise NodeMemoryError(node, stop - start, _topology.node_free_memory(node), detail)
+        region.place(span.node, req.policy, req.populate, start, stop - start)
 
 
 def map_one_kind(nbytes, kind, req, shape, dtype, order, topo) -> Region:

@@ -392,10 +392,16 @@ def migrate(array, node) -> np.ndarray:
     numpy.ndarray
         ``array`` itself (its memory moved in place).
 
+    A pooled array (a small array of the creators, or one NumPy allocated inside
+    :func:`numamem.on_node`) shares its pages with other arrays of its node: it is returned as it is
+    when it is already on ``node``, and cannot move alone otherwise. ``numamem.asarray(a, node=k)``
+    is the way to have any array's data on node ``k`` (a copy).
+
     Raises
     ------
     TypeError
-        If ``array`` is not numamem memory (copy it with :func:`asarray` instead).
+        If ``array`` is not numamem memory, or a pooled array on another node (copy it with
+        :func:`asarray` instead).
     NodeMemoryError
         If ``node`` lacks the free memory.
     PlacementError
@@ -404,21 +410,26 @@ def migrate(array, node) -> np.ndarray:
     region = owner(array)
     if region is None:
         raise TypeError("migrate() moves numamem arrays; copy other arrays with numamem.asarray(a, node=...)")
+    node = node_id(node, "node")
+    topo = _topology.topology(refresh=False)
+    topo.check_memory_node(node, "node")
     if isinstance(region, (PoolAllocation, Pool)):
+        # A pool block shares its pages with other blocks of its node: it cannot move alone. Where
+        # it already is on `node` there is nothing to do (a bind pool's chunks were verified there).
+        pool = region if isinstance(region, Pool) else region.pool
+        if pool.node == node and bool(np.all(page_nodes(array) == node)):
+            return array
         if isinstance(region, Pool):
             what = f"was allocated by NumPy inside numamem.on_node from node {region.node}'s pool"
         else:
             what = f"is a block of node {region.pool.node}'s pool"
         raise TypeError(
-            f"this array {what}, whose pages it shares with other arrays of that node; copy it with "
-            "numamem.asarray(a, node=...) or allocate it with populate/pages/align options that give it a "
-            "mapping of its own")
+            f"this array {what}, whose pages it shares with other arrays of that node: it cannot move "
+            f"alone. Copy it with numamem.asarray(a, node={node}), or allocate it with populate/pages/align "
+            "options that give it a mapping of its own")
     if request_of(region) is None:
         raise TypeError("migrate() moves arrays of numamem's creators; this array is over a Region built "
                         "directly, with no placement to update: copy it with numamem.asarray(a, node=...)")
-    node = node_id(node, "node")
-    topo = _topology.topology(refresh=False)
-    topo.check_memory_node(node, "node")
     page = region.page_size
     hugetlb = page if page != topo.base_page_size else 0
     addresses = page_addresses(region.address, region.address + region.mapped_bytes, page)
