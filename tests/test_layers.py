@@ -42,7 +42,9 @@ def module_name(path: Path) -> str:
 def modules() -> dict[str, Path]:
     out = {}
     for path in sorted(PACKAGE.rglob("*")):
-        if path.suffix in (".py", ".pyx") and "__pycache__" not in path.parts:
+        # A .pxd alone (raw declarations: _libnuma) is a module too; where a .pyx exists beside it,
+        # the .pyx (sorted after it) stands for the module.
+        if path.suffix in (".py", ".pyx", ".pxd") and "__pycache__" not in path.parts:
             out[module_name(path)] = path
     return out
 
