@@ -148,7 +148,8 @@ def _locked_claims(group: str, directory: Path | None):
             claims = json.loads(path.read_text()) if path.exists() else {}
         except (OSError, ValueError):
             claims = {}  # a torn file from a killed writer: start the count again
-        live = {pid: c for pid, c in claims.items() if _start_time(int(pid)) == c.get("start")}
+        live = {pid: c for pid, c in claims.items()
+                if c.get("start") is not None and _start_time(int(pid)) == c["start"]}
         yield live
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(live))

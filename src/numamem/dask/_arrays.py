@@ -41,7 +41,7 @@ def chunk_nodes(chunks: Sequence[int], nodes: Sequence[int | None]) -> tuple:
 
     >>> chunk_nodes((25, 25, 25, 25), [0, 1])
     (0, 0, 1, 1)
-    >>> chunk_nodes((30, 30, 40), [0, 1])
+    >>> chunk_nodes((40, 30, 30), [0, 1])
     (0, 1, 1)
     """
     extent = sum(chunks)

@@ -182,8 +182,10 @@ class NumaWorkerPlugin(WorkerPlugin):
         self.migrate = migrate
 
     async def setup(self, worker: Worker) -> None:
-        if worker.id in _ATTACHED:
+        previous = _ATTACHED.get(worker.id)
+        if previous is not None and previous.binding.bound:
             return
+        _ATTACHED.pop(worker.id, None)  # a plain worker (e.g. from the preload) may be bound now
         attached = _attach(worker, self.nodes, self.policy, "nodes")
         if not attached.binding.bound:
             return
