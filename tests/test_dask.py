@@ -40,11 +40,12 @@ def client(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
-    """One worker bound to node 0 (``bound``) and one with the automatic preload (``plain``:
-    this machine has one node, so it warns and stays plain)."""
+    """One worker bound to node 0 (``bound``, NumPy's allocator under the node's policy) and one
+    with the automatic preload (``plain``: this machine has one node, so it warns and stays plain)."""
     claims = tmp_path_factory.mktemp("claims")
     options = {"nthreads": 1, "dashboard_address": None}
-    workers = {"bound": {"cls": Nanny, "options": {**options, **BOUND}},
+    bound = {"preload": BOUND["preload"], "preload_argv": BOUND["preload_argv"] + ["--numamem-allocator", "policy"]}
+    workers = {"bound": {"cls": Nanny, "options": {**options, **bound}},
                "plain": {"cls": Nanny, "options": {**options, "preload": ["numamem.dask"]}}}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NUMAMEM_WORKER_CLAIMS", str(claims))
@@ -80,6 +81,13 @@ def test_report_shows_node_cpus_and_task_memory_from_the_kernel(client, topo):
         assert r.allocator == "numamem_node0_bind"  # on_node(0) is installed for tasks
         assert set(r.task_pages) == {0} and r.task_pages[0] >= 1024
         assert r.to_dict()["remote_data_bytes"] == 0
+
+
+def test_policy_allocator_leaves_numpy_its_own_allocator_on_the_node(mixed, topo):
+    client, names = mixed
+    r = {rep.address: rep for rep in nd.report(client)}[names["bound"]]
+    assert r.node == 0 and r.allocator == "default_allocator"
+    assert set(r.task_pages) == {0} and r.cpus == _node0_cpus(topo)
 
 
 def test_worker_node_outside_a_worker_raises():

@@ -57,12 +57,15 @@ def _run_hook(tmp_path, env_vars: dict) -> dict:
 def test_runtime_env_names_the_hook_and_the_nodes():
     env = nr.runtime_env(nodes="0", base={"env_vars": {"A": "1"}, "pip": ["x"]})
     assert env == {"pip": ["x"], "worker_process_setup_hook": "numamem.ray.setup_worker",
-                   "env_vars": {"A": "1", nr.ENV_NODES: "0", nr.ENV_POLICY: "bind"}}
-    assert nr.runtime_env(policy="preferred")["env_vars"] == {nr.ENV_NODES: "", nr.ENV_POLICY: "preferred"}
+                   "env_vars": {"A": "1", nr.ENV_NODES: "0", nr.ENV_POLICY: "bind",
+                                nr.ENV_ALLOCATOR: "pool"}}
+    assert nr.runtime_env(policy="preferred", allocator="policy")["env_vars"] == {
+        nr.ENV_NODES: "", nr.ENV_POLICY: "preferred", nr.ENV_ALLOCATOR: "policy"}
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"policy": "interleave"}, ValueError, "policy"),
+    ({"allocator": "malloc"}, ValueError, "allocator"),
     ({"nodes": "x"}, ValueError, "nodes"),
     ({"base": {"worker_process_setup_hook": "mine.hook"}}, ValueError, "setup_worker"),
 ])
@@ -80,6 +83,11 @@ def test_hook_binds_the_worker_to_the_node_asked(tmp_path, node0, topo):
     # The node was claimed in the group of the (stand-in) Ray node.
     claims = [json.loads(p.read_text()) for p in (tmp_path / "claims").glob("*.json")]
     assert len(claims) == 1
+
+
+def test_hook_with_the_policy_allocator_leaves_numpy_its_own(tmp_path, node0):
+    result = _run_hook(tmp_path, nr.runtime_env(nodes=[node0], allocator="policy")["env_vars"])
+    assert result["node"] == node0 and result["allocator"] == "default_allocator"
 
 
 def test_hook_on_one_node_warns_and_leaves_a_plain_worker(tmp_path, topo):

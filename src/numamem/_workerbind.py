@@ -30,12 +30,15 @@ import numamem
 from numamem._topology import parse_cpulist
 
 __all__ = ["NumaWorkerWarning", "WorkerBinding", "parse_nodes", "candidate_nodes", "claim_node",
-           "release_node", "plain_worker", "bind_worker_thread", "probe_task_memory", "data_bytes_per_node", "POLICIES",
-           "PROBE_BYTES"]
+           "release_node", "plain_worker", "bind_worker_thread", "probe_task_memory",
+           "data_bytes_per_node", "POLICIES", "ALLOCATORS", "PROBE_BYTES"]
 
 logger = logging.getLogger("numamem.workers")
 
 POLICIES = ("bind", "preferred")
+#: Where NumPy allocations in tasks come from: numamem's verified pool of the node
+#: (``numamem.on_node``), or NumPy's own allocator under the thread's kernel memory policy.
+ALLOCATORS = ("pool", "policy")
 PROBE_BYTES = 4 * 2**20  # a task-memory probe: 1024 pages, large enough to see a stray page
 
 

@@ -23,16 +23,18 @@ from numamem import _workerbind
 from numamem._workerbind import NumaWorkerWarning, WorkerBinding
 
 __all__ = ["runtime_env", "setup_worker", "worker_node", "worker_binding", "ENV_NODES", "ENV_POLICY",
-           "NumaWorkerWarning", "WorkerBinding"]
+           "ENV_ALLOCATOR", "NumaWorkerWarning", "WorkerBinding"]
 
 ENV_NODES = "NUMAMEM_RAY_NODES"
 ENV_POLICY = "NUMAMEM_RAY_POLICY"
+ENV_ALLOCATOR = "NUMAMEM_RAY_ALLOCATOR"
 HOOK = "numamem.ray.setup_worker"
 
 _STATE: dict = {}  # "binding": WorkerBinding, plus what undoes it
 
 
-def runtime_env(nodes=None, policy: str = "bind", base: dict | None = None) -> dict:
+def runtime_env(nodes=None, policy: str = "bind", base: dict | None = None,
+                allocator: str = "pool") -> dict:
     """A Ray ``runtime_env`` whose workers bind themselves to NUMA nodes.
 
     Parameters
@@ -43,10 +45,15 @@ def runtime_env(nodes=None, policy: str = "bind", base: dict | None = None) -> d
     base : dict, optional
         A runtime environment to extend (its ``env_vars`` are kept). It must not set another
         ``worker_process_setup_hook``.
+    allocator : {"pool", "policy"}
+        NumPy memory in tasks: the node's numamem pool (``numamem.on_node``), or NumPy's own
+        allocator under the node's kernel memory policy.
     """
     parsed = _workerbind.parse_nodes(nodes, "nodes")
     if policy not in _workerbind.POLICIES:
         raise ValueError(f"policy must be one of {_workerbind.POLICIES}, not {policy!r}")
+    if allocator not in _workerbind.ALLOCATORS:
+        raise ValueError(f"allocator must be one of {_workerbind.ALLOCATORS}, not {allocator!r}")
     env = dict(base or {})
     if env.get("worker_process_setup_hook", HOOK) != HOOK:
         raise ValueError(f"base already has worker_process_setup_hook="
@@ -54,7 +61,7 @@ def runtime_env(nodes=None, policy: str = "bind", base: dict | None = None) -> d
     env["worker_process_setup_hook"] = HOOK
     env["env_vars"] = {**env.get("env_vars", {}),
                        ENV_NODES: ",".join(map(str, parsed)) if parsed else "",
-                       ENV_POLICY: policy}
+                       ENV_POLICY: policy, ENV_ALLOCATOR: allocator}
     return env
 
 
@@ -77,7 +84,7 @@ def setup_worker() -> WorkerBinding:
     binding, thread = _workerbind.bind_worker_thread(nodes, _group(), policy, ENV_NODES)
     _STATE["binding"] = binding
     _STATE["thread"] = thread
-    if binding.bound:
+    if binding.bound and (os.environ.get(ENV_ALLOCATOR) or "pool") == "pool":
         # Left entered for the life of the process: Ray runs tasks in this thread and context.
         allocator = numamem.on_node(binding.node, policy)
         allocator.__enter__()

@@ -109,13 +109,18 @@ def _resources_of(worker: Worker, binding: WorkerBinding) -> dict[str, float]:
                    "memory, and no binding on a one-node machine).")
 @click.option("--numamem-policy", type=click.Choice(_workerbind.POLICIES), default="bind",
               show_default=True, help="Memory policy: strictly the node, or preferably.")
-def dask_setup(worker, numamem_nodes: str, numamem_policy: str) -> None:
+@click.option("--numamem-allocator", type=click.Choice(_workerbind.ALLOCATORS), default="pool",
+              show_default=True,
+              help="NumPy memory in tasks: numamem's verified pool of the node (numamem.on_node), "
+                   "or NumPy's allocator under the node's kernel memory policy.")
+def dask_setup(worker, numamem_nodes: str, numamem_policy: str, numamem_allocator: str) -> None:
     """Preload entry point: ``dask worker SCHEDULER --preload numamem.dask [--numamem-nodes 0,1]``.
 
     Runs inside the worker's start, before it registers with the scheduler or runs a task: binds
     the worker to a node (CPUs and memory policy), makes NumPy allocations in its tasks come from
-    that node (``numamem.on_node``), and gives it the resource ``numa-<node>``. Synchronous on
-    purpose: the allocator choice must be made in the start-up task's own context.
+    that node's pool (``numamem.on_node``; with ``--numamem-allocator policy`` NumPy's own
+    allocator under the node's kernel policy), and gives it the resource ``numa-<node>``.
+    Synchronous on purpose: the allocator choice must be made in the start-up task's own context.
     """
     if not isinstance(worker, Worker):
         logger.warning("numamem.dask is a worker preload; ignored for %s", type(worker).__name__)
@@ -123,8 +128,9 @@ def dask_setup(worker, numamem_nodes: str, numamem_policy: str) -> None:
     attached = _attach(worker, numamem_nodes, numamem_policy, "--numamem-nodes")
     if not attached.binding.bound:
         return
-    attached.allocator = numamem.on_node(attached.binding.node, numamem_policy)
-    attached.allocator.__enter__()
+    if numamem_allocator == "pool":
+        attached.allocator = numamem.on_node(attached.binding.node, numamem_policy)
+        attached.allocator.__enter__()
     # Before registration: the scheduler learns the resource with the worker itself.
     for name, amount in _resources_of(worker, attached.binding).items():
         worker.state.total_resources[name] = amount
