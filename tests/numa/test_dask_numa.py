@@ -129,3 +129,26 @@ def test_automatic_choice_skips_nodes_without_cpus_or_memory(expected):
         if not (n["cpus"] and n["mem_mib"]):
             with pytest.raises(ValueError, match=f"--numamem-nodes={n['id']}"):
                 _workerbind.candidate_nodes([n["id"]], "--numamem-nodes")
+
+
+def test_plugin_moves_the_arrays_a_worker_holds_onto_its_node(memory_nodes):
+    """What NumaWorkerPlugin does to a running worker's data, on a stand-in worker (no cluster):
+    numamem arrays move in place, other arrays are copied; both end on the worker's node."""
+    from types import SimpleNamespace
+
+    from numamem.dask._worker import _move_data
+
+    source, target = memory_nodes[0], memory_nodes[-1]
+    placed = numamem.full((256, 1024), 3.0, node=source)
+    with numamem.on_node(source):
+        pooled = np.arange(64 * 1024, dtype=np.float64)  # a pool block: copied, not moved
+    worker = SimpleNamespace(data={"placed": placed, "pooled": pooled, "text": "not an array",
+                                   "already": numamem.zeros(4096, node=target)})
+    moved = _move_data(worker, target)
+    assert moved == placed.nbytes + pooled.nbytes
+    assert worker.data["placed"] is placed  # in place
+    for key in ("placed", "pooled", "already"):
+        pages = kc.histogram(kc.nodes_of(worker.data[key]))
+        assert list(pages) == [target], (key, pages)
+    assert float(worker.data["placed"].sum()) == 3.0 * placed.size
+    assert np.array_equal(worker.data["pooled"], np.arange(64 * 1024, dtype=np.float64))
