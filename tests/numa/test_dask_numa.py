@@ -27,8 +27,23 @@ def _bindable(expected) -> list[int]:
     return [n["id"] for n in expected["nodes"] if n["cpus"] and n["mem_mib"]]
 
 
+def _loopback_works() -> str | None:
+    """Dask's scheduler and workers talk over TCP on 127.0.0.1: is the guest's loopback up?"""
+    import socket
+
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as server, \
+                socket.create_connection(server.getsockname(), timeout=30):
+            return None
+    except OSError as exc:
+        return f"TCP on 127.0.0.1 fails in this guest ({exc}); the guest must bring up 'lo'"
+
+
 @pytest.fixture(scope="module")
 def client(expected, tmp_path_factory):
+    problem = _loopback_works()
+    if problem:
+        pytest.fail(problem, pytrace=False)
     claims = tmp_path_factory.mktemp("claims")
     with dask.config.set(SLOW), pytest.MonkeyPatch.context() as mp:
         mp.setenv("NUMAMEM_WORKER_CLAIMS", str(claims))
