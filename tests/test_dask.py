@@ -170,6 +170,16 @@ def test_chunk_tasks_run_only_on_workers_of_the_chunks_node(mixed):
     assert {t["worker"] for t in free.data} == set(names.values()), "control: tasks spread when not routed"
 
 
+def test_placed_array_on_plain_workers_warns_and_makes_numpy_chunks(mixed):
+    client, names = mixed
+    with client.as_current(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nd._arrays, "_worker_nodes", lambda client: {})  # as if no worker were bound
+        with pytest.warns(nd.NumaWorkerWarning, match="no worker of this client is bound"):
+            x = nd.placed_array((8, 4), np.float32, chunks=(2, 4), fill=1.5)
+    assert nd.task_nodes(x) == {}
+    assert float(client.compute(x.sum()).result()) == 8 * 4 * 1.5
+
+
 def test_placed_array_refuses_nodes_without_workers(mixed):
     client, _ = mixed
     with client.as_current(), pytest.raises(ValueError, match=r"no worker of this client is bound to node\(s\) \[3\]"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import itertools
 import math
+import warnings
 from typing import Sequence
 
 import dask
@@ -88,9 +89,9 @@ def _resolve_nodes(nodes, client) -> list:
         have = sorted(set(_worker_nodes(client).values()))
         if nodes is None:
             if not have:
-                _workerbind.plain_worker(
-                    "no worker of this client is bound to a node (start them with --preload "
-                    "numamem.dask); chunks are plain NumPy arrays")
+                warnings.warn("numamem: no worker of this client is bound to a node (start them with "
+                              "--preload numamem.dask); chunks are plain NumPy arrays",
+                              _workerbind.NumaWorkerWarning, stacklevel=3)
                 return [None]
             return have
         missing = [n for n in nodes if n not in have]
