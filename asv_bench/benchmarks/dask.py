@@ -16,6 +16,7 @@ On one node parity is expected: binding changes nothing there but adds the routi
 Smoke mode (``NUMAMEM_ASV_SMOKE=1``) uses a small ``x``.
 """
 import gc
+import logging
 import time
 
 import numpy as np
@@ -49,8 +50,10 @@ class Setup:
             allocator = "policy" if mode == "numamem-policy" else "pool"
             preload = {"preload": ["numamem.dask"],
                        "preload_argv": ["--numamem-nodes", nodes, "--numamem-allocator", allocator]}
+        # silence_logs: a worker's heartbeat racing the scheduler's close logs a traceback, which
+        # tools/asv-smoke would take for a failed benchmark.
         self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit=0,
-                                    dashboard_address=None, **preload)
+                                    dashboard_address=":0", silence_logs=logging.CRITICAL, **preload)
         self.client = Client(self.cluster, set_as_default=False)
         with self.client.as_current():
             if self.placed:
