@@ -6,7 +6,6 @@ Clusters are small (two one-thread workers) and shared per module: the 2-core ma
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -15,11 +14,12 @@ pytest.importorskip("distributed", reason="numamem[dask] is not installed")
 
 import dask  # noqa: E402
 import dask.array as da  # noqa: E402
-from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_task_stream, wait  # noqa: E402
+from distributed import (  # noqa: E402
+    Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_task_stream, wait,
+)
 
 import numamem  # noqa: E402
 import numamem.dask as nd  # noqa: E402
-from numamem.dask import _arrays  # noqa: E402
 
 TIMEOUT = "120s"  # cluster start and close on a loaded 2-core machine
 BOUND = {"preload": ["numamem.dask"], "preload_argv": ["--numamem-nodes", "0"]}
@@ -44,13 +44,14 @@ def mixed(tmp_path_factory):
     with the automatic preload (``plain``: this machine has one node, so it warns and stays plain)."""
     claims = tmp_path_factory.mktemp("claims")
     options = {"nthreads": 1, "dashboard_address": None}
-    bound = {"preload": BOUND["preload"], "preload_argv": BOUND["preload_argv"] + ["--numamem-allocator", "policy"]}
+    bound = {"preload": BOUND["preload"],
+             "preload_argv": BOUND["preload_argv"] + ["--numamem-allocator", "policy"]}
     workers = {"bound": {"cls": Nanny, "options": {**options, **bound}},
                "plain": {"cls": Nanny, "options": {**options, "preload": ["numamem.dask"]}}}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NUMAMEM_WORKER_CLAIMS", str(claims))
-        with SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}}) \
-                as cluster, Client(cluster) as c:
+        scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+        with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as c:
             c.wait_for_workers(2, timeout=120)
             names = {info["name"]: address for address, info in c.scheduler_info()["workers"].items()}
             yield c, names
@@ -166,7 +167,8 @@ def test_chunk_tasks_run_only_on_workers_of_the_chunks_node(mixed):
         assert set(ran.values()) == {names["bound"]}, {w for w in ran.values()}
         np.testing.assert_allclose(total, np.exp(x.compute()).sum(axis=0) * 2)
         with get_task_stream(client) as free:
-            np.exp(nd.placed_array((256, 64), np.float64, chunks=(8, 64), nodes=[0], fill=1.0)).sum().compute()
+            ones = nd.placed_array((256, 64), np.float64, chunks=(8, 64), nodes=[0], fill=1.0)
+            np.exp(ones).sum().compute()
     assert {t["worker"] for t in free.data} == set(names.values()), "control: tasks spread when not routed"
 
 
@@ -182,7 +184,8 @@ def test_placed_array_on_plain_workers_warns_and_makes_numpy_chunks(mixed):
 
 def test_placed_array_refuses_nodes_without_workers(mixed):
     client, _ = mixed
-    with client.as_current(), pytest.raises(ValueError, match=r"no worker of this client is bound to node\(s\) \[3\]"):
+    missing = r"no worker of this client is bound to node\(s\) \[3\]"
+    with client.as_current(), pytest.raises(ValueError, match=missing):
         nd.placed_array((8, 8), chunks=4, nodes=[0, 3])
 
 

@@ -1,9 +1,8 @@
 """numamem.ray: the runtime environment and its worker_process_setup_hook.
 
 Ray itself is not installed by tools/bootstrap (about 300 MB, and a local Ray takes 30 s to start
-on the 2-core machine). The hook is what Ray calls in each worker process, so it is run here in a
-fresh process as Ray would run it, with a stand-in ``ray`` module that answers the one question
-the hook asks (the Ray node id, which groups node claims).
+on the 2-core machine). The hook is what Ray calls in each worker process, with no argument, so it
+is run here in a fresh process as Ray would run it; it needs nothing from Ray itself.
 """
 from __future__ import annotations
 
@@ -15,23 +14,11 @@ import textwrap
 
 import pytest
 
-import numamem
 import numamem.ray as nr
-
-FAKE_RAY = '''
-class _Context:
-    def get_node_id(self):
-        return "fake-raylet-1"
-
-def get_runtime_context():
-    return _Context()
-'''
 
 
 def _run_hook(tmp_path, env_vars: dict) -> dict:
     """Run the hook in a new process, as a Ray worker would, and report what it did."""
-    (tmp_path / "ray").mkdir(exist_ok=True)
-    (tmp_path / "ray" / "__init__.py").write_text(FAKE_RAY)
     script = textwrap.dedent("""
         import json, os, warnings
         import numpy as np
@@ -48,7 +35,7 @@ def _run_hook(tmp_path, env_vars: dict) -> dict:
         }))
     """)
     env = {**os.environ, **env_vars, "NUMAMEM_WORKER_CLAIMS": str(tmp_path / "claims"),
-           "PYTHONPATH": os.pathsep.join([str(tmp_path)] + sys.path)}
+           "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          timeout=120, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -80,7 +67,7 @@ def test_hook_binds_the_worker_to_the_node_asked(tmp_path, node0, topo):
     assert result["again"] == result["binding"]
     assert result["cpus"] == sorted(set(topo.node(node0).cpus) & topo.allowed_cpus)
     assert result["allocator"] == f"numamem_node{node0}_bind"
-    # The node was claimed in the group of the (stand-in) Ray node.
+    # The node was claimed in the host's count of Ray workers.
     claims = [json.loads(p.read_text()) for p in (tmp_path / "claims").glob("*.json")]
     assert len(claims) == 1
 

@@ -6,7 +6,7 @@ memory policy Linux copies to every thread it creates later, task threads includ
 a worker stays plain when binding is pointless (one node) or refused by the kernel.
 
 Node choice is "least loaded first" over the candidate nodes, counted among the live worker
-processes of the same group (one Dask scheduler, one Ray node) on this host. The count lives in a
+processes of the same group (Dask's workers, Ray's workers) on this host. The count lives in a
 small JSON file under a lock, so workers that start at the same moment still spread out, and a
 restarted worker takes the place a dead one left. That is round-robin, robust to restarts.
 """
@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 

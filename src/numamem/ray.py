@@ -9,10 +9,10 @@ makes NumPy allocations in tasks come from that node::
     ray.init(runtime_env=numamem.ray.runtime_env())            # nodes round-robin
     ray.init(runtime_env=numamem.ray.runtime_env(nodes=[1]))   # every worker on node 1
 
-Nodes are given out least-loaded first among the live workers of the same Ray node (raylet) on
-this host. A one-node machine, or a kernel that refuses the policy, gives a warning and a plain
-worker. Ray's custom resources belong to a Ray node, not to a worker process, so tasks are not
-routed by NUMA node here; read :func:`worker_node` in a task to see where it runs.
+Nodes are given out least-loaded first among the live Ray workers on this host. A one-node
+machine, or a kernel that refuses the policy, gives a warning and a plain worker. Ray's custom
+resources belong to a Ray node, not to a worker process, so tasks are not routed by NUMA node
+here; read :func:`worker_node` in a task to see where it runs.
 """
 from __future__ import annotations
 
@@ -66,13 +66,8 @@ def runtime_env(nodes=None, policy: str = "bind", base: dict | None = None,
 
 
 def _group() -> str:
-    """Workers of one raylet share node claims; without Ray's context, those of one parent."""
-    try:
-        import ray
-
-        return f"ray:{ray.get_runtime_context().get_node_id()}"
-    except Exception:  # Ray absent or not initialised: the raylet is the parent process
-        return f"ray:parent-{os.getppid()}"
+    """Every Ray worker process on this host shares one count of node claims."""
+    return "ray"
 
 
 def setup_worker() -> WorkerBinding:

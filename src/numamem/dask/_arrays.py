@@ -135,7 +135,10 @@ class _KeyResources:
 def _make_chunk(shape, dtype, node, fill, seed):
     """One chunk: numamem memory on ``node`` (NumPy's for None), then filled."""
     shape = tuple(shape)
-    out = np.empty(shape, dtype) if node is None or math.prod(shape) == 0 else numamem.empty(shape, dtype, node=node)
+    if node is None or math.prod(shape) == 0:
+        out = np.empty(shape, dtype)
+    else:
+        out = numamem.empty(shape, dtype, node=node)
     if isinstance(fill, str):  # "random": uniform in [0, 1), one stream per chunk
         out[...] = np.random.default_rng(seed).random(shape, dtype=dtype)
     elif fill is not None:

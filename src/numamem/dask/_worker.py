@@ -63,8 +63,9 @@ _ATTACHED: dict[str, _Attached] = {}  # Worker.id -> what numamem did to it
 
 
 def _group(worker: Worker) -> str:
-    """Workers of one scheduler on one host share node claims."""
-    return f"dask:{worker.scheduler.address}"
+    """Every Dask worker on this host shares one count of node claims, whatever its scheduler:
+    two clusters on one machine spread over its nodes together."""
+    return "dask"
 
 
 def _attach(worker: Worker, nodes, policy: str, what: str) -> _Attached:
