@@ -56,7 +56,7 @@ def test_a_node_that_cannot_run_threads_is_refused_and_no_thread_is_left(topo):
 
 
 def test_blas_single_thread_limits_blas_to_one_thread():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threadpoolctl  # the threads extra, installed by the test command
     import numpy as np
 
     np.dot(np.ones((2, 2)), np.ones((2, 2)))  # BLAS loaded
