@@ -86,7 +86,7 @@ def test_parse_nodes_rejects(bad, error):
 
 def test_one_node_gives_a_warning_and_a_plain_worker(monkeypatch, topo, claims):
     one = dataclasses.replace(topo, nodes=topo.nodes[:1])
-    monkeypatch.setattr(numamem, "topology", lambda refresh=True: one)
+    monkeypatch.setattr(_workerbind, "topology", lambda refresh=True: one)
     with pytest.warns(NumaWorkerWarning, match="1 NUMA node"):
         binding, thread = _in_thread(lambda: _workerbind.bind_worker_thread(None, "g"))
     assert (binding.node, binding.bound, thread) == (None, False, None)
@@ -97,7 +97,7 @@ def test_kernel_refusal_gives_a_warning_and_a_plain_worker(monkeypatch, node0, c
     def refuse(node, policy="bind"):
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(numamem, "bind_thread", refuse)
+    monkeypatch.setattr(_workerbind, "bind_thread", refuse)
     with pytest.warns(NumaWorkerWarning, match="kernel refused"):
         binding, thread = _in_thread(lambda: _workerbind.bind_worker_thread([node0], "g"))
     assert binding.node is None and thread is None

@@ -26,8 +26,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-import numamem
-from numamem._topology import parse_cpulist
+from numamem._topology import parse_cpulist, topology
+from numamem.inspect import histogram, page_nodes, placement
+from numamem.threads import bind_thread
 
 __all__ = ["NumaWorkerWarning", "WorkerBinding", "parse_nodes", "candidate_nodes", "claim_node",
            "release_node", "plain_worker", "bind_worker_thread", "probe_task_memory",
@@ -111,7 +112,7 @@ def candidate_nodes(nodes: Sequence[int] | None, what: str = "nodes") -> tuple[l
     otherwise); they are used even on a one-node machine, since the user asked. Automatic choice
     takes the allowed nodes with memory and CPUs, and binds only when there are two or more.
     """
-    topo = numamem.topology()
+    topo = topology()
     if nodes is not None:
         for node in nodes:
             topo.check_memory_node(node, what)
@@ -223,7 +224,7 @@ def bind_worker_thread(nodes: Sequence[int] | None, group: str, policy: str = "b
         return plain_worker(why_plain), None
     node = claim_node(candidates, group)
     try:
-        thread = numamem.bind_thread(node, policy)
+        thread = bind_thread(node, policy)
     except OSError as exc:
         release_node(group)
         return plain_worker(f"the kernel refused to bind to node {node}: {exc}"), None
@@ -234,8 +235,7 @@ def probe_task_memory(nbytes: int = PROBE_BYTES) -> dict[int, int]:
     """Allocate ``nbytes`` the way a task would (NumPy, current allocator), touch them, and
     return the kernel's page histogram ``{node: pages}`` (negative keys: pages with no node)."""
     probe = np.ones(nbytes // 8)
-    nodes, counts = np.unique(numamem.page_nodes(probe), return_counts=True)
-    return {int(n): int(c) for n, c in zip(nodes, counts)}
+    return histogram(page_nodes(probe))
 
 
 def data_bytes_per_node(values: Iterable) -> dict[int, int]:
@@ -243,7 +243,7 @@ def data_bytes_per_node(values: Iterable) -> dict[int, int]:
     total: dict[int, int] = {}
     for value in values:
         if isinstance(value, np.ndarray) and value.size:
-            for node, nbytes in numamem.placement(value).bytes_per_node.items():
+            for node, nbytes in placement(value).bytes_per_node.items():
                 total[node] = total.get(node, 0) + nbytes
     return dict(sorted(total.items()))
 

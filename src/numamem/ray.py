@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 
-import numamem
 from numamem import _workerbind
+from numamem.pools import on_node
 from numamem._workerbind import NumaWorkerWarning, WorkerBinding
 
 __all__ = ["runtime_env", "setup_worker", "worker_node", "worker_binding", "ENV_NODES", "ENV_POLICY",
@@ -81,7 +81,7 @@ def setup_worker() -> WorkerBinding:
     _STATE["thread"] = thread
     if binding.bound and (os.environ.get(ENV_ALLOCATOR) or "pool") == "pool":
         # Left entered for the life of the process: Ray runs tasks in this thread and context.
-        allocator = numamem.on_node(binding.node, policy)
+        allocator = on_node(binding.node, policy)
         allocator.__enter__()
         _STATE["allocator"] = allocator
     return binding

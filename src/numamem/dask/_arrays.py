@@ -28,8 +28,9 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-import numamem
 from numamem import _workerbind
+from numamem._topology import topology
+from numamem.arrays import asarray, empty
 from numamem.dask._worker import resource_name, resource_node
 
 __all__ = ["placed_array", "from_array", "chunk_nodes", "localize", "compute", "persist", "task_nodes"]
@@ -99,7 +100,7 @@ def _resolve_nodes(nodes, client) -> list:
             raise ValueError(f"nodes={nodes}: no worker of this client is bound to node(s) {missing} "
                              f"(workers are bound to {have}); their chunk tasks would never run")
         return nodes
-    topo = numamem.topology()
+    topo = topology()
     if nodes is None:
         return topo.memory_nodes()
     for node in nodes:
@@ -138,7 +139,7 @@ def _make_chunk(shape, dtype, node, fill, seed):
     if node is None or math.prod(shape) == 0:
         out = np.empty(shape, dtype)
     else:
-        out = numamem.empty(shape, dtype, node=node)
+        out = empty(shape, dtype, node=node)
     if isinstance(fill, str):  # "random": uniform in [0, 1), one stream per chunk
         out[...] = np.random.default_rng(seed).random(shape, dtype=dtype)
     elif fill is not None:
@@ -147,7 +148,7 @@ def _make_chunk(shape, dtype, node, fill, seed):
 
 
 def _copy_to_node(block, node):
-    return np.array(block) if node is None else numamem.asarray(block, node=node)
+    return np.array(block) if node is None else asarray(block, node=node)
 
 
 def _normalize(shape, dtype, chunks, axis):

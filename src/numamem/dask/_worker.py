@@ -25,8 +25,10 @@ from distributed import Worker, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.threadpoolexecutor import ThreadPoolExecutor
 
-import numamem
 from numamem import _workerbind
+from numamem.arrays import asarray
+from numamem.inspect import migrate, placement
+from numamem.pools import handler_name, on_node
 from numamem._workerbind import NumaWorkerWarning, WorkerBinding
 
 __all__ = ["dask_setup", "dask_teardown", "NumaWorkerPlugin", "WorkerReport", "report",
@@ -130,7 +132,7 @@ def dask_setup(worker, numamem_nodes: str, numamem_policy: str, numamem_allocato
     if not attached.binding.bound:
         return
     if numamem_allocator == "pool":
-        attached.allocator = numamem.on_node(attached.binding.node, numamem_policy)
+        attached.allocator = on_node(attached.binding.node, numamem_policy)
         attached.allocator.__enter__()
     # Before registration: the scheduler learns the resource with the worker itself.
     for name, amount in _resources_of(worker, attached.binding).items():
@@ -153,12 +155,12 @@ def _move_data(worker: Worker, node: int) -> int:
     for key, value in list(fast.items()):
         if not isinstance(value, np.ndarray) or value.dtype.hasobject or not value.size:
             continue
-        if set(numamem.placement(value).bytes_per_node) <= {node}:
+        if set(placement(value).bytes_per_node) <= {node}:
             continue
         try:
-            numamem.migrate(value, node)  # numamem memory: moved in place
+            migrate(value, node)  # numamem memory: moved in place
         except TypeError:
-            worker.data[key] = numamem.asarray(value, node=node)  # other memory: copied
+            worker.data[key] = asarray(value, node=node)  # other memory: copied
         moved += value.nbytes
     return moved
 
@@ -285,7 +287,7 @@ class WorkerReport:
 
 def _probe_task() -> dict:
     return {"cpus": tuple(sorted(os.sched_getaffinity(0))),
-            "allocator": numamem.pools.handler_name(),
+            "allocator": handler_name(),
             "task_pages": _workerbind.probe_task_memory()}
 
 
