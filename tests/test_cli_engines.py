@@ -210,3 +210,13 @@ def test_outputs_that_differ_exit_1(onnx_file, monkeypatch, capsys):
     assert main(["run", onnx_file[0], "--engine", "onnxruntime", "--iters", "1", "-q"]) == 1
     err = capsys.readouterr().err
     assert "outputs of default, per-node differ from those of default by more than -1" in err
+
+
+def test_an_input_that_is_not_a_tensor_is_refused(tmp_path, capsys):
+    graph = helper.make_graph([helper.make_node("SequenceLength", ["s"], ["y"])], "seq",
+                              [helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "seq.onnx"))
+    assert "'s' of the model is not a typed tensor" in _error(capsys, ["run", str(tmp_path / "seq.onnx"),
+                                                                       "--engine", "onnxruntime"])

@@ -164,7 +164,7 @@ def _onnx_model(spec: str):
 
 def _onnx_inputs(proto) -> dict[str, tuple[np.dtype, list[int | None]]]:
     """The model's inputs that feeds must give (initializers excluded): name -> (dtype, dims, None
-    where symbolic)."""
+    where symbolic); ``ValueError`` for an input that is not a typed tensor (a sequence, a map)."""
     from onnx import helper
 
     inits = {i.name for i in proto.graph.initializer}
@@ -172,6 +172,8 @@ def _onnx_inputs(proto) -> dict[str, tuple[np.dtype, list[int | None]]]:
     for inp in proto.graph.input:
         if inp.name in inits:
             continue
+        if not inp.type.HasField("tensor_type") or not inp.type.tensor_type.elem_type:
+            raise ValueError(f"input {inp.name!r} of the model is not a typed tensor: the engines feed tensors only")
         t = inp.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
         out[inp.name] = (np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)), dims)
