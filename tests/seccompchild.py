@@ -49,7 +49,7 @@ def _pythonpath() -> str:
     return os.pathsep.join(paths)
 
 
-def run_refused(code: str, refuse=REFUSED, query_allowed: bool = False, timeout: float = 120):
+def run_refused(code: str, refuse=REFUSED, query_allowed: bool = False, timeout: float = 120, args=()):
     """Run ``code`` in a child interpreter whose ``refuse`` calls fail with EPERM.
 
     Parameters
@@ -63,6 +63,8 @@ def run_refused(code: str, refuse=REFUSED, query_allowed: bool = False, timeout:
         Allow ``move_pages`` in query mode (no node list), refusing only moves.
     timeout : float
         Seconds before the child is killed (the test then fails).
+    args : sequence of str
+        More arguments for the child: its ``sys.argv[3:]``.
 
     Returns
     -------
@@ -71,7 +73,7 @@ def run_refused(code: str, refuse=REFUSED, query_allowed: bool = False, timeout:
     """
     source = _PRELUDE + textwrap.dedent(code)
     env = dict(os.environ, PYTHONPATH=_pythonpath())
-    proc = subprocess.run([sys.executable, "-c", source, json.dumps(list(refuse)), json.dumps(query_allowed)],
+    proc = subprocess.run([sys.executable, "-c", source, json.dumps(list(refuse)), json.dumps(query_allowed), *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
     lines = proc.stdout.strip().splitlines()
     try:
