@@ -202,3 +202,19 @@ def test_touch_range_on_node_populates_and_reports(node0):
     finally:
         os.sched_setaffinity(0, saved)
     assert touched_by.startswith("the calling thread (already bound") and where == {node0: 256}
+
+
+def test_docker_default_profile_refusing_get_mempolicy_too():
+    # Docker's default profile gates get_mempolicy with the other two behind CAP_SYS_NICE.
+    result = _child("""
+with numamem.on_node(0):
+    a = attempt(lambda: float(np.ones(1000).sum()))
+p = attempt(lambda: int(numamem.empty(8 << 20, np.uint8, node=0, policy="preferred").size))
+s = attempt(lambda: numamem.empty(4096, np.uint8, node=0).size)
+g = attempt(lambda: numamem._kernel.thread_policy())
+print(json.dumps({"a": a, "p": p, "s": s, "g": g, "warnings": len(caught)}))
+""", refuse=("mbind", "set_mempolicy", "get_mempolicy", "move_pages"))
+    assert result["a"] == {"ok": True, "value": 1000.0} and result["p"] == {"ok": True, "value": 8 << 20}
+    _assert_refused(result["s"], "mbind")
+    _assert_refused(result["g"], "get_mempolicy")
+    assert result["warnings"] == 2

@@ -19,7 +19,7 @@ cdef void fake_source_init(ChunkSource *source, FakeSourceState *state, int node
 
 # How first touch was done by touch_on_node (the fallback when the kernel refuses mbind).
 cdef enum:
-    TOUCH_UNBOUND = 0         # the calling thread, not bound to the node (no allowed CPU there)
+    TOUCH_UNBOUND = 0         # the calling thread, unbound (the node has no CPU this process may use)
     TOUCH_BOUND_THREAD = 1    # a thread started bound to the node's CPUs
     TOUCH_CALLER_BOUND = 2    # the calling thread, already bound to the node's CPUs
     MAX_FALLBACK_NODES = 1024

@@ -66,16 +66,20 @@ cdef size_t CHUNK_SIZE = 2097152
 DEF QUERY_BATCH = 512
 TOUCHED_BY = {TOUCH_BOUND_THREAD: "a thread bound to the node's CPUs",
               TOUCH_CALLER_BOUND: "the calling thread (already bound to the node's CPUs)",
-              TOUCH_UNBOUND: "the calling thread (no CPU of the node is allowed here)"}
+              TOUCH_UNBOUND: "the calling thread (no thread could be bound to the node's CPUs)"}
 # Per node: how its preferred kernel pools fell back to first touch (see the module's docstring).
 cdef FallbackRecord FALLBACK[MAX_FALLBACK_NODES]
 
 
 # ---- first touch from the node's CPUs ---------------------------------------------------------
 cdef int _node_cpus(int node, cpu_set_t *cpus) noexcept nogil:
-    """The node's CPUs that this thread may run on, in ``cpus``; their count (0 when none or unknown)."""
+    """The CPUs of ``node`` in ``cpus``; their count (0 when it has none, or they are unknown).
+
+    Not narrowed to this thread's affinity: the thread may be bound elsewhere. The kernel narrows
+    a new thread's affinity to the cpuset, and refuses it (``pthread_create`` fails) when none of
+    the node's CPUs is allowed; the caller then touches from its own thread.
+    """
     cdef bitmask *mask = numa_allocate_cpumask()
-    cdef cpu_set_t allowed
     cdef unsigned int cpu, bits
     CPU_ZERO(cpus)
     if mask == NULL:
@@ -86,9 +90,6 @@ cdef int _node_cpus(int node, cpu_set_t *cpus) noexcept nogil:
             if cpu < <unsigned int>CPU_SETSIZE and numa_bitmask_isbitset(mask, cpu):
                 CPU_SET(cpu, cpus)
     numa_free_cpumask(mask)
-    # The cpuset bounds any affinity asked for: a thread bound to disallowed CPUs cannot start.
-    if sched_getaffinity(0, sizeof(cpu_set_t), &allowed) == 0:
-        CPU_AND(cpus, cpus, &allowed)
     return CPU_COUNT(cpus)
 
 
