@@ -218,3 +218,13 @@ print(json.dumps({"a": a, "p": p, "s": s, "g": g, "warnings": len(caught)}))
     _assert_refused(result["s"], "mbind")
     _assert_refused(result["g"], "get_mempolicy")
     assert result["warnings"] == 2
+
+
+def test_touch_range_on_a_node_without_cpus_touches_from_the_caller():
+    # No CPU to bind a thread to (a node id the machine lacks stands in for a CPU-less node): the
+    # calling thread touches, says so, and move_pages reports where that put the pages.
+    region = _region.Region(MiB, 4096, 0)
+    here = numamem.topology().memory_nodes()
+    touched_by, where, query_errno = _chunksource.touch_range_on_node(region.address, MiB, 1000, 4096)
+    assert touched_by == "the calling thread (no thread could be bound to the node's CPUs)"
+    assert query_errno == 0 and sum(where.values()) == 256 and set(where) <= set(here)

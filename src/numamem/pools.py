@@ -33,7 +33,8 @@ _WARNED: set = set()
 
 def _fallback_text(node: int, record: dict | None) -> str:
     if record is None:
-        return f"pool chunks are placed by first touch from a thread bound to node {node}'s CPUs, unverified"
+        return (f"its pool's chunks are placed by first touch from a thread bound to node {node}'s CPUs, "
+                "not by a policy")
     if record["unverified"]:
         checked = (f"move_pages is refused too (errno {record['query_errno']}), so "
                    f"{record['unverified']} chunk(s) are unverified")
