@@ -17,10 +17,13 @@ Examples
 from numamem.planner.builder import GraphBuilder
 from numamem.planner.graph import Graph, GraphError, Layer, Tensor, load_graph
 from numamem.planner.ops import OPS, ShapeError, infer_shape
+from numamem.planner import ops_onnx as _ops_onnx  # registers the ONNX-semantics ops into OPS
+from numamem.planner.onnx import from_onnx, onnx_weights
 from numamem.planner.partition import CostModel
 from numamem.planner.plans import Arena, Block, LayerPlan, Plan, PlanError, Slice, TensorInfo, plan
 
 __all__ = [
     "Arena", "Block", "CostModel", "Graph", "GraphBuilder", "GraphError", "Layer", "LayerPlan", "OPS",
-    "Plan", "PlanError", "ShapeError", "Slice", "Tensor", "TensorInfo", "infer_shape", "load_graph", "plan",
+    "Plan", "PlanError", "ShapeError", "Slice", "Tensor", "TensorInfo", "from_onnx", "infer_shape", "load_graph",
+    "onnx_weights", "plan",
 ]

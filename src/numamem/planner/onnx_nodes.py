@@ -1,0 +1,575 @@
+"""ONNX nodes onto ``numamem-graph/1`` layers: one translator per ONNX op.
+
+A node maps onto a built-in op where the semantics agree exactly (Conv with symmetric pads and no
+dilation is ``conv2d``; MaxPool without ceil mode is ``maxpool2d``; MatMul by a 2-D weight is
+``dense``) and onto the ONNX-semantics ops of :mod:`numamem.planner.ops_onnx` otherwise; a few
+become several layers (Sum is a chain of ``add``; opset-11 Softmax over a non-last axis is
+reshape, softmax, reshape). Every layer's output shape is the op table's rule, and the final
+output of each node is checked against ONNX's inferred shape, so a disagreement of semantics is
+an import error rather than a wrong result.
+
+Weights are the constants layers read. Folded weights (BatchNormalization into Conv, Gemm's
+``transB``/``alpha``/``beta``, the inference form of a lone BatchNormalization) are computed with
+NumPy when the values are at hand (:func:`~numamem.planner.onnx.onnx_weights`) and only shaped
+otherwise (planning).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from numamem.planner.graph import Graph, GraphError, Layer, Tensor
+from numamem.planner.onnx_prepare import Const, OnnxImportError, Prepared, UnknownShapeError, UnsupportedOpError
+from numamem.planner.ops import ShapeError, infer_shape
+
+
+@dataclass
+class Imported:
+    """What translation gives: the graph and, when values were at hand, its weights."""
+
+    graph: Graph
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class _Builder:
+    """Collects tensors, layers and weights while nodes are translated."""
+
+    def __init__(self, prep: Prepared, values: bool):
+        self.prep = prep
+        self.values = values
+        self.tensors: dict[str, Tensor] = {}
+        self.layers: list[Layer] = []
+        self.weights: dict[str, np.ndarray] = {}
+        self.alias: dict[str, str] = {}
+        self.layer_names: set[str] = set()
+        self.skip: set[int] = set()  # ids of nodes already folded into another
+        self.node = None
+        self.readers: dict[str, list] = {}
+        for node in prep.model.graph.node:
+            for n in node.input:
+                self.readers.setdefault(n, []).append(node)
+        self.outputs = [o.name for o in prep.model.graph.output]
+
+    # ---------------------------------------------------------------- names and tensors
+    def fail(self, msg: str, cls=UnsupportedOpError):
+        n = self.node
+        raise cls(f"{self.prep.where}: node {n.name or n.output[0]!r} ({n.op_type}, opset {self.prep.opset}): {msg}")
+
+    def resolve(self, name: str) -> str:
+        while name in self.alias:
+            name = self.alias[name]
+        return name
+
+    def const(self, name: str) -> Const | None:
+        return self.prep.consts.get(self.resolve(name))
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        name = self.resolve(name)
+        if name in self.tensors:
+            return self.tensors[name].shape
+        c = self.prep.consts.get(name)
+        if c is not None:
+            return tuple(c.shape)
+        if name in self.prep.shapes:
+            return self.prep.shapes[name]
+        producer = next((n for n in self.prep.model.graph.node if name in n.output), None)
+        who = f"node {producer.name or producer.output[0]!r} ({producer.op_type})" if producer else "a graph input"
+        raise UnknownShapeError(f"{self.prep.where}: tensor {name!r} (made by {who}) has no static shape "
+                                "after shape inference and constant folding")
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The value of constant ``name`` (None while planning); error if it is not a constant."""
+        c = self.const(name)
+        if c is None:
+            self.fail(f"input {name!r} must be a constant (an initializer or computable before the run)")
+        if c.value is None and self.values:
+            self.fail(f"constant {name!r} has no value (external data not loaded?)", OnnxImportError)
+        return c.value
+
+    def small(self, name: str) -> np.ndarray:
+        """The value of a small constant (shapes, axes, bounds), needed even while planning."""
+        v = self.value(name)
+        if v is None:
+            self.fail(f"input {name!r} must be a constant stored in the model")
+        return v
+
+    def weight(self, name: str, shape: tuple[int, ...], make: Callable[[], np.ndarray] | None = None) -> str:
+        """Declare weight ``name`` of ``shape``; ``make()`` computes it when values are wanted."""
+        shape = tuple(int(d) for d in shape) or (1,)
+        if name in self.tensors:
+            return name
+        self.tensors[name] = Tensor(name, shape, "weight")
+        if self.values:
+            v = np.asarray(make() if make is not None else self.value(name))
+            self.weights[name] = v.reshape(shape).astype(np.float32, copy=False)
+        return name
+
+    def operand(self, name: str) -> str:
+        """The graph tensor for ONNX tensor ``name``: an activation, or the constant as a weight."""
+        name = self.resolve(name)
+        if name in self.tensors:
+            return name
+        c = self.prep.consts.get(name)
+        if c is not None:
+            if c.dtype.kind != "f":
+                self.fail(f"integer constant {name!r} is read as data; numamem computes in floating point")
+            return self.weight(name, c.shape)
+        self.shape(name)  # raises for an unknown shape
+        self.fail(f"tensor {name!r} is not produced by any supported node")
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 2
+        while name in self.tensors or name in self.prep.consts or name in self.prep.shapes:
+            name, k = f"{base}/{k}", k + 1
+        return name
+
+    def emit(self, op: str, inputs: list[str], attrs: dict[str, Any] | None = None, out: str | None = None) -> str:
+        """Add one layer; its output is ``out`` (default: a fresh name) with the op table's shape."""
+        attrs = {k: v for k, v in (attrs or {}).items() if v is not None}
+        n = self.node
+        base = n.name or f"{n.op_type}_{n.output[0]}"
+        lname, k = base, 2
+        while lname in self.layer_names:
+            lname, k = f"{base}/{k}", k + 1
+        self.layer_names.add(lname)
+        out = out or self.fresh(f"{n.output[0]}/{op}")
+        try:
+            shape = infer_shape(op, [self.tensors[i].shape for i in inputs], attrs)
+        except ShapeError as exc:
+            self.fail(f"as {op}: {exc}", OnnxImportError)
+        if out in self.prep.shapes and self.prep.shapes[out] != shape:
+            self.fail(f"numamem's {op} gives shape {list(shape)} but ONNX infers {list(self.prep.shapes[out])}",
+                      OnnxImportError)
+        self.tensors[out] = Tensor(out, shape, "output" if out in self.outputs else None)
+        self.layers.append(Layer(lname, op, tuple(inputs), (out,), attrs))
+        return out
+
+    def reshape(self, x: str, shape: tuple[int, ...], out: str | None = None) -> str:
+        if shape == self.tensors[x].shape and out is None:
+            return x
+        return self.emit("reshape", [x], {"shape": list(shape)}, out)
+
+
+def _attrs(node) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _str(v: Any) -> Any:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _auto_pads(b: _Builder, a: dict, x: tuple[int, ...], kernel: tuple[int, int], strides, dilations):
+    """Explicit ``[top, left, bottom, right]`` pads from ``pads`` or ``auto_pad``."""
+    mode = _str(a.get("auto_pad", "NOTSET"))
+    if mode in ("NOTSET", "") or mode is None:
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        return (pads[0], pads[1], pads[2], pads[3])
+    if mode == "VALID":
+        return (0, 0, 0, 0)
+    if mode not in ("SAME_UPPER", "SAME_LOWER"):
+        b.fail(f"auto_pad {mode!r} is not supported")
+    begin, end = [], []
+    for k in range(2):
+        size, ext = x[2 + k], (kernel[k] - 1) * dilations[k] + 1
+        total = max(0, (-(-size // strides[k]) - 1) * strides[k] + ext - size)
+        small = total // 2
+        begin.append(small if mode == "SAME_UPPER" else total - small)
+        end.append(total - begin[-1])
+    return (begin[0], begin[1], end[0], end[1])
+
+
+# ---------------------------------------------------------------------------- translators
+def _conv(b: _Builder, node, a: dict) -> None:
+    x = b.operand(node.input[0])
+    xs = b.shape(x)
+    wname = node.input[1]
+    ws = b.shape(wname)
+    if len(xs) != 4 or len(ws) != 4:
+        b.fail(f"only 2-D convolutions are supported (input {list(xs)}, weight {list(ws)})")
+    if b.const(wname) is None:
+        b.fail("the weight must be a constant")
+    strides = tuple(a.get("strides", [1, 1]))
+    dil = tuple(a.get("dilations", [1, 1]))
+    group = int(a.get("group", 1))
+    pads = _auto_pads(b, a, xs, ws[2:], strides, dil)
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    out = node.output[0]
+    # Fold a BatchNormalization that is the only reader of the conv's output (inference form).
+    readers = b.readers.get(out, [])
+    bn = readers[0] if len(readers) == 1 and readers[0].op_type == "BatchNormalization" else None
+    if bn is not None and (out in b.outputs or not all(b.const(n) is not None for n in bn.input[1:5])
+                           or [o for o in bn.output[1:] if o]):
+        bn = None
+    name = out
+    w_make = lambda: b.value(wname)  # noqa: E731
+    b_make = (lambda: b.value(bias)) if bias else (lambda: np.zeros(ws[0], np.float32))
+    if bn is not None:
+        eps = float(_attrs(bn).get("epsilon", 1e-5))
+        scale_n, beta_n, mean_n, var_n = bn.input[1:5]
+
+        def s():
+            return b.value(scale_n).astype(np.float64) / np.sqrt(b.value(var_n).astype(np.float64) + eps)
+
+        w0, b0 = w_make, b_make
+        w_make = lambda: w0().astype(np.float64) * s()[:, None, None, None]  # noqa: E731
+        b_make = lambda: (b0().astype(np.float64) - b.value(mean_n)) * s() + b.value(beta_n)  # noqa: E731
+        b.skip.add(id(bn))
+        name = bn.output[0]
+    w = b.weight(wname if bn is None else b.fresh(f"{wname}/bn"), ws, w_make)
+    ins = [x, w]
+    if bias or bn is not None:
+        ins.append(b.weight(bias if bias and bn is None else b.fresh(f"{name}/bias"), (ws[0],), b_make))
+    if dil == (1, 1) and pads[0] == pads[2] and pads[1] == pads[3]:
+        b.emit("conv2d", ins, {"stride": list(strides), "padding": [pads[0], pads[1]], "groups": group}, name)
+    else:
+        b.emit("conv", ins, {"strides": list(strides), "pads": list(pads), "dilations": list(dil), "group": group},
+               name)
+
+
+def _batchnorm(b: _Builder, node, a: dict) -> None:
+    if [o for o in node.output[1:] if o] or a.get("training_mode", 0):
+        b.fail("only the inference form (one output) is supported")
+    x = b.operand(node.input[0])
+    c = b.shape(x)[1]
+    eps = float(a.get("epsilon", 1e-5))
+    sc, be, mu, var = node.input[1:5]
+
+    def scale():
+        return b.value(sc).astype(np.float64) / np.sqrt(b.value(var).astype(np.float64) + eps)
+
+    s = b.weight(b.fresh(f"{node.output[0]}/scale"), (c,), scale)
+    t = b.weight(b.fresh(f"{node.output[0]}/shift"), (c,), lambda: b.value(be) - b.value(mu) * scale())
+    b.emit("batchnorm", [x, s, t], {}, node.output[0])
+
+
+def _unary(op: str):
+    def f(b: _Builder, node, a: dict) -> None:
+        b.emit(op, [b.operand(node.input[0])], {}, node.output[0])
+    return f
+
+
+def _clip(b: _Builder, node, a: dict) -> None:
+    if b.prep.opset < 11:
+        lo, hi = a.get("min"), a.get("max")
+    else:
+        lo = float(b.small(node.input[1])) if len(node.input) > 1 and node.input[1] else None
+        hi = float(b.small(node.input[2])) if len(node.input) > 2 and node.input[2] else None
+    x = b.operand(node.input[0])
+    if lo == 0 and hi == 6:
+        b.emit("relu6", [x], {}, node.output[0])
+    elif lo == 0 and hi is None:
+        b.emit("relu", [x], {}, node.output[0])
+    else:
+        b.emit("clip", [x], {"min": lo, "max": hi}, node.output[0])
+
+
+def _gelu(b: _Builder, node, a: dict) -> None:
+    approx = _str(a.get("approximate", "none"))
+    b.emit("gelu" if approx == "tanh" else "gelu_erf", [b.operand(node.input[0])], {}, node.output[0])
+
+
+def _binary(op: str):
+    def f(b: _Builder, node, a: dict) -> None:
+        b.emit(op, [b.operand(node.input[0]), b.operand(node.input[1])], {}, node.output[0])
+    return f
+
+
+def _sum(b: _Builder, node, a: dict) -> None:
+    ins = [b.operand(n) for n in node.input if n]
+    if len(ins) == 1:
+        b.reshape(ins[0], b.tensors[ins[0]].shape, node.output[0])
+        return
+    acc = ins[0]
+    for k, t in enumerate(ins[1:], 1):
+        acc = b.emit("add", [acc, t], {}, node.output[0] if k == len(ins) - 1 else None)
+
+
+def _matmul(b: _Builder, node, a: dict) -> None:
+    an, bn = node.input[0], node.input[1]
+    sa, sb = b.shape(an), b.shape(bn)
+    if len(sa) < 2 or len(sb) < 2:
+        b.fail(f"1-D operands are not supported (shapes {list(sa)} and {list(sb)})")
+    if b.const(bn) is not None and len(sb) == 2 and b.const(an) is None:
+        b.emit("dense", [b.operand(an), b.operand(bn)], {}, node.output[0])
+    else:
+        b.emit("matmul", [b.operand(an), b.operand(bn)], {}, node.output[0])
+
+
+def _gemm(b: _Builder, node, a: dict) -> None:
+    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+    ta, tb = int(a.get("transA", 0)), int(a.get("transB", 0))
+    an, bn = node.input[0], node.input[1]
+    cn = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    out = node.output[0]
+    if b.const(an) is not None:
+        b.fail("a constant A operand is not supported")
+    x = b.operand(an)
+    if ta:
+        x = b.emit("transpose", [x], {"perm": [1, 0]})
+    sb = b.shape(bn)
+    m = sb[0] if tb else sb[1]
+    c_shape = b.shape(cn) if cn else None
+    as_bias = cn is not None and b.const(cn) is not None and len(c_shape) <= 2 and (
+        len(c_shape) < 2 or c_shape[0] == 1) and (not c_shape or c_shape[-1] in (1, m))
+    if b.const(bn) is not None:
+        w = b.weight(b.fresh(f"{bn}/gemm") if (tb or alpha != 1.0) else bn, (sb[1], sb[0]) if tb else sb,
+                     lambda: (b.value(bn).T if tb else b.value(bn)) * alpha)
+        ins = [x, w]
+        if as_bias:
+            ins.append(b.weight(b.fresh(f"{cn}/bias") if (beta != 1.0 or c_shape != (m,)) else cn, (m,),
+                                lambda: np.broadcast_to(b.value(cn).astype(np.float64).reshape(-1) * beta, (m,)).copy()))
+        y = b.emit("dense", ins, {}, out if (cn is None or as_bias) else None)
+    else:
+        y = b.emit("matmul", [x, b.operand(bn)], {"transpose_b": bool(tb)}, out if cn is None and alpha == 1.0 else None)
+        if alpha != 1.0:
+            k = b.weight(b.fresh(f"{out}/alpha"), (1,), lambda: np.array([alpha]))
+            y = b.emit("mul", [y, k], {}, out if cn is None else None)
+        as_bias = False
+    if cn is not None and not as_bias:
+        c = b.operand(cn) if beta == 1.0 else b.weight(b.fresh(f"{cn}/beta"), c_shape,
+                                                       lambda: b.value(cn) * beta)
+        b.emit("add", [y, c], {}, out)
+
+
+def _reshape_like(b: _Builder, node, a: dict) -> None:
+    x = b.operand(node.input[0])
+    out = node.output[0]
+    shape = b.shape(out)
+    if node.op_type == "Flatten" and int(a.get("axis", 1)) == 1 and len(b.tensors[x].shape) >= 2:
+        b.emit("flatten", [x], {}, out)
+    else:
+        b.emit("reshape", [x], {"shape": list(shape)}, out)
+
+
+def _transpose(b: _Builder, node, a: dict) -> None:
+    perm = a.get("perm")
+    b.emit("transpose", [b.operand(node.input[0])], {"perm": list(perm)} if perm is not None else {}, node.output[0])
+
+
+def _concat(b: _Builder, node, a: dict) -> None:
+    b.emit("concat", [b.operand(n) for n in node.input if n], {"axis": int(a["axis"])}, node.output[0])
+
+
+def _split(b: _Builder, node, a: dict) -> None:
+    x = b.operand(node.input[0])
+    xs = b.tensors[x].shape
+    axis = int(a.get("axis", 0)) % len(xs)
+    start = 0
+    for o in node.output:
+        size = b.shape(o)[axis]
+        if o:
+            b.emit("slice", [x], {"axis": axis, "start": start, "stop": start + size}, o)
+        start += size
+
+
+def _slice(b: _Builder, node, a: dict) -> None:
+    x = b.operand(node.input[0])
+    xs = b.tensors[x].shape
+    if b.prep.opset < 10:
+        starts, ends = a["starts"], a["ends"]
+        axes, steps = a.get("axes", list(range(len(starts)))), [1] * len(starts)
+    else:
+        get = lambda i: [int(v) for v in b.small(node.input[i])] if len(node.input) > i and node.input[i] else None  # noqa: E731
+        starts, ends = get(1), get(2)
+        axes = get(3) or list(range(len(starts)))
+        steps = get(4) or [1] * len(starts)
+    cuts = []
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        if st != 1:
+            b.fail(f"step {st} is not supported (only 1)")
+        ax %= len(xs)
+        lo, hi, _ = slice(s, e).indices(xs[ax])
+        if (lo, hi) != (0, xs[ax]):
+            cuts.append((ax, lo, hi))
+    if not cuts:
+        b.reshape(x, xs, node.output[0])
+    for k, (ax, lo, hi) in enumerate(cuts):
+        x = b.emit("slice", [x], {"axis": ax, "start": lo, "stop": hi}, node.output[0] if k == len(cuts) - 1 else None)
+
+
+def _softmax(b: _Builder, node, a: dict) -> None:
+    x = b.operand(node.input[0])
+    xs = b.tensors[x].shape
+    out = node.output[0]
+    if b.prep.opset >= 13:
+        b.emit("softmax", [x], {"axis": int(a.get("axis", -1))}, out)
+        return
+    axis = int(a.get("axis", 1)) % len(xs)  # opset < 13: softmax of the input flattened at `axis`
+    if axis == len(xs) - 1:
+        b.emit("softmax", [x], {"axis": -1}, out)
+        return
+    flat = b.reshape(x, (math.prod(xs[:axis]), math.prod(xs[axis:])))
+    b.reshape(b.emit("softmax", [flat], {"axis": -1}), xs, out)
+
+
+def _reduce_mean(b: _Builder, node, a: dict) -> None:
+    x = b.operand(node.input[0])
+    if b.prep.opset >= 18:
+        axes = [int(v) for v in b.small(node.input[1])] if len(node.input) > 1 and node.input[1] else None
+        if axes is None and a.get("noop_with_empty_axes", 0):
+            b.reshape(x, b.tensors[x].shape, node.output[0])
+            return
+    else:
+        axes = a.get("axes")
+    b.emit("reduce_mean", [x], {"axes": list(axes) if axes is not None else None,
+                                "keepdims": bool(a.get("keepdims", 1))}, node.output[0])
+
+
+def _layernorm(b: _Builder, node, a: dict) -> None:
+    if [o for o in node.output[1:] if o]:
+        b.fail("the Mean and InvStdDev outputs are not supported")
+    x = b.operand(node.input[0])
+    xs = b.tensors[x].shape
+    if int(a.get("axis", -1)) % len(xs) != len(xs) - 1:
+        b.fail("only normalisation over the last axis is supported")
+    d = xs[-1]
+    if b.shape(node.input[1]) != (d,):
+        b.fail(f"Scale must have shape [{d}]")
+    gamma = b.operand(node.input[1])
+    if len(node.input) > 2 and node.input[2]:
+        beta = b.operand(node.input[2])
+    else:
+        beta = b.weight(b.fresh(f"{node.output[0]}/beta"), (d,), lambda: np.zeros(d, np.float32))
+    b.emit("layernorm", [x, gamma, beta], {"eps": float(a.get("epsilon", 1e-5))}, node.output[0])
+
+
+def _global_avgpool(b: _Builder, node, a: dict) -> None:
+    x = b.operand(node.input[0])
+    if len(b.tensors[x].shape) != 4:
+        b.fail("only 2-D inputs [N, C, H, W] are supported")
+    b.reshape(b.emit("global_avgpool", [x]), b.shape(node.output[0]), node.output[0])
+
+
+def _pool(b: _Builder, node, a: dict) -> None:
+    x = b.operand(node.input[0])
+    xs = b.tensors[x].shape
+    is_max = node.op_type == "MaxPool"
+    if len(xs) != 4:
+        b.fail("only 2-D pooling is supported")
+    if is_max and [o for o in node.output[1:] if o]:
+        b.fail("the Indices output is not supported")
+    kernel = tuple(a["kernel_shape"])
+    strides = tuple(a.get("strides", [1, 1]))
+    if tuple(a.get("dilations", [1, 1])) != (1, 1):
+        b.fail("dilated pooling is not supported")
+    pads = _auto_pads(b, a, xs, kernel, strides, (1, 1))
+    ceil = bool(a.get("ceil_mode", 0))
+    cip = bool(a.get("count_include_pad", 0))
+    sym = pads[0] == pads[2] and pads[1] == pads[3] and 2 * pads[0] <= kernel[0] and 2 * pads[1] <= kernel[1]
+    out = node.output[0]
+    if sym and not ceil and (is_max or cip or pads == (0, 0, 0, 0)):
+        attrs = {"kernel": list(kernel), "stride": list(strides), "padding": [pads[0], pads[1]]}
+        b.emit("maxpool2d" if is_max else "avgpool2d", [x], attrs, out)
+        return
+    attrs = {"kernel": list(kernel), "strides": list(strides), "pads": list(pads), "ceil_mode": ceil}
+    if not is_max:
+        attrs["count_include_pad"] = cip
+    b.emit("maxpool" if is_max else "avgpool", [x], attrs, out)
+
+
+def _lrn(b: _Builder, node, a: dict) -> None:
+    b.emit("lrn", [b.operand(node.input[0])], {"size": int(a["size"]), "alpha": float(a.get("alpha", 1e-4)),
+                                               "beta": float(a.get("beta", 0.75)), "bias": float(a.get("bias", 1.0))},
+           node.output[0])
+
+
+def _gather(b: _Builder, node, a: dict) -> None:
+    data, idx = node.input[0], node.input[1]
+    axis = int(a.get("axis", 0))
+    if b.const(data) is not None and b.const(idx) is None:
+        ids = b.resolve(idx)
+        if axis != 0 or len(b.shape(data)) != 2 or len(b.shape(ids)) != 2:
+            b.fail("Gather on a weight must take rows (axis 0) of a 2-D table with 2-D indices [N, L]")
+        if ids not in b.tensors or b.tensors[ids].dtype != "int64":
+            b.fail(f"indices {ids!r} must be an int64 graph input")
+        b.emit("embedding", [ids, b.operand(data)], {}, node.output[0])
+        return
+    if b.const(idx) is not None and b.const(data) is None:
+        x = b.operand(data)
+        xs = b.tensors[x].shape
+        axis %= len(xs)
+        v = np.asarray(b.small(idx)).astype(np.int64)
+        flat = (v.reshape(-1) % xs[axis]).tolist()
+        if flat and flat == list(range(flat[0], flat[0] + len(flat))):
+            y = b.emit("slice", [x], {"axis": axis, "start": flat[0], "stop": flat[0] + len(flat)})
+            b.reshape(y, b.shape(node.output[0]), node.output[0])
+            return
+    b.fail("only Gather of table rows by input ids, or of a contiguous constant range, is supported")
+
+
+def _alias(b: _Builder, node, a: dict) -> None:
+    if node.op_type == "Dropout" and [o for o in node.output[1:] if o and b.readers.get(o)]:
+        b.fail("the mask output is not supported")
+    if node.op_type == "Cast":
+        from onnx import helper
+
+        to = np.dtype(helper.tensor_dtype_to_np_dtype(int(a["to"])))
+        if to.kind != "f":
+            b.fail(f"a cast of data to {to} is not supported (numamem computes in floating point)")
+    src = b.operand(node.input[0])
+    out = node.output[0]
+    if out in b.outputs:  # a graph output keeps its name: copy rather than alias
+        b.reshape(src, b.tensors[src].shape, out)
+    else:
+        b.alias[out] = src
+
+
+TRANSLATORS: dict[str, Callable] = {
+    "Conv": _conv, "BatchNormalization": _batchnorm,
+    "Relu": _unary("relu"), "Sigmoid": _unary("sigmoid"), "Tanh": _unary("tanh"), "Erf": _unary("erf"),
+    "Sqrt": _unary("sqrt"), "Exp": _unary("exp"), "Clip": _clip, "Gelu": _gelu,
+    "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
+    "Pow": _binary("pow"), "Sum": _sum, "MatMul": _matmul, "Gemm": _gemm,
+    "Reshape": _reshape_like, "Flatten": _reshape_like, "Squeeze": _reshape_like, "Unsqueeze": _reshape_like,
+    "Transpose": _transpose, "Concat": _concat, "Split": _split, "Slice": _slice, "Softmax": _softmax,
+    "ReduceMean": _reduce_mean, "LayerNormalization": _layernorm, "GlobalAveragePool": _global_avgpool,
+    "MaxPool": _pool, "AveragePool": _pool, "LRN": _lrn, "Gather": _gather,
+    "Identity": _alias, "Dropout": _alias, "Cast": _alias,
+}
+
+#: The ONNX op types :func:`translate` accepts (besides those folded away as constants).
+SUPPORTED = tuple(sorted(TRANSLATORS))
+
+
+def translate(prep: Prepared, *, values: bool) -> Imported:
+    """Step 3 and 4 of the import: check the remaining nodes, then map them onto layers."""
+    from onnx import helper
+
+    b = _Builder(prep, values)
+    m = prep.model
+    for node in m.graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in TRANSLATORS:
+            dom = node.domain or "ai.onnx"
+            raise UnsupportedOpError(
+                f"{prep.where}: node {node.name or node.output[0]!r} has op {node.op_type!r} of domain {dom!r} "
+                f"(opset {prep.opset}), which numamem does not support; supported: {', '.join(SUPPORTED)}")
+    float_dtype = "float32"
+    for name in prep.inputs:
+        if not b.readers.get(name) and name not in b.outputs:
+            continue
+        shape = prep.shapes.get(name)
+        if shape is None:
+            raise UnknownShapeError(f"{prep.where}: input {name!r} has no static shape")
+        dt = np.dtype(helper.tensor_dtype_to_np_dtype(prep.types.get(name, 1)))
+        if dt.kind == "f":
+            float_dtype = dt.name
+        b.tensors[name] = Tensor(name, shape, "input", None if dt.kind == "f" else "int64")
+    for node in m.graph.node:
+        if id(node) in b.skip:
+            continue
+        b.node = node
+        TRANSLATORS[node.op_type](b, node, _attrs(node))
+    for name in b.outputs:
+        if name not in b.tensors or b.tensors[name].role != "output":
+            raise UnsupportedOpError(f"{prep.where}: output {name!r} is not computed by a node (a constant or "
+                                     "an input), which numamem does not support")
+    try:
+        graph = Graph(m.graph.name or "onnx", float_dtype, b.tensors.values(), b.layers)
+    except GraphError as exc:
+        raise OnnxImportError(f"{prep.where}: the imported graph is invalid: {exc}") from None
+    return Imported(graph, b.weights)
