@@ -165,15 +165,25 @@ def with_values(model: Any, values: Mapping[str, np.ndarray]):
     replaced. The result runs in ONNX Runtime on exactly the weights numamem is given.
     """
     require_onnx()
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
     m, _where = load_model(model, values=True)
     keep = [n for n in m.graph.node if not (n.op_type == "ConstantOfShape" and n.output[0] in values)]
     del m.graph.node[:]
     m.graph.node.extend(keep)
-    inits = [t for t in m.graph.initializer if t.name not in values]
+    # Initializers nothing reads any more (the placeholders' shapes) go, with their input entries.
+    read = {n for node in m.graph.node for n in node.input} | {o.name for o in m.graph.output}
+    inits = [t for t in m.graph.initializer if t.name not in values and t.name in read]
+    gone = {t.name for t in m.graph.initializer} - {t.name for t in inits}
     del m.graph.initializer[:]
     m.graph.initializer.extend(inits)
     for name, v in values.items():
         m.graph.initializer.append(numpy_helper.from_array(np.asarray(v), name))
+    ins = [i for i in m.graph.input if i.name not in gone or i.name in values]
+    if m.ir_version < 4:  # IR 3 lists every initializer among the graph inputs
+        listed = {i.name for i in ins}
+        ins += [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype),
+                                              list(np.shape(v))) for n, v in values.items() if n not in listed]
+    del m.graph.input[:]
+    m.graph.input.extend(ins)
     return m
