@@ -203,3 +203,22 @@ def test_light_model_plans_on_one_two_three_nodes(name, stress):
         p = plan(g, nodes=list(range(n)))
         p.verify()
         assert {a.node for a in p.arenas} == set(range(n))
+
+
+def test_integer_data_cast_to_float_is_refused():
+    # numamem computes in floating point; integer inputs exist only as embedding ids.
+    m = _tiny([helper.make_node("Cast", ["mask"], ["f"], name="to_float", to=TensorProto.FLOAT),
+               helper.make_node("Relu", ["f"], ["y"], name="r")],
+              [helper.make_tensor_value_info("mask", TensorProto.INT64, [2, 3])],
+              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    with pytest.raises(UnsupportedOpError, match="node 'to_float' .*cast of data from int64 to float32"):
+        from_onnx(m)
+
+
+def test_float64_model_keeps_its_dtype():
+    m = _tiny([helper.make_node("Mul", ["x", "k"], ["y"], name="scale")],
+              [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2, 3])],
+              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 3])],
+              [numpy_helper.from_array(np.array([2.0]), "k")])
+    g = from_onnx(m)
+    assert g.dtype == "float64" and onnx_weights(m)["k"].dtype == np.float64

@@ -52,6 +52,7 @@ class _Builder:
             for n in node.input:
                 self.readers.setdefault(n, []).append(node)
         self.outputs = [o.name for o in prep.model.graph.output]
+        self.dtype = "float32"  # the graph's: that of the first floating input
 
     # ---------------------------------------------------------------- names and tensors
     def fail(self, msg: str, cls=UnsupportedOpError):
@@ -104,7 +105,7 @@ class _Builder:
         self.tensors[name] = Tensor(name, shape, "weight")
         if self.values:
             v = np.asarray(make() if make is not None else self.value(name))
-            self.weights[name] = v.reshape(shape).astype(np.float32, copy=False)
+            self.weights[name] = v.reshape(shape).astype(self.dtype, copy=False)
         return name
 
     def operand(self, name: str) -> str:
@@ -509,8 +510,11 @@ def _alias(b: _Builder, node, a: dict) -> None:
         from onnx import helper
 
         to = np.dtype(helper.tensor_dtype_to_np_dtype(int(a["to"])))
-        if to.kind != "f":
-            b.fail(f"a cast of data to {to} is not supported (numamem computes in floating point)")
+        src = b.resolve(node.input[0])
+        frm = b.tensors[src].dtype if src in b.tensors else None
+        if to.kind != "f" or (frm is not None and np.dtype(frm).kind != "f"):
+            b.fail(f"a cast of data from {frm or 'float'} to {to} is not supported (numamem computes in "
+                   "floating point; only int64 ids read by an embedding stay integers)")
     src = b.operand(node.input[0])
     out = node.output[0]
     if out in b.outputs:  # a graph output keeps its name: copy rather than alias
@@ -548,7 +552,6 @@ def translate(prep: Prepared, *, values: bool) -> Imported:
             raise UnsupportedOpError(
                 f"{prep.where}: node {node.name or node.output[0]!r} has op {node.op_type!r} of domain {dom!r} "
                 f"(opset {prep.opset}), which numamem does not support; supported: {', '.join(SUPPORTED)}")
-    float_dtype = "float32"
     for name in prep.inputs:
         if not b.readers.get(name) and name not in b.outputs:
             continue
@@ -556,8 +559,9 @@ def translate(prep: Prepared, *, values: bool) -> Imported:
         if shape is None:
             raise UnknownShapeError(f"{prep.where}: input {name!r} has no static shape")
         dt = np.dtype(helper.tensor_dtype_to_np_dtype(prep.types.get(name, 1)))
-        if dt.kind == "f":
-            float_dtype = dt.name
+        if dt.kind == "f" and not any(b.tensors[n].role == "input" and b.tensors[n].dtype is None
+                                      for n in b.tensors):
+            b.dtype = dt.name
         b.tensors[name] = Tensor(name, shape, "input", None if dt.kind == "f" else "int64")
     for node in m.graph.node:
         if id(node) in b.skip:
@@ -569,7 +573,7 @@ def translate(prep: Prepared, *, values: bool) -> Imported:
             raise UnsupportedOpError(f"{prep.where}: output {name!r} is not computed by a node (a constant or "
                                      "an input), which numamem does not support")
     try:
-        graph = Graph(m.graph.name or "onnx", float_dtype, b.tensors.values(), b.layers)
+        graph = Graph(m.graph.name or "onnx", b.dtype, b.tensors.values(), b.layers)
     except GraphError as exc:
         raise OnnxImportError(f"{prep.where}: the imported graph is invalid: {exc}") from None
     return Imported(graph, b.weights)
