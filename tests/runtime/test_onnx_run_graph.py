@@ -55,3 +55,18 @@ def test_run_graph_light_squeezenet():
     for outs in report["_outputs"].values():
         for o in g.outputs:
             assert M.rel_err(outs[o], ref[o]) < 1e-4
+
+
+def test_run_graph_layer_with_no_splittable_axis():
+    from numamem.planner import GraphBuilder
+
+    b = GraphBuilder("unsplittable")
+    x = b.input("x", (12,))
+    s = b.output(b.softmax(b.layer("exp", [x]), axis=0))
+    xs = {"x": np.random.default_rng(7).standard_normal(12).astype(np.float32)}
+    report = numamem.run_graph(b.build(), iters=1, inputs=xs, keep_outputs=True)
+    assert report["ok"]
+    e = np.exp(xs["x"].astype(np.float64))
+    ref = np.exp(e - e.max()) / np.exp(e - e.max()).sum()
+    for outs in report["_outputs"].values():
+        assert M.rel_err(outs[s.name], ref) < 1e-6
