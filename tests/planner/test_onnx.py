@@ -222,3 +222,22 @@ def test_float64_model_keeps_its_dtype():
               [numpy_helper.from_array(np.array([2.0]), "k")])
     g = from_onnx(m)
     assert g.dtype == "float64" and onnx_weights(m)["k"].dtype == np.float64
+
+
+def test_values_reach_constants_computed_from_them():
+    # A placeholder reshaped before use (inception_v1's classifier, densenet's Unsqueeze'd scales):
+    # the folded weight must come from the given values, not the placeholder's fill.
+    nodes = [helper.make_node("ConstantOfShape", ["wshape"], ["w"],
+                              value=numpy_helper.from_array(np.array([0.02], np.float32))),
+             helper.make_node("Reshape", ["w", "target"], ["w2"]),
+             helper.make_node("Mul", ["x", "w2"], ["y"])]
+    m = _tiny(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 1])],
+              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 1])],
+              [numpy_helper.from_array(np.array([3], np.int64), "wshape"),
+               numpy_helper.from_array(np.array([3, 1], np.int64), "target")])
+    v = np.array([1.0, 2.0, 3.0], np.float32)
+    ws = onnx_weights(m, values={"w": v})
+    assert [list(a.ravel()) for a in ws.values()] == [[1.0, 2.0, 3.0]]
+    assert np.allclose(list(onnx_weights(m).values())[0], 0.02)
+    with pytest.raises(ValueError, match="'nope', which is neither an initializer nor a ConstantOfShape output"):
+        onnx_weights(m, values={"nope": v})

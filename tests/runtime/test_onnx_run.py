@@ -104,3 +104,29 @@ def test_light_model_matches_onnx_runtime(name, stress):
         env = M.run_blocks(g, p, ws, xs)
         for o in g.outputs:
             assert M.rel_err(env[o], ref[o]) < RTOL, (name, n, o)
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_integer_exponent_and_clip_bounds_by_opset(opset):
+    # Pow takes an integer exponent from opset 12; Clip takes its bounds as attributes before 11.
+    from onnx import TensorProto, helper, numpy_helper
+
+    if opset >= 11:
+        two = numpy_helper.from_array(np.array(2, np.int64), "two")
+        clip = helper.make_node("Clip", ["p", "lo", "hi"], ["y"])
+        bounds = [numpy_helper.from_array(np.float32(0.5), "lo"), numpy_helper.from_array(np.float32(2.0), "hi")]
+    else:
+        two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+        clip = helper.make_node("Clip", ["p"], ["y"], min=0.5, max=2.0)
+        bounds = []
+    nodes = [helper.make_node("Pow", ["x", "two"], ["p"]), clip]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])], [two] + bounds)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    graph = from_onnx(m)
+    assert [layer.op for layer in graph.layers] == ["pow", "clip"]
+    assert graph.layers[1].attrs == {"min": 0.5, "max": 2.0}
+    xs = {"x": _x((3, 4))}
+    env = M.run_blocks(graph, plan(graph, nodes=[0, 1]), onnx_weights(m), xs)
+    assert M.rel_err(env["y"], M.ort_outputs(m, xs)["y"]) < RTOL

@@ -89,15 +89,7 @@ def onnx_weights(model: Any, *, input_shapes: Mapping[str, Sequence[int]] | None
         Values replacing the model's own for these tensors (initializers or ``ConstantOfShape``
         outputs, by their ONNX names), such as :func:`placeholder_values` gives.
     """
-    prep = prepare(model, input_shapes, batch, values=True)
-    for name, v in (values or {}).items():
-        c = prep.consts.get(name)
-        if c is None:
-            raise ValueError(f"values names {name!r}, which is not a constant of the model")
-        v = np.asarray(v)
-        if tuple(v.shape) != tuple(c.shape):
-            raise ValueError(f"values[{name!r}] has shape {list(v.shape)}, the model's is {list(c.shape)}")
-        c.value = v.astype(c.dtype, copy=False)
+    prep = prepare(model, input_shapes, batch, values=True, overrides=values)
     return translate(prep, values=True).weights
 
 

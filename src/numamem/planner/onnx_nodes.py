@@ -114,9 +114,7 @@ class _Builder:
         if name in self.tensors:
             return name
         c = self.prep.consts.get(name)
-        if c is not None:
-            if c.dtype.kind != "f":
-                self.fail(f"integer constant {name!r} is read as data; numamem computes in floating point")
+        if c is not None:  # an integer constant (Pow's exponent) becomes a weight of the graph's dtype too
             return self.weight(name, c.shape)
         self.shape(name)  # raises for an unknown shape
         self.fail(f"tensor {name!r} is not produced by any supported node")

@@ -206,7 +206,7 @@ def _evaluate(node, opsets, values: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _fold(m, consts: dict[str, Const], shapes: dict[str, tuple[int, ...]], types: dict[str, int],
-          where: str, materialize: bool) -> bool:
+          where: str, materialize: bool, overrides: Mapping[str, Any]) -> bool:
     """Turn every node computable before the run into constants; True if any was.
 
     ``materialize`` False (planning) leaves ``ConstantOfShape`` values unmade: VGG-19's
@@ -246,6 +246,8 @@ def _fold(m, consts: dict[str, Const], shapes: dict[str, tuple[int, ...]], types
             fill = numpy_helper.to_array(attr.t) if attr is not None else np.zeros(1, np.float32)
             value = np.full(shape, fill.reshape(-1)[0], fill.dtype) if materialize else None
             consts[outs[0]] = Const(shape, fill.dtype, value, placeholder=True)
+            if outs[0] in overrides:
+                _override(consts[outs[0]], outs[0], overrides[outs[0]])
         elif all(v is not None for v in values):
             try:
                 res = _evaluate(node, m.opset_import, values)
@@ -300,18 +302,37 @@ class Prepared:
     inputs: list[str]
 
 
-def prepare(model: Any, input_shapes=None, batch=None, *, values: bool) -> Prepared:
-    """Steps 1 and 2 of the import (see the module docstring)."""
+def _override(c: Const, name: str, v: Any) -> None:
+    v = np.asarray(v)
+    if tuple(v.shape) != tuple(c.shape):
+        raise ValueError(f"values[{name!r}] has shape {list(v.shape)}, the model's is {list(c.shape)}")
+    c.value = v.astype(c.dtype, copy=False)
+
+
+def prepare(model: Any, input_shapes=None, batch=None, *, values: bool,
+            overrides: Mapping[str, Any] | None = None) -> Prepared:
+    """Steps 1 and 2 of the import (see the module docstring).
+
+    ``overrides`` replace the values of initializers and ``ConstantOfShape`` outputs by ONNX name
+    *before* folding, so constants computed from them (a Reshape or Unsqueeze of a weight) see them.
+    """
     m, where = load_model(model, values=values)
     opset = _opset(m)
     _fix_inputs(m, where, input_shapes, batch)
     inits = {t.name for t in m.graph.initializer}
     inputs = [i.name for i in m.graph.input if i.name not in inits]
     consts = _initializers(m)
+    overrides = dict(overrides or {})
+    placeholders = {n.output[0] for n in m.graph.node if n.op_type == "ConstantOfShape"}
+    for name in overrides:
+        if name not in consts and name not in placeholders:
+            raise ValueError(f"values names {name!r}, which is neither an initializer nor a ConstantOfShape output")
+        if name in consts:
+            _override(consts[name], name, overrides[name])
     for _ in range(64):
         m = _infer(m, where)
         shapes = _static_shapes(m)
         types = _elem_types(m)
-        if not _fold(m, consts, shapes, types, where, values):
+        if not _fold(m, consts, shapes, types, where, values, overrides):
             break
     return Prepared(m, where, opset, consts, shapes, types, inputs)
