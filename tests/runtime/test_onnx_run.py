@@ -96,13 +96,18 @@ def test_light_model_matches_onnx_runtime(name, stress):
     g = from_onnx(m)
     ws = onnx_weights(m, values=vals)
     xs = {n: _x(g.tensor(n).shape) for n in g.inputs}
-    ref = M.ort_outputs(with_values(m, vals), xs)
+    # Random weights can saturate the final softmax to one-hot: compare the logits too.
+    checked = list(g.outputs) + [l.inputs[0] for l in g.layers if l.op == "softmax" and l.outputs[0] in g.outputs]
+    mv = with_values(m, vals)
+    for n in checked[len(g.outputs):]:
+        mv.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    ref = M.ort_outputs(mv, xs)
     nodes = (1, 2, 3) if stress else (2,)
     for n in nodes:
         p = plan(g, nodes=list(range(n)))
         p.verify()
         env = M.run_blocks(g, p, ws, xs)
-        for o in g.outputs:
+        for o in checked:
             assert M.rel_err(env[o], ref[o]) < RTOL, (name, n, o)
 
 

@@ -202,7 +202,7 @@ def _conv(b: _Builder, node, a: dict) -> None:
     readers = b.readers.get(out, [])
     bn = readers[0] if len(readers) == 1 and readers[0].op_type == "BatchNormalization" else None
     if bn is not None and (out in b.outputs or not all(b.const(n) is not None for n in bn.input[1:5])
-                           or [o for o in bn.output[1:] if o]):
+                           or [o for o in bn.output[1:] if o] or _attrs(bn).get("training_mode", 0)):
         bn = None
     name = out
     w_make = lambda: b.value(wname)  # noqa: E731
