@@ -194,9 +194,7 @@ def test_graph_round_trips_through_json():
 
 # ------------------------------------------------------------------------- light models
 @pytest.mark.parametrize("name", M.LIGHT)
-def test_light_model_plans_on_one_two_three_nodes(name, stress):
-    if name in ("densenet121", "inception_v2") and not stress:
-        pytest.skip("the two largest light models plan in several seconds: run with --stress")
+def test_light_model_plans_on_one_two_three_nodes(name):
     g = from_onnx(M.light_path(name))
     assert g.inputs and g.outputs and g.flops() > 1e8
     for n in (1, 2, 3):
