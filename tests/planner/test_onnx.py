@@ -203,13 +203,24 @@ def test_light_model_plans_on_one_two_three_nodes(name):
         assert {a.node for a in p.arenas} == set(range(n))
 
 
-def test_integer_data_cast_to_float_is_refused():
-    # numamem computes in floating point; integer inputs exist only as embedding ids.
+def test_integer_inputs_are_ids_or_floats():
+    # An integer input that is not embedding ids (a mask cast to float) is held as floats.
     m = _tiny([helper.make_node("Cast", ["mask"], ["f"], name="to_float", to=TensorProto.FLOAT),
                helper.make_node("Relu", ["f"], ["y"], name="r")],
               [helper.make_tensor_value_info("mask", TensorProto.INT64, [2, 3])],
               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
-    with pytest.raises(UnsupportedOpError, match="node 'to_float' .*cast of data from int64 to float32"):
+    g = from_onnx(m)
+    assert g.tensor("mask").dtype is None and [l.op for l in g.layers] == ["relu"]
+    # Ids read by an embedding stay int64 and cannot be cast to data.
+    m = _tiny([helper.make_node("Gather", ["table", "ids"], ["e"], name="emb"),
+               helper.make_node("Cast", ["ids"], ["f"], name="ids_as_float", to=TensorProto.FLOAT),
+               helper.make_node("Unsqueeze", ["f", "ax"], ["f2"], name="u"),
+               helper.make_node("Add", ["e", "f2"], ["y"], name="add")],
+              [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3])],
+              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])],
+              [numpy_helper.from_array(np.ones((5, 4), np.float32), "table"),
+               numpy_helper.from_array(np.array([2], np.int64), "ax")])
+    with pytest.raises(UnsupportedOpError, match="node 'ids_as_float' .*cast of data from int64 to float32"):
         from_onnx(m)
 
 

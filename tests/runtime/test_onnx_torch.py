@@ -45,6 +45,25 @@ class _InvertedResidual(torch.nn.Module):
         return x + self.body(x)
 
 
+class _MaskedAttention(torch.nn.Module):
+    """Embedding, then two-head attention with a BERT-style additive mask from an int64 input."""
+
+    def __init__(self, d=16, heads=2):
+        super().__init__()
+        self.emb = torch.nn.Embedding(30, d)
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.heads = heads
+
+    def forward(self, ids, mask):
+        x = self.emb(ids)
+        n, length, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        q, k, v = (t.view(n, length, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        bias = (1.0 - mask[:, None, None, :].float()) * -10000.0
+        scores = q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5 + bias
+        return (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, length, d)
+
+
 def _export(module, example, opset, dynamic_batch):
     torch.manual_seed(0)
     module.eval()
@@ -55,9 +74,11 @@ def _export(module, example, opset, dynamic_batch):
         if b.dtype.is_floating_point:
             b.copy_(torch.rand_like(b) + 0.5)
     f = io.BytesIO()
-    torch.onnx.export(module, (example,), f, opset_version=opset, input_names=["inp"], output_names=["out"],
-                      dynamic_axes={"inp": {0: "batch"}, "out": {0: "batch"}} if dynamic_batch else None,
-                      dynamo=False)
+    example = example if isinstance(example, tuple) else (example,)
+    names = ["inp", "mask"][: len(example)]
+    torch.onnx.export(module, example, f, opset_version=opset, input_names=names, output_names=["out"],
+                      dynamic_axes={**{n: {0: "batch"} for n in names}, "out": {0: "batch"}} if dynamic_batch
+                      else None, dynamo=False)
     return onnx.load_from_string(f.getvalue())
 
 
@@ -80,3 +101,19 @@ def test_pytorch_export_matches_onnx_runtime(name):
         p.verify()
         assert M.rel_err(M.run_blocks(g, p, ws, xs)["out"], ref) < 1e-4
     assert np.isfinite(ref).all()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_pytorch_attention_mask_input_is_held_as_floats():
+    ids = torch.randint(0, 30, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    m = _export(_MaskedAttention(), (ids, mask), 14, True)
+    g = from_onnx(m, batch=2)
+    assert g.tensor_dtype("inp") == "int64" and g.tensor_dtype("mask") == "float32"
+    ws = onnx_weights(m, batch=2)
+    ref = M.ort_outputs(m, {"inp": ids.numpy(), "mask": mask.numpy()})["out"]
+    xs = {"inp": ids.numpy(), "mask": mask.numpy().astype(np.float32)}
+    for n in (1, 2, 3):
+        p = plan(g, nodes=list(range(n)))
+        p.verify()
+        assert M.rel_err(M.run_blocks(g, p, ws, xs)["out"], ref) < 1e-4

@@ -510,7 +510,7 @@ def _alias(b: _Builder, node, a: dict) -> None:
         to = np.dtype(helper.tensor_dtype_to_np_dtype(int(a["to"])))
         src = b.resolve(node.input[0])
         frm = b.tensors[src].dtype if src in b.tensors else None
-        if to.kind != "f" or (frm is not None and np.dtype(frm).kind != "f"):
+        if to.kind != "f" or frm is not None:
             b.fail(f"a cast of data from {frm or 'float'} to {to} is not supported (numamem computes in "
                    "floating point; only int64 ids read by an embedding stay integers)")
     src = b.operand(node.input[0])
@@ -560,7 +560,10 @@ def translate(prep: Prepared, *, values: bool) -> Imported:
         if dt.kind == "f" and not any(b.tensors[n].role == "input" and b.tensors[n].dtype is None
                                       for n in b.tensors):
             b.dtype = dt.name
-        b.tensors[name] = Tensor(name, shape, "input", None if dt.kind == "f" else "int64")
+        # Integer inputs stay integers only as embedding ids (the indices of a Gather); any other
+        # (an attention mask, cast to float before use) is held as floats, exact below 2**24.
+        ids = any(r.op_type == "Gather" and r.input[1] == name for r in b.readers.get(name, []))
+        b.tensors[name] = Tensor(name, shape, "input", "int64" if dt.kind in "iub" and ids else None)
     for node in m.graph.node:
         if id(node) in b.skip:
             continue
