@@ -298,9 +298,12 @@ def _slice_regions(ins: Sequence[Shape], out: Shape, attrs: Attrs, axis: int, lo
     return [box[:axis] + ((a + lo, a + hi),) + box[axis + 1:]]
 
 
-def _register() -> None:
+def _register() -> tuple[str, ...]:
+    names = []
+
     def rules(spec, split, regions, flops):
         register(OpRules(spec, split, regions, flops))
+        names.append(spec.name)
 
     rules(OpSpec("conv", 2, 3, ("strides", "pads", "dilations", "group", "activation"), _conv_shape),
           _any_axis, _conv_regions, _conv_flops)
@@ -322,10 +325,8 @@ def _register() -> None:
           lambda ins, out, attrs: math.prod(ins[0]))
     rules(OpSpec("slice", 1, 1, ("axis", "start", "stop"), _slice_shape), _any_axis, _slice_regions,
           _per_element(1))
+    return tuple(names)
 
-
-_register()
 
 #: The ops this module adds to the op table.
-ONNX_OPS = ("conv", "maxpool", "avgpool", "lrn", "tanh", "erf", "sqrt", "exp", "gelu_erf", "clip", "sub", "div",
-            "pow", "reduce_mean", "slice")
+ONNX_OPS = _register()
