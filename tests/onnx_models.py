@@ -260,3 +260,23 @@ def rel_err(y, ref) -> float:
     """``||y - ref|| / ||ref||``, the measure of numamem's run reports."""
     ref = np.asarray(ref, np.float64)
     return float(np.linalg.norm(np.asarray(y, np.float64) - ref) / max(np.linalg.norm(ref), 1e-300))
+
+
+def misc_opset18():
+    """Opset 18: ReduceMean with axes as an input, Split by num_outputs, Slice with negative
+    starts, ends and axes, Gather of a constant index on an activation (BERT's CLS token),
+    LayerNormalization without B, Softmax over a middle axis, Flatten(axis=0)."""
+    net = _Net(5)
+    x = net.op("LayerNormalization", ["x", net.const((1 + 0.1 * net.rng.standard_normal(6)).astype(np.float32))],
+               axis=-1, epsilon=1e-5)                                                       # [2, 5, 6]
+    m = net.op("ReduceMean", [x, net.const(np.array([1], np.int64))], keepdims=1)            # [2, 1, 6]
+    a, b = net.op("Split", [x], n_out=2, axis=-1, num_outputs=2)                              # [2, 5, 3] x2
+    s = net.op("Slice", [x, net.const(np.array([-4], np.int64)), net.const(np.array([-1], np.int64)),
+                         net.const(np.array([-2], np.int64))])                                # [2, 3, 6]
+    cls = net.op("Gather", [x, net.const(np.array(0, np.int64))], axis=1)                     # [2, 6]
+    sm = net.op("Softmax", [net.op("Sub", [s, m])], axis=1)                                   # [2, 3, 6]
+    f = net.op("Flatten", [net.op("Mul", [a, b])], axis=0)                                    # [1, 30]
+    y = net.op("Add", [net.op("MatMul", [f, net.w((30, 6))]), cls])                            # [2, 6]
+    y = net.op("Add", [y, net.op("ReduceMean", [sm, net.const(np.array([1], np.int64))], keepdims=0)])
+    net.nodes.append(helper.make_node("Identity", [y], ["y"]))
+    return net.model("misc_opset18", [_vi("x", [2, 5, 6])], [_vi("y", None)], 18)

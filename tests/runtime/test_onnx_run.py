@@ -33,6 +33,7 @@ MODELS = {
     "mobilenet_block": (M.mobilenet_block, {"batch": 2}, lambda: {"x": _x((2, 16, 10, 10))}),
     "cnn_windows": (M.cnn_windows, {}, lambda: {"x": _x((2, 3, 17, 15))}),
     "cnn_shapes": (M.cnn_shapes, {}, lambda: {"x": _x((2, 4, 4, 5))}),
+    "misc_opset18": (M.misc_opset18, {}, lambda: {"x": _x((2, 5, 6))}),
 }
 
 
