@@ -280,3 +280,26 @@ def misc_opset18():
     y = net.op("Add", [y, net.op("ReduceMean", [sm, net.const(np.array([1], np.int64))], keepdims=0)])
     net.nodes.append(helper.make_node("Identity", [y], ["y"]))
     return net.model("misc_opset18", [_vi("x", [2, 5, 6])], [_vi("y", None)], 18)
+
+
+def mobilenet_v3_block(c: int = 8, hw: int = 9):
+    """Opset 14: a MobileNetV3-style block (HardSwish, a squeeze-excite with HardSigmoid and Mul),
+    LeakyRelu, variadic Max and Min, Neg, Reciprocal, Abs, Log."""
+    net = _Net(6)
+    h = net.op("Conv", ["x", net.w((4 * c, c, 1, 1), np.sqrt(2.0 / c))], kernel_shape=[1, 1])
+    h = net.op("HardSwish", [h])
+    h = net.op("Conv", [h, net.w((4 * c, 1, 3, 3), np.sqrt(2.0 / 9))], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+               group=4 * c)
+    se = net.op("GlobalAveragePool", [h])
+    se = net.op("Relu", [net.op("Conv", [se, net.w((c, 4 * c, 1, 1))], kernel_shape=[1, 1])])
+    se = net.op("HardSigmoid", [net.op("Conv", [se, net.w((4 * c, c, 1, 1))], kernel_shape=[1, 1])],
+                alpha=1 / 6, beta=0.5)
+    h = net.op("Mul", [h, se])
+    h = net.op("Conv", [h, net.w((c, 4 * c, 1, 1))], kernel_shape=[1, 1])
+    h = net.op("LeakyRelu", [net.op("Add", [h, "x"])], alpha=0.1)
+    mx = net.op("Max", [h, net.op("Neg", [h]), net.const(np.float32(0.05))])     # |h| floored at 0.05
+    mn = net.op("Min", [mx, net.const(np.float32(4.0))])
+    y = net.op("Add", [net.op("Log", [mn]), net.op("Reciprocal", [net.op("Add", [net.op("Abs", [h]),
+                                                                                  net.const(np.float32(1.0))])])])
+    net.nodes.append(helper.make_node("Identity", [y], ["y"]))
+    return net.model("mobilenet_v3_block", [_vi("x", [2, c, hw, hw])], [_vi("y", None)], 14)

@@ -184,6 +184,11 @@ CASES = [
     ("reduce_mean", [(2, 7, 32)], {"axes": [-1]}, (2, 7, 1)),
     ("reduce_mean", [(2, 7, 32)], {"axes": [0, 2], "keepdims": False}, (7,)),
     ("slice", [(2, 32, 5, 8)], {"axis": 1, "start": 12, "stop": 32}, (2, 20, 5, 8)),
+    *[(op, [(3, 4)], {}, (3, 4)) for op in ("neg", "reciprocal", "abs", "log", "hard_swish")],
+    ("leaky_relu", [(3, 4)], {"alpha": 0.1}, (3, 4)),
+    ("hard_sigmoid", [(3, 4)], {"alpha": 0.2, "beta": 0.5}, (3, 4)),
+    ("max", [(2, 3, 4), (4,)], {}, (2, 3, 4)),
+    ("min", [(2, 1, 4), (3, 1)], {}, (2, 3, 4)),
 ]
 
 
@@ -276,10 +281,11 @@ def test_builder_every_op():
     o = b.layer("conv", [x, b.weight("ow", (8, 2, 3, 3))], strides=2, pads=[0, 1, 1, 0], dilations=1, group=2)
     o = b.layer("lrn", [b.layer("maxpool", [o], kernel=2, ceil_mode=True)], size=3)
     o = b.layer("avgpool", [o], kernel=2, pads=[0, 0, 1, 1], count_include_pad=True)
-    for op in ("tanh", "erf", "sqrt", "exp", "gelu_erf"):
+    for op in ("tanh", "erf", "sqrt", "exp", "gelu_erf", "neg", "reciprocal", "abs", "log", "hard_swish",
+               "leaky_relu", "hard_sigmoid"):
         o = b.layer(op, [o])
     o = b.layer("clip", [o], min=0.0, max=1.0)
-    for op in ("sub", "div", "pow"):
+    for op in ("sub", "div", "pow", "max", "min"):
         o = b.layer(op, [o, o])
     o = b.layer("slice", [b.layer("reduce_mean", [o], axes=[1])], axis=2, start=0, stop=1)
     b.output(n)

@@ -27,11 +27,14 @@ CASES = [
                                   "count_include_pad": True}),
     ("lrn", [(2, 7, 4, 5)], {"size": 5, "alpha": 1e-3, "beta": 0.75, "bias": 2.0}),
     ("lrn", [(2, 7, 4, 5)], {"size": 4}),
-    *[(op, [(3, 5, 7)], {}) for op in ("tanh", "erf", "sqrt", "exp", "gelu_erf")],
+    *[(op, [(3, 5, 7)], {}) for op in ("tanh", "erf", "sqrt", "exp", "gelu_erf", "neg", "reciprocal", "abs", "log",
+                                       "hard_swish", "leaky_relu", "hard_sigmoid")],
+    ("leaky_relu", [(3, 5, 7)], {"alpha": 0.3}),
+    ("hard_sigmoid", [(3, 5, 7)], {"alpha": 0.5, "beta": 0.4}),
     ("clip", [(3, 5, 7)], {"min": 0.0, "max": 6.0}),
     ("clip", [(3, 5, 7)], {"min": -0.5}),
     ("clip", [(3, 5, 7)], {"max": 0.25}),
-    *[(op, [(3, 5, 7), (5, 1)], {}) for op in ("sub", "div", "pow")],
+    *[(op, [(3, 5, 7), (5, 1)], {}) for op in ("sub", "div", "pow", "max", "min")],
     ("div", [(1,), (3, 5, 7)], {}),
     ("reduce_mean", [(3, 5, 7)], {"axes": [-1]}),
     ("reduce_mean", [(3, 5, 7)], {"axes": [0, 2]}),
@@ -46,7 +49,7 @@ def test_every_onnx_op_has_a_case():
 
 def _inputs(op, shapes, rng):
     xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-    if op in ("sqrt", "pow", "div"):
+    if op in ("sqrt", "pow", "div", "log", "reciprocal"):
         xs = [np.abs(x) + 0.5 for x in xs]
     return xs
 

@@ -34,6 +34,7 @@ MODELS = {
     "cnn_windows": (M.cnn_windows, {}, lambda: {"x": _x((2, 3, 17, 15))}),
     "cnn_shapes": (M.cnn_shapes, {}, lambda: {"x": _x((2, 4, 4, 5))}),
     "misc_opset18": (M.misc_opset18, {}, lambda: {"x": _x((2, 5, 6))}),
+    "mobilenet_v3_block": (M.mobilenet_v3_block, {}, lambda: {"x": _x((2, 8, 9, 9))}),
 }
 
 

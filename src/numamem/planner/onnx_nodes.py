@@ -278,14 +278,24 @@ def _binary(op: str):
     return f
 
 
-def _sum(b: _Builder, node, a: dict) -> None:
-    ins = [b.operand(n) for n in node.input if n]
-    if len(ins) == 1:
-        b.reshape(ins[0], b.tensors[ins[0]].shape, node.output[0])
-        return
-    acc = ins[0]
-    for k, t in enumerate(ins[1:], 1):
-        acc = b.emit("add", [acc, t], {}, node.output[0] if k == len(ins) - 1 else None)
+def _slope(op: str):
+    def f(b: _Builder, node, a: dict) -> None:
+        keys = ("alpha",) if op == "leaky_relu" else ("alpha", "beta")
+        b.emit(op, [b.operand(node.input[0])], {k: float(a[k]) for k in keys if k in a}, node.output[0])
+    return f
+
+
+def _variadic(op: str):
+    """Sum, Max, Min of any number of inputs: a chain of the binary op (one input: a copy)."""
+    def f(b: _Builder, node, a: dict) -> None:
+        ins = [b.operand(n) for n in node.input if n]
+        if len(ins) == 1:
+            b.reshape(ins[0], b.tensors[ins[0]].shape, node.output[0])
+            return
+        acc = ins[0]
+        for k, t in enumerate(ins[1:], 1):
+            acc = b.emit(op, [acc, t], {}, node.output[0] if k == len(ins) - 1 else None)
+    return f
 
 
 def _matmul(b: _Builder, node, a: dict) -> None:
@@ -525,8 +535,11 @@ TRANSLATORS: dict[str, Callable] = {
     "Conv": _conv, "BatchNormalization": _batchnorm,
     "Relu": _unary("relu"), "Sigmoid": _unary("sigmoid"), "Tanh": _unary("tanh"), "Erf": _unary("erf"),
     "Sqrt": _unary("sqrt"), "Exp": _unary("exp"), "Clip": _clip, "Gelu": _gelu,
+    "Neg": _unary("neg"), "Reciprocal": _unary("reciprocal"), "Abs": _unary("abs"), "Log": _unary("log"),
+    "HardSwish": _unary("hard_swish"), "LeakyRelu": _slope("leaky_relu"), "HardSigmoid": _slope("hard_sigmoid"),
+    "Max": _variadic("max"), "Min": _variadic("min"),
     "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
-    "Pow": _binary("pow"), "Sum": _sum, "MatMul": _matmul, "Gemm": _gemm,
+    "Pow": _binary("pow"), "Sum": _variadic("add"), "MatMul": _matmul, "Gemm": _gemm,
     "Reshape": _reshape_like, "Flatten": _reshape_like, "Squeeze": _reshape_like, "Unsqueeze": _reshape_like,
     "Transpose": _transpose, "Concat": _concat, "Split": _split, "Slice": _slice, "Softmax": _softmax,
     "ReduceMean": _reduce_mean, "LayerNormalization": _layernorm, "GlobalAveragePool": _global_avgpool,

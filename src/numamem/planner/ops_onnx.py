@@ -11,9 +11,10 @@ imported, which :mod:`numamem.planner` does, so every user of the op table sees 
 | ``conv`` | x[N,C,H,W], w[O,C/group,kh,kw], b[O]? | ``strides``, ``pads`` [t,l,b,r], ``dilations``, ``group``, ``activation`` | ONNX Conv (2-D) |
 | ``maxpool``, ``avgpool`` | x[N,C,H,W] | ``kernel``, ``strides``, ``pads`` [t,l,b,r], ``ceil_mode``, ``count_include_pad`` (avg) | ONNX MaxPool / AveragePool (2-D) |
 | ``lrn`` | x[N,C,...] | ``size``, ``alpha``, ``beta``, ``bias`` | ONNX LRN |
-| ``tanh``, ``erf``, ``sqrt``, ``exp``, ``gelu_erf`` | x | | elementwise (``gelu_erf``: ``x/2*(1+erf(x/sqrt 2))``) |
+| ``tanh``, ``erf``, ``sqrt``, ``exp``, ``gelu_erf``, ``neg``, ``reciprocal``, ``abs``, ``log``, ``hard_swish`` | x | | elementwise (``gelu_erf``: ``x/2*(1+erf(x/sqrt 2))``; ``hard_swish``: ``x*max(0, min(1, x/6+1/2))``) |
+| ``leaky_relu``, ``hard_sigmoid`` | x | ``alpha`` (and ``beta``) | ONNX LeakyRelu, HardSigmoid |
 | ``clip`` | x | ``min``, ``max`` (null: unbounded) | elementwise |
-| ``sub``, ``div``, ``pow`` | a, b | | NumPy broadcasting |
+| ``sub``, ``div``, ``pow``, ``max``, ``min`` | a, b | | NumPy broadcasting |
 | ``reduce_mean`` | x | ``axes``, ``keepdims`` | mean over ``axes`` |
 | ``slice`` | x | ``axis``, ``start``, ``stop`` | ``x[..., start:stop, ...]`` on one axis (Split, Slice) |
 """
@@ -207,6 +208,25 @@ def _clip_shape(shapes: Sequence[Shape], attrs: Attrs) -> Shape:
     return shapes[0]
 
 
+def slope_params(op: str, attrs: Attrs) -> tuple[float, float]:
+    """``(alpha, beta)`` of ``leaky_relu`` (alpha 0.01) or ``hard_sigmoid`` (alpha 0.2, beta 0.5)."""
+    defaults = {"leaky_relu": (0.01, 0.0), "hard_sigmoid": (0.2, 0.5)}[op]
+    out = []
+    for key, default in zip(("alpha", "beta"), defaults):
+        v = attrs.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ShapeError(f"attribute {key!r} must be a number, not {v!r}")
+        out.append(float(v))
+    return out[0], out[1]
+
+
+def _slope_shape(op: str):
+    def infer(shapes: Sequence[Shape], attrs: Attrs) -> Shape:
+        slope_params(op, attrs)
+        return shapes[0]
+    return infer
+
+
 def _broadcast(shapes: Sequence[Shape], attrs: Attrs) -> Shape:
     return broadcast_shapes(shapes[0], shapes[1])
 
@@ -315,10 +335,14 @@ def _register() -> tuple[str, ...]:
     rules(OpSpec("lrn", 1, 1, ("size", "alpha", "beta", "bias"), _lrn_shape),
           lambda ins, out, attrs, axis: axis != 1, _same_regions,
           lambda ins, out, attrs: (lrn_params(attrs)[0] + 4) * math.prod(out))
-    for name in ("tanh", "erf", "sqrt", "exp", "gelu_erf"):
+    for name in ("tanh", "erf", "sqrt", "exp", "gelu_erf", "neg", "reciprocal", "abs", "log", "hard_swish"):
         rules(OpSpec(name, 1, 1, (), _same), _any_axis, _same_regions, _per_element(1))
+    rules(OpSpec("leaky_relu", 1, 1, ("alpha",), _slope_shape("leaky_relu")), _any_axis, _same_regions,
+          _per_element(1))
+    rules(OpSpec("hard_sigmoid", 1, 1, ("alpha", "beta"), _slope_shape("hard_sigmoid")), _any_axis, _same_regions,
+          _per_element(1))
     rules(OpSpec("clip", 1, 1, ("min", "max"), _clip_shape), _any_axis, _same_regions, _per_element(1))
-    for name in ("sub", "div", "pow"):
+    for name in ("sub", "div", "pow", "max", "min"):
         rules(OpSpec(name, 2, 2, (), _broadcast), _any_axis, _broadcast_regions, _per_element(1))
     rules(OpSpec("reduce_mean", 1, 1, ("axes", "keepdims"), _reduce_shape),
           lambda ins, out, attrs, axis: _kept_axis(ins[0], attrs, axis) is not None, _reduce_regions,

@@ -390,9 +390,23 @@ def _onnx_op(op: str, xs: list[np.ndarray], attrs: Mapping[str, Any]) -> np.ndar
     if op == "clip":
         lo, hi = attrs.get("min"), attrs.get("max")
         return np.minimum(np.maximum(x, -np.inf if lo is None else lo), np.inf if hi is None else hi)
-    if op in ("sub", "div", "pow"):
+    if op == "neg":
+        return -x
+    if op == "reciprocal":
+        return 1.0 / x
+    if op == "abs":
+        return np.abs(x)
+    if op == "log":
+        return np.log(x)
+    if op == "leaky_relu":
+        return np.where(x >= 0, x, float(attrs.get("alpha", 0.01)) * x)
+    if op == "hard_sigmoid":
+        return np.maximum(0.0, np.minimum(1.0, float(attrs.get("alpha", 0.2)) * x + float(attrs.get("beta", 0.5))))
+    if op == "hard_swish":
+        return x * np.maximum(0.0, np.minimum(1.0, x / 6.0 + 0.5))
+    if op in ("sub", "div", "pow", "max", "min"):
         y = _f64(xs[1])
-        return x - y if op == "sub" else x / y if op == "div" else x ** y
+        return {"sub": np.subtract, "div": np.divide, "pow": np.power, "max": np.maximum, "min": np.minimum}[op](x, y)
     if op == "reduce_mean":
         axes = attrs.get("axes")
         return x.mean(axis=None if axes is None else tuple(int(a) for a in axes),

@@ -90,8 +90,10 @@ KERNELS: dict[str, Kernel] = {
         Kernel("maxpool", window.pool, no_scratch),
         Kernel("avgpool", window.pool, no_scratch),
         Kernel("lrn", window.lrn, no_scratch),
-        *(Kernel(op, mathops.unary, no_scratch) for op in ("tanh", "erf", "sqrt", "exp", "gelu_erf", "clip")),
-        *(Kernel(op, mathops.binary, no_scratch) for op in ("sub", "div", "pow")),
+        *(Kernel(op, mathops.unary, no_scratch) for op in (
+            "tanh", "erf", "sqrt", "exp", "gelu_erf", "clip", "neg", "reciprocal", "abs", "log", "leaky_relu",
+            "hard_sigmoid", "hard_swish")),
+        *(Kernel(op, mathops.binary, no_scratch) for op in ("sub", "div", "pow", "max", "min")),
         Kernel("reduce_mean", mathops.reduce_mean, no_scratch),
         Kernel("slice", mathops.slice_, no_scratch),
     )

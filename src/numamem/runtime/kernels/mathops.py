@@ -1,5 +1,7 @@
 """Elementwise math and reductions with ONNX semantics: ``tanh``, ``erf``, ``sqrt``, ``exp``,
-``gelu_erf``, ``clip``, ``sub``, ``div``, ``pow``, ``reduce_mean``, and ``slice``.
+``gelu_erf``, ``neg``, ``reciprocal``, ``abs``, ``log``, ``leaky_relu``, ``hard_sigmoid``,
+``hard_swish``, ``clip``, ``sub``, ``div``, ``pow``, ``max``, ``min``, ``reduce_mean``, and ``slice``.
+``leaky_relu``, ``hard_sigmoid`` and ``hard_swish`` allocate one block-sized temporary.
 
 NumPy has no ``erf``; :func:`erf` is the rational approximation that Eigen and XLA use for
 float32 (a clamp to [-4, 4], then an odd degree-13 over an even degree-8 polynomial; a few float32
@@ -14,7 +16,7 @@ import math
 
 import numpy as np
 
-from numamem.planner.ops_onnx import clip_bounds, reduce_axes
+from numamem.planner.ops_onnx import clip_bounds, reduce_axes, slope_params
 from numamem.runtime.kernels._common import Ctx
 from numamem.runtime.kernels.elementwise import CHUNK_ELEMENTS, _chunks
 
@@ -66,7 +68,7 @@ def gelu_erf(x: np.ndarray, out: np.ndarray) -> None:
 
 
 def unary(ins, out, c: Ctx, bufs) -> None:
-    """``tanh``, ``erf``, ``sqrt``, ``exp``, ``gelu_erf`` or ``clip`` of ``ins[0]`` into ``out``."""
+    """A unary op of this module of ``ins[0]`` into ``out``."""
     x = ins[0]
     if c.op == "tanh":
         np.tanh(x, out=out)
@@ -79,6 +81,27 @@ def unary(ins, out, c: Ctx, bufs) -> None:
         erf(x, out)
     elif c.op == "gelu_erf":
         gelu_erf(x, out)
+    elif c.op == "neg":
+        np.negative(x, out=out)
+    elif c.op == "reciprocal":
+        with np.errstate(divide="ignore"):
+            np.reciprocal(x, out=out)
+    elif c.op == "abs":
+        np.abs(x, out=out)
+    elif c.op == "log":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.log(x, out=out)
+    elif c.op == "leaky_relu":
+        alpha, _ = slope_params(c.op, c.attrs)
+        np.multiply(x, np.where(x < 0, out.dtype.type(alpha), out.dtype.type(1)), out=out)
+    elif c.op in ("hard_sigmoid", "hard_swish"):
+        alpha, beta = slope_params("hard_sigmoid", c.attrs) if c.op == "hard_sigmoid" else (1 / 6, 0.5)
+        t = np.multiply(x, alpha, dtype=out.dtype)
+        t += beta
+        np.clip(t, 0, 1, out=t)
+        if c.op == "hard_swish":
+            t *= x
+        np.copyto(out, t)
     else:  # clip
         lo, hi = clip_bounds(c.attrs)
         src = x
@@ -93,9 +116,9 @@ def unary(ins, out, c: Ctx, bufs) -> None:
 
 
 def binary(ins, out, c: Ctx, bufs) -> None:
-    """``sub``, ``div`` or ``pow`` of two broadcasting operands into ``out``."""
+    """``sub``, ``div``, ``pow``, ``max`` or ``min`` of two broadcasting operands into ``out``."""
     a, b = ins
-    f = {"sub": np.subtract, "div": np.divide, "pow": np.power}[c.op]
+    f = {"sub": np.subtract, "div": np.divide, "pow": np.power, "max": np.maximum, "min": np.minimum}[c.op]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         f(a, b, out=out)
 
