@@ -250,3 +250,15 @@ def test_values_reach_constants_computed_from_them():
     assert np.allclose(list(onnx_weights(m).values())[0], 0.02)
     with pytest.raises(ValueError, match="'nope', which is neither an initializer nor a ConstantOfShape output"):
         onnx_weights(m, values={"nope": v})
+
+
+@pytest.mark.parametrize("noop", [0, 1])
+def test_reduce_mean_with_empty_axes_input(noop):
+    # Opset 18: an empty axes input reduces every axis, or nothing with noop_with_empty_axes.
+    m = _tiny([helper.make_node("ReduceMean", ["x", "axes"], ["y"], name="rm", keepdims=1,
+                                noop_with_empty_axes=noop)],
+              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+              [numpy_helper.from_array(np.zeros(0, np.int64), "axes")], opset=18)
+    layer = from_onnx(m).layers[0]
+    assert (layer.op, from_onnx(m).tensor("y").shape) == (("reshape", (2, 3)) if noop else ("reduce_mean", (1, 1)))

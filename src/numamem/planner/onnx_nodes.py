@@ -419,7 +419,9 @@ def _softmax(b: _Builder, node, a: dict) -> None:
 def _reduce_mean(b: _Builder, node, a: dict) -> None:
     x = b.operand(node.input[0])
     if b.prep.opset >= 18:
+        # An absent or empty axes input reduces every axis, unless noop_with_empty_axes.
         axes = [int(v) for v in b.small(node.input[1])] if len(node.input) > 1 and node.input[1] else None
+        axes = axes or None
         if axes is None and a.get("noop_with_empty_axes", 0):
             b.reshape(x, b.tensors[x].shape, node.output[0])
             return
