@@ -303,3 +303,17 @@ def mobilenet_v3_block(c: int = 8, hw: int = 9):
                                                                                   net.const(np.float32(1.0))])])])
     net.nodes.append(helper.make_node("Identity", [y], ["y"]))
     return net.model("mobilenet_v3_block", [_vi("x", [2, c, hw, hw])], [_vi("y", None)], 14)
+
+
+def conv1d_net():
+    """Opset 13: 1-D Conv (asymmetric pads, dilation, groups) with a BatchNormalization to fold,
+    1-D MaxPool in ceil mode and 1-D AveragePool, as in audio and text CNNs."""
+    net = _Net(7)
+    h = net.op("Conv", ["x", net.w((8, 4, 3), np.sqrt(2.0 / 12)), net.w((8,), 0.1)], kernel_shape=[3],
+               pads=[2, 1], dilations=[2])
+    h = net.op("Relu", [net.bn(h, 8)])
+    h = net.op("MaxPool", [h], kernel_shape=[3], strides=[2], ceil_mode=1)
+    h = net.op("Conv", [h, net.w((8, 2, 5), np.sqrt(2.0 / 10))], kernel_shape=[5], group=4, auto_pad="SAME_UPPER")
+    h = net.op("AveragePool", [h], kernel_shape=[2], strides=[2], pads=[0, 1])
+    net.nodes.append(helper.make_node("Identity", [h], ["y"]))
+    return net.model("conv1d_net", [_vi("x", [2, 4, 23])], [_vi("y", None)], 13)

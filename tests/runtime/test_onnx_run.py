@@ -35,6 +35,7 @@ MODELS = {
     "cnn_shapes": (M.cnn_shapes, {}, lambda: {"x": _x((2, 4, 4, 5))}),
     "misc_opset18": (M.misc_opset18, {}, lambda: {"x": _x((2, 5, 6))}),
     "mobilenet_v3_block": (M.mobilenet_v3_block, {}, lambda: {"x": _x((2, 8, 9, 9))}),
+    "conv1d_net": (M.conv1d_net, {}, lambda: {"x": _x((2, 4, 23))}),
 }
 
 

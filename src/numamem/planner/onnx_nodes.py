@@ -183,13 +183,28 @@ def _auto_pads(b: _Builder, a: dict, x: tuple[int, ...], kernel: tuple[int, int]
 
 
 # ---------------------------------------------------------------------------- translators
+def _expand_1d(a: dict) -> dict:
+    """Window attributes of a 1-D Conv or pool as those of the 2-D one over ``[N, C, 1, L]``."""
+    a = dict(a)
+    for key, lead in (("kernel_shape", 1), ("strides", 1), ("dilations", 1)):
+        if key in a:
+            a[key] = [lead] + list(a[key])
+    if "pads" in a:
+        a["pads"] = [0, a["pads"][0], 0, a["pads"][1]]
+    return a
+
+
 def _conv(b: _Builder, node, a: dict) -> None:
     x = b.operand(node.input[0])
     xs = b.shape(x)
     wname = node.input[1]
     ws = b.shape(wname)
+    one_d = len(xs) == 3 and len(ws) == 3
+    if one_d:  # computed as a 2-D convolution of height 1
+        x = b.reshape(x, xs[:2] + (1,) + xs[2:])
+        xs, ws, a = b.tensors[x].shape, ws[:2] + (1,) + ws[2:], _expand_1d(a)
     if len(xs) != 4 or len(ws) != 4:
-        b.fail(f"only 2-D convolutions are supported (input {list(xs)}, weight {list(ws)})")
+        b.fail(f"only 1-D and 2-D convolutions are supported (input {list(xs)}, weight {list(ws)})")
     if b.const(wname) is None:
         b.fail("the weight must be a constant")
     strides = tuple(a.get("strides", [1, 1]))
@@ -205,7 +220,7 @@ def _conv(b: _Builder, node, a: dict) -> None:
                            or [o for o in bn.output[1:] if o] or _attrs(bn).get("training_mode", 0)):
         bn = None
     name = out
-    w_make = lambda: b.value(wname)  # noqa: E731
+    w_make = lambda: b.value(wname).reshape(ws)  # noqa: E731
     b_make = (lambda: b.value(bias)) if bias else (lambda: np.zeros(ws[0], np.float32))
     if bn is not None:
         eps = float(_attrs(bn).get("epsilon", 1e-5))
@@ -223,11 +238,14 @@ def _conv(b: _Builder, node, a: dict) -> None:
     ins = [x, w]
     if bias or bn is not None:
         ins.append(b.weight(bias if bias and bn is None else b.fresh(f"{name}/bias"), (ws[0],), b_make))
+    target = None if one_d else name
     if dil == (1, 1) and pads[0] == pads[2] and pads[1] == pads[3]:
-        b.emit("conv2d", ins, {"stride": list(strides), "padding": [pads[0], pads[1]], "groups": group}, name)
+        y = b.emit("conv2d", ins, {"stride": list(strides), "padding": [pads[0], pads[1]], "groups": group}, target)
     else:
-        b.emit("conv", ins, {"strides": list(strides), "pads": list(pads), "dilations": list(dil), "group": group},
-               name)
+        y = b.emit("conv", ins, {"strides": list(strides), "pads": list(pads), "dilations": list(dil),
+                                 "group": group}, target)
+    if one_d:
+        b.reshape(y, b.shape(name), name)
 
 
 def _batchnorm(b: _Builder, node, a: dict) -> None:
@@ -460,8 +478,13 @@ def _pool(b: _Builder, node, a: dict) -> None:
     x = b.operand(node.input[0])
     xs = b.tensors[x].shape
     is_max = node.op_type == "MaxPool"
+    out = node.output[0]
+    if len(xs) == 3:  # computed as a 2-D pool of height 1
+        x = b.reshape(x, xs[:2] + (1,) + xs[2:])
+        xs, a = b.tensors[x].shape, _expand_1d(a)
+        out = b.fresh(f"{node.output[0]}/2d")
     if len(xs) != 4:
-        b.fail("only 2-D pooling is supported")
+        b.fail("only 1-D and 2-D pooling is supported")
     if is_max and [o for o in node.output[1:] if o]:
         b.fail("the Indices output is not supported")
     kernel = tuple(a["kernel_shape"])
@@ -472,15 +495,16 @@ def _pool(b: _Builder, node, a: dict) -> None:
     ceil = bool(a.get("ceil_mode", 0))
     cip = bool(a.get("count_include_pad", 0))
     sym = pads[0] == pads[2] and pads[1] == pads[3] and 2 * pads[0] <= kernel[0] and 2 * pads[1] <= kernel[1]
-    out = node.output[0]
     if sym and not ceil and (is_max or cip or pads == (0, 0, 0, 0)):
         attrs = {"kernel": list(kernel), "stride": list(strides), "padding": [pads[0], pads[1]]}
-        b.emit("maxpool2d" if is_max else "avgpool2d", [x], attrs, out)
-        return
-    attrs = {"kernel": list(kernel), "strides": list(strides), "pads": list(pads), "ceil_mode": ceil}
-    if not is_max:
-        attrs["count_include_pad"] = cip
-    b.emit("maxpool" if is_max else "avgpool", [x], attrs, out)
+        y = b.emit("maxpool2d" if is_max else "avgpool2d", [x], attrs, out)
+    else:
+        attrs = {"kernel": list(kernel), "strides": list(strides), "pads": list(pads), "ceil_mode": ceil}
+        if not is_max:
+            attrs["count_include_pad"] = cip
+        y = b.emit("maxpool" if is_max else "avgpool", [x], attrs, out)
+    if y != node.output[0]:
+        b.reshape(y, b.shape(node.output[0]), node.output[0])
 
 
 def _lrn(b: _Builder, node, a: dict) -> None:
