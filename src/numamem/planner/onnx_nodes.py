@@ -16,140 +16,13 @@ otherwise (planning).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from numamem.planner.graph import Graph, GraphError, Layer, Tensor
-from numamem.planner.onnx_prepare import Const, OnnxImportError, Prepared, UnknownShapeError, UnsupportedOpError
-from numamem.planner.ops import ShapeError, infer_shape
-
-
-@dataclass
-class Imported:
-    """What translation gives: the graph and, when values were at hand, its weights."""
-
-    graph: Graph
-    weights: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-class _Builder:
-    """Collects tensors, layers and weights while nodes are translated."""
-
-    def __init__(self, prep: Prepared, values: bool):
-        self.prep = prep
-        self.values = values
-        self.tensors: dict[str, Tensor] = {}
-        self.layers: list[Layer] = []
-        self.weights: dict[str, np.ndarray] = {}
-        self.alias: dict[str, str] = {}
-        self.layer_names: set[str] = set()
-        self.skip: set[int] = set()  # ids of nodes already folded into another
-        self.node = None
-        self.readers: dict[str, list] = {}
-        for node in prep.model.graph.node:
-            for n in node.input:
-                self.readers.setdefault(n, []).append(node)
-        self.outputs = [o.name for o in prep.model.graph.output]
-        self.dtype = "float32"  # the graph's: that of the first floating input
-
-    # ---------------------------------------------------------------- names and tensors
-    def fail(self, msg: str, cls=UnsupportedOpError):
-        n = self.node
-        raise cls(f"{self.prep.where}: node {n.name or n.output[0]!r} ({n.op_type}, opset {self.prep.opset}): {msg}")
-
-    def resolve(self, name: str) -> str:
-        while name in self.alias:
-            name = self.alias[name]
-        return name
-
-    def const(self, name: str) -> Const | None:
-        return self.prep.consts.get(self.resolve(name))
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        name = self.resolve(name)
-        if name in self.tensors:
-            return self.tensors[name].shape
-        c = self.prep.consts.get(name)
-        if c is not None:
-            return tuple(c.shape)
-        if name in self.prep.shapes:
-            return self.prep.shapes[name]
-        producer = next((n for n in self.prep.model.graph.node if name in n.output), None)
-        who = f"node {producer.name or producer.output[0]!r} ({producer.op_type})" if producer else "a graph input"
-        raise UnknownShapeError(f"{self.prep.where}: tensor {name!r} (made by {who}) has no static shape "
-                                "after shape inference and constant folding")
-
-    def value(self, name: str) -> np.ndarray | None:
-        """The value of constant ``name`` (None while planning); error if it is not a constant."""
-        c = self.const(name)
-        if c is None:
-            self.fail(f"input {name!r} must be a constant (an initializer or computable before the run)")
-        if c.value is None and self.values:
-            self.fail(f"constant {name!r} has no value (external data not loaded?)", OnnxImportError)
-        return c.value
-
-    def small(self, name: str) -> np.ndarray:
-        """The value of a small constant (shapes, axes, bounds), needed even while planning."""
-        v = self.value(name)
-        if v is None:
-            self.fail(f"input {name!r} must be a constant stored in the model")
-        return v
-
-    def weight(self, name: str, shape: tuple[int, ...], make: Callable[[], np.ndarray] | None = None) -> str:
-        """Declare weight ``name`` of ``shape``; ``make()`` computes it when values are wanted."""
-        shape = tuple(int(d) for d in shape) or (1,)
-        if name in self.tensors:
-            return name
-        self.tensors[name] = Tensor(name, shape, "weight")
-        if self.values:
-            v = np.asarray(make() if make is not None else self.value(name))
-            self.weights[name] = v.reshape(shape).astype(self.dtype, copy=False)
-        return name
-
-    def operand(self, name: str) -> str:
-        """The graph tensor for ONNX tensor ``name``: an activation, or the constant as a weight."""
-        name = self.resolve(name)
-        if name in self.tensors:
-            return name
-        c = self.prep.consts.get(name)
-        if c is not None:  # an integer constant (Pow's exponent) becomes a weight of the graph's dtype too
-            return self.weight(name, c.shape)
-        self.shape(name)  # raises for an unknown shape
-        self.fail(f"tensor {name!r} is not produced by any supported node")
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 2
-        while name in self.tensors or name in self.prep.consts or name in self.prep.shapes:
-            name, k = f"{base}/{k}", k + 1
-        return name
-
-    def emit(self, op: str, inputs: list[str], attrs: dict[str, Any] | None = None, out: str | None = None) -> str:
-        """Add one layer; its output is ``out`` (default: a fresh name) with the op table's shape."""
-        attrs = {k: v for k, v in (attrs or {}).items() if v is not None}
-        n = self.node
-        base = n.name or f"{n.op_type}_{n.output[0]}"
-        lname, k = base, 2
-        while lname in self.layer_names:
-            lname, k = f"{base}/{k}", k + 1
-        self.layer_names.add(lname)
-        out = out or self.fresh(f"{n.output[0]}/{op}")
-        try:
-            shape = infer_shape(op, [self.tensors[i].shape for i in inputs], attrs)
-        except ShapeError as exc:
-            self.fail(f"as {op}: {exc}", OnnxImportError)
-        if out in self.prep.shapes and self.prep.shapes[out] != shape:
-            self.fail(f"numamem's {op} gives shape {list(shape)} but ONNX infers {list(self.prep.shapes[out])}",
-                      OnnxImportError)
-        self.tensors[out] = Tensor(out, shape, "output" if out in self.outputs else None)
-        self.layers.append(Layer(lname, op, tuple(inputs), (out,), attrs))
-        return out
-
-    def reshape(self, x: str, shape: tuple[int, ...], out: str | None = None) -> str:
-        if shape == self.tensors[x].shape and out is None:
-            return x
-        return self.emit("reshape", [x], {"shape": list(shape)}, out)
+from numamem.planner.graph import Graph, GraphError, Tensor
+from numamem.planner.onnx_builder import Builder, Imported
+from numamem.planner.onnx_prepare import OnnxImportError, Prepared, UnknownShapeError, UnsupportedOpError
 
 
 def _attrs(node) -> dict[str, Any]:
@@ -162,7 +35,7 @@ def _str(v: Any) -> Any:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def _auto_pads(b: _Builder, a: dict, x: tuple[int, ...], kernel: tuple[int, int], strides, dilations):
+def _auto_pads(b: Builder, a: dict, x: tuple[int, ...], kernel: tuple[int, int], strides, dilations):
     """Explicit ``[top, left, bottom, right]`` pads from ``pads`` or ``auto_pad``."""
     mode = _str(a.get("auto_pad", "NOTSET"))
     if mode in ("NOTSET", "") or mode is None:
@@ -194,7 +67,7 @@ def _expand_1d(a: dict) -> dict:
     return a
 
 
-def _conv(b: _Builder, node, a: dict) -> None:
+def _conv(b: Builder, node, a: dict) -> None:
     x = b.operand(node.input[0])
     xs = b.shape(x)
     wname = node.input[1]
@@ -248,7 +121,7 @@ def _conv(b: _Builder, node, a: dict) -> None:
         b.reshape(y, b.shape(name), name)
 
 
-def _batchnorm(b: _Builder, node, a: dict) -> None:
+def _batchnorm(b: Builder, node, a: dict) -> None:
     if [o for o in node.output[1:] if o] or a.get("training_mode", 0):
         b.fail("only the inference form (one output) is supported")
     x = b.operand(node.input[0])
@@ -265,12 +138,12 @@ def _batchnorm(b: _Builder, node, a: dict) -> None:
 
 
 def _unary(op: str):
-    def f(b: _Builder, node, a: dict) -> None:
+    def f(b: Builder, node, a: dict) -> None:
         b.emit(op, [b.operand(node.input[0])], {}, node.output[0])
     return f
 
 
-def _clip(b: _Builder, node, a: dict) -> None:
+def _clip(b: Builder, node, a: dict) -> None:
     if b.prep.opset < 11:
         lo, hi = a.get("min"), a.get("max")
     else:
@@ -285,19 +158,19 @@ def _clip(b: _Builder, node, a: dict) -> None:
         b.emit("clip", [x], {"min": lo, "max": hi}, node.output[0])
 
 
-def _gelu(b: _Builder, node, a: dict) -> None:
+def _gelu(b: Builder, node, a: dict) -> None:
     approx = _str(a.get("approximate", "none"))
     b.emit("gelu" if approx == "tanh" else "gelu_erf", [b.operand(node.input[0])], {}, node.output[0])
 
 
 def _binary(op: str):
-    def f(b: _Builder, node, a: dict) -> None:
+    def f(b: Builder, node, a: dict) -> None:
         b.emit(op, [b.operand(node.input[0]), b.operand(node.input[1])], {}, node.output[0])
     return f
 
 
 def _slope(op: str):
-    def f(b: _Builder, node, a: dict) -> None:
+    def f(b: Builder, node, a: dict) -> None:
         keys = ("alpha",) if op == "leaky_relu" else ("alpha", "beta")
         b.emit(op, [b.operand(node.input[0])], {k: float(a[k]) for k in keys if k in a}, node.output[0])
     return f
@@ -305,7 +178,7 @@ def _slope(op: str):
 
 def _variadic(op: str):
     """Sum, Max, Min of any number of inputs: a chain of the binary op (one input: a copy)."""
-    def f(b: _Builder, node, a: dict) -> None:
+    def f(b: Builder, node, a: dict) -> None:
         ins = [b.operand(n) for n in node.input if n]
         if len(ins) == 1:
             b.reshape(ins[0], b.tensors[ins[0]].shape, node.output[0])
@@ -316,7 +189,7 @@ def _variadic(op: str):
     return f
 
 
-def _matmul(b: _Builder, node, a: dict) -> None:
+def _matmul(b: Builder, node, a: dict) -> None:
     an, bn = node.input[0], node.input[1]
     sa, sb = b.shape(an), b.shape(bn)
     if len(sa) < 2 or len(sb) < 2:
@@ -327,7 +200,7 @@ def _matmul(b: _Builder, node, a: dict) -> None:
         b.emit("matmul", [b.operand(an), b.operand(bn)], {}, node.output[0])
 
 
-def _gemm(b: _Builder, node, a: dict) -> None:
+def _gemm(b: Builder, node, a: dict) -> None:
     alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
     ta, tb = int(a.get("transA", 0)), int(a.get("transB", 0))
     an, bn = node.input[0], node.input[1]
@@ -363,7 +236,7 @@ def _gemm(b: _Builder, node, a: dict) -> None:
         b.emit("add", [y, c], {}, out)
 
 
-def _reshape_like(b: _Builder, node, a: dict) -> None:
+def _reshape_like(b: Builder, node, a: dict) -> None:
     x = b.operand(node.input[0])
     out = node.output[0]
     shape = b.shape(out)
@@ -373,16 +246,16 @@ def _reshape_like(b: _Builder, node, a: dict) -> None:
         b.emit("reshape", [x], {"shape": list(shape)}, out)
 
 
-def _transpose(b: _Builder, node, a: dict) -> None:
+def _transpose(b: Builder, node, a: dict) -> None:
     perm = a.get("perm")
     b.emit("transpose", [b.operand(node.input[0])], {"perm": list(perm)} if perm is not None else {}, node.output[0])
 
 
-def _concat(b: _Builder, node, a: dict) -> None:
+def _concat(b: Builder, node, a: dict) -> None:
     b.emit("concat", [b.operand(n) for n in node.input if n], {"axis": int(a["axis"])}, node.output[0])
 
 
-def _split(b: _Builder, node, a: dict) -> None:
+def _split(b: Builder, node, a: dict) -> None:
     x = b.operand(node.input[0])
     xs = b.tensors[x].shape
     axis = int(a.get("axis", 0)) % len(xs)
@@ -394,7 +267,7 @@ def _split(b: _Builder, node, a: dict) -> None:
         start += size
 
 
-def _slice(b: _Builder, node, a: dict) -> None:
+def _slice(b: Builder, node, a: dict) -> None:
     x = b.operand(node.input[0])
     xs = b.tensors[x].shape
     if b.prep.opset < 10:
@@ -419,7 +292,7 @@ def _slice(b: _Builder, node, a: dict) -> None:
         x = b.emit("slice", [x], {"axis": ax, "start": lo, "stop": hi}, node.output[0] if k == len(cuts) - 1 else None)
 
 
-def _softmax(b: _Builder, node, a: dict) -> None:
+def _softmax(b: Builder, node, a: dict) -> None:
     x = b.operand(node.input[0])
     xs = b.tensors[x].shape
     out = node.output[0]
@@ -434,7 +307,7 @@ def _softmax(b: _Builder, node, a: dict) -> None:
     b.reshape(b.emit("softmax", [flat], {"axis": -1}), xs, out)
 
 
-def _reduce_mean(b: _Builder, node, a: dict) -> None:
+def _reduce_mean(b: Builder, node, a: dict) -> None:
     x = b.operand(node.input[0])
     if b.prep.opset >= 18:
         # An absent or empty axes input reduces every axis, unless noop_with_empty_axes.
@@ -449,7 +322,7 @@ def _reduce_mean(b: _Builder, node, a: dict) -> None:
                                 "keepdims": bool(a.get("keepdims", 1))}, node.output[0])
 
 
-def _layernorm(b: _Builder, node, a: dict) -> None:
+def _layernorm(b: Builder, node, a: dict) -> None:
     if [o for o in node.output[1:] if o]:
         b.fail("the Mean and InvStdDev outputs are not supported")
     x = b.operand(node.input[0])
@@ -467,14 +340,14 @@ def _layernorm(b: _Builder, node, a: dict) -> None:
     b.emit("layernorm", [x, gamma, beta], {"eps": float(a.get("epsilon", 1e-5))}, node.output[0])
 
 
-def _global_avgpool(b: _Builder, node, a: dict) -> None:
+def _global_avgpool(b: Builder, node, a: dict) -> None:
     x = b.operand(node.input[0])
     if len(b.tensors[x].shape) != 4:
         b.fail("only 2-D inputs [N, C, H, W] are supported")
     b.reshape(b.emit("global_avgpool", [x]), b.shape(node.output[0]), node.output[0])
 
 
-def _pool(b: _Builder, node, a: dict) -> None:
+def _pool(b: Builder, node, a: dict) -> None:
     x = b.operand(node.input[0])
     xs = b.tensors[x].shape
     is_max = node.op_type == "MaxPool"
@@ -507,13 +380,13 @@ def _pool(b: _Builder, node, a: dict) -> None:
         b.reshape(y, b.shape(node.output[0]), node.output[0])
 
 
-def _lrn(b: _Builder, node, a: dict) -> None:
+def _lrn(b: Builder, node, a: dict) -> None:
     b.emit("lrn", [b.operand(node.input[0])], {"size": int(a["size"]), "alpha": float(a.get("alpha", 1e-4)),
                                                "beta": float(a.get("beta", 0.75)), "bias": float(a.get("bias", 1.0))},
            node.output[0])
 
 
-def _gather(b: _Builder, node, a: dict) -> None:
+def _gather(b: Builder, node, a: dict) -> None:
     data, idx = node.input[0], node.input[1]
     axis = int(a.get("axis", 0))
     if b.const(data) is not None and b.const(idx) is None:
@@ -537,7 +410,7 @@ def _gather(b: _Builder, node, a: dict) -> None:
     b.fail("only Gather of table rows by input ids, or of a contiguous constant range, is supported")
 
 
-def _alias(b: _Builder, node, a: dict) -> None:
+def _alias(b: Builder, node, a: dict) -> None:
     if node.op_type == "Dropout" and [o for o in node.output[1:] if o and b.readers.get(o)]:
         b.fail("the mask output is not supported")
     if node.op_type == "Cast":
@@ -581,7 +454,7 @@ def translate(prep: Prepared, *, values: bool) -> Imported:
     """Step 3 and 4 of the import: check the remaining nodes, then map them onto layers."""
     from onnx import helper
 
-    b = _Builder(prep, values)
+    b = Builder(prep, values)
     m = prep.model
     for node in m.graph.node:
         if node.domain not in ("", "ai.onnx") or node.op_type not in TRANSLATORS:
