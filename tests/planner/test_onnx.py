@@ -55,9 +55,12 @@ def test_bert_opset14_decomposed_layernorm_and_opset20_gelu():
 def test_mobilenet_block_folds_batchnorm_into_conv():
     g = from_onnx(M.mobilenet_block(), input_shapes={"x": (3, 16, 10, 10)})
     ops = _ops(g)
-    assert "batchnorm" not in ops and ops["relu6"] == 3
+    # Batch norms folded into the convolutions, Clip(0, 6) fused into them as their activation.
+    assert "batchnorm" not in ops and "relu6" not in ops
     # The symmetric-pad convs are conv2d, the asymmetric depthwise one is conv.
     assert ops["conv2d"] == 3 and ops["conv"] == 1
+    assert [l.attrs.get("activation") for l in g.layers if l.op.startswith("conv")] == ["relu6", "relu6", None,
+                                                                                       "relu6"]
     dw = next(l for l in g.layers if l.op == "conv")
     assert dw.attrs["pads"] == [0, 0, 1, 1] and dw.attrs["group"] == 16
 
@@ -69,6 +72,23 @@ def test_folded_batchnorm_weights_match_onnx_runtime_math():
     assert set(ws) == set(g.weights)
     for n in g.weights:
         assert ws[n].shape == g.tensor(n).shape and ws[n].dtype == np.float32
+
+
+def test_activations_fuse_only_into_a_sole_reader():
+    g = from_onnx(M.light_path("resnet50"))
+    ops = _ops(g)
+    # Every Relu follows a conv (BN folded) or a residual Sum: all fused, none left on its own.
+    assert "relu" not in ops and ops["add"] == 16
+    assert sum(l.attrs.get("activation") == "relu" for l in g.layers) == 49
+    # A conv output that something besides the Relu reads keeps its Relu a layer of its own.
+    m = _tiny([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+               helper.make_node("Relu", ["c"], ["r"], name="relu"),
+               helper.make_node("Add", ["c", "r"], ["y"], name="add")],
+              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+              [numpy_helper.from_array(np.ones((3, 2, 1, 1), np.float32), "w")])
+    assert [(l.op, l.attrs.get("activation")) for l in from_onnx(m).layers] == [
+        ("conv2d", None), ("relu", None), ("add", None)]
 
 
 def test_window_model_maps_each_attribute():

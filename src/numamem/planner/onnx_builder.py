@@ -143,3 +143,34 @@ class Builder:
         if shape == self.tensors[x].shape and out is None:
             return x
         return self.emit("reshape", [x], {"shape": list(shape)}, out)
+
+    def fuse_activations(self) -> None:
+        """Fold each ``relu``/``relu6``/``gelu`` into the layer making its input, as a fused ``activation``.
+
+        That is the inference form the built-in models are written in: one layer and one tensor
+        fewer, so the activation never reads and writes memory on its own. Done where the producer
+        takes an ``activation`` (conv2d, conv, dense, add) and has none yet, and its output is read
+        by the activation alone and is not a graph output.
+        """
+        readers: dict[str, int] = {}
+        for layer in self.layers:
+            for n in layer.inputs:
+                readers[n] = readers.get(n, 0) + 1
+        producer = {layer.outputs[0]: k for k, layer in enumerate(self.layers)}
+        drop: set[int] = set()
+        for k, layer in enumerate(self.layers):
+            if layer.op not in ("relu", "relu6", "gelu"):
+                continue
+            src = layer.inputs[0]
+            j = producer.get(src)
+            if j is None or readers[src] != 1 or self.tensors[src].role is not None:
+                continue
+            prev = self.layers[j]
+            if prev.op not in ("conv2d", "conv", "dense", "add") or prev.attrs.get("activation") is not None:
+                continue
+            out = layer.outputs[0]
+            self.layers[j] = Layer(prev.name, prev.op, prev.inputs, (out,), {**prev.attrs, "activation": layer.op})
+            producer[out] = j
+            del self.tensors[src]
+            drop.add(k)
+        self.layers = [layer for k, layer in enumerate(self.layers) if k not in drop]

@@ -485,6 +485,7 @@ def translate(prep: Prepared, *, values: bool) -> Imported:
         if name not in b.tensors or b.tensors[name].role != "output":
             raise UnsupportedOpError(f"{prep.where}: output {name!r} is not computed by a node (a constant or "
                                      "an input), which numamem does not support")
+    b.fuse_activations()
     try:
         graph = Graph(m.graph.name or "onnx", b.dtype, b.tensors.values(), b.layers)
     except GraphError as exc:
