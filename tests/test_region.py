@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import re
 import threading
 import weakref
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 import numamem
-from numamem import Region
+from numamem.inspect import PoolAllocation, Region
 
 
 # Small default arrays come from pools (tests/test_pools.py); pages="4k" or a size above the pool
@@ -17,7 +18,7 @@ from numamem import Region
 OWN = dict(pages="4k")
 
 
-@pytest.mark.parametrize("kw, owner_type", [(OWN, Region), ({}, numamem.PoolAllocation)])
+@pytest.mark.parametrize("kw, owner_type", [(OWN, Region), ({}, PoolAllocation)])
 def test_base_chain_ends_in_the_owner(node0, kw, owner_type):
     array = numamem.zeros((4, 4), node=node0, **kw)
     assert isinstance(array.base, memoryview)
@@ -156,3 +157,25 @@ def test_concurrent_allocation_from_threads(node0):
     for t in threads:
         t.join()
     assert not errors
+
+
+@pytest.mark.parametrize("dtype", [object, np.dtype([("a", "i8"), ("b", "O")]), np.dtype(("O", (2,)))])
+def test_arrays_over_raw_memory_refuse_reference_dtypes(node0, dtype):
+    # Raw bytes read as object pointers segfault (issue 12, item 3): refused where every owner's
+    # arrays are built, for regions and pool blocks alike.
+    region = Region(800)
+    with pytest.raises(TypeError, match=f"dtype {re.escape(str(np.dtype(dtype)))} holds Python object"):
+        region.ndarray((2,), dtype)
+    block = numamem.pools.get_pool(node0).allocation(800)
+    with pytest.raises(TypeError, match="holds Python object"):
+        block.ndarray((2,), dtype)
+    assert region.exports == 0 and block.exports == 0
+    region.close()
+    block.close()
+
+
+def test_arrays_over_raw_memory_check_the_size_without_wrapping():
+    region = Region(800)
+    with pytest.raises(ValueError, match="does not fit the 800 bytes"):
+        region.ndarray((2**32, 2**32), np.uint8)  # the product wraps to 0 in 64 bits
+    assert region.ndarray((100,), np.float64).nbytes == 800

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 import numamem
+from numamem import _topology
 from numamem._topology import parse_cpulist, read_topology
 
 
@@ -120,3 +121,12 @@ def test_node_checks_on_a_sparse_machine(tmp_path):
         topo.check_cpu_node(5)
     with pytest.raises(ValueError, match=r"^node=1: no such node"):
         topo.check_cpu_node(1)
+
+
+@pytest.mark.parametrize("refresh", ["no", 1, None])
+def test_refresh_must_be_a_bool(refresh, monkeypatch):
+    # 'no' once meant a refresh (issue 12, item 13's class); without a snapshot None and 1 are
+    # refused too instead of being read as False/True.
+    monkeypatch.setattr(_topology, "_cached", None)
+    with pytest.raises(TypeError, match="refresh"):
+        _topology.topology(refresh=refresh)

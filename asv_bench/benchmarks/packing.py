@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from numamem.cli.pack import read_csv
 from numamem.planner import _pack, packing
 
 from .common import smoke_or
@@ -33,7 +34,7 @@ def load(name):
     path = DATA / name
     if not path.exists():
         raise NotImplementedError(f"{path} missing")  # asv: skip this case
-    return packing.read_csv(path)
+    return read_csv(path)
 
 
 def greedy_by_size(data):

@@ -7,6 +7,10 @@ The figures asked for by the pools issue:
 * :class:`TemporariesChain` -- an elementwise chain on 1 MiB arrays, whose every operator allocates
   a temporary, inside ``on_node`` against NumPy's default (target: within 1.05x).
 
+* :class:`PhasedLiveMemory` -- memory follows live bytes (issue 12 item 5): 16 phases of 200 live
+  arrays of decreasing size (1020 KiB down to 60 KiB), through ``on_node``'s pool and through NumPy's
+  default allocator: peak memory over peak live bytes, and memory still held after the workload.
+
 * :class:`SmallAllocationRatio`, :class:`TemporariesChainRatio` -- the same two comparisons as
   ratios measured in one process, candidate and baseline alternating (``track_*``): asv times each
   parameter in its own process, and on a shared machine the load drifts between those processes
@@ -16,6 +20,7 @@ A single small allocation takes well under a microsecond, below what one timed c
 so those benchmarks time a loop of ``INNER`` allocations (each array is freed as the next is made,
 as temporaries are); the loop's own cost is in both sides of every ratio.
 """
+import gc
 import statistics
 import time
 
@@ -239,3 +244,79 @@ class PoolChurn:
         return numamem.pool_stats().get((self.node, "bind"), {}).get("in_use", 0)
 
     track_pool_in_use_after.unit = "bytes"
+
+
+#: The phases of :class:`PhasedLiveMemory`: array sizes in bytes, and arrays live per phase.
+PHASE_SIZES = [(16 - p) * 64 * KiB - 4 * KiB for p in range(16)]
+PHASE_ARRAYS = smoke_or(200, 20)
+
+
+def _rss():
+    """Resident bytes of this process (VmRSS)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * KiB
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def run_phases(allocator, node):
+    """Run the phases; return ``(peak_held, peak_live, held_after)`` in bytes.
+
+    ``held`` is what the allocator holds: the pool's mapped bytes (``on_node``), or the growth of
+    the process's resident set (NumPy's default; arrays are written, so every page is resident).
+    Each phase makes ``PHASE_ARRAYS`` arrays, all live at once, then drops them.
+    """
+    pool = numamem.pools.get_pool(node)
+    gc.collect()
+    if allocator == "on_node":
+        pool.release()
+        held = lambda: pool.stats()["mapped"]  # noqa: E731
+    else:
+        held = _rss
+    before = held()
+    peak_held = peak_live = 0
+    scope = numamem.on_node(node) if allocator == "on_node" else None
+    if scope is not None:
+        scope.__enter__()
+    try:
+        for size in PHASE_SIZES:
+            arrays = [np.ones(size, np.uint8) for _ in range(PHASE_ARRAYS)]
+            peak_live = max(peak_live, sum(a.nbytes for a in arrays))
+            peak_held = max(peak_held, held() - before)
+            del arrays
+    finally:
+        if scope is not None:
+            scope.__exit__(None, None, None)
+    gc.collect()
+    return peak_held, peak_live, held() - before
+
+
+class PhasedLiveMemory:
+    """Issue 12 item 5: does memory follow the live bytes, and is idle memory given back?"""
+
+    params = [["numpy", "on_node"]]
+    param_names = ["allocator"]
+    timeout = 300
+
+    def setup(self, allocator):
+        self.node = node0()
+
+    def track_peak_held_over_peak_live(self, allocator):
+        """Peak memory held (pool: mapped; NumPy: resident growth) over peak live bytes."""
+        peak_held, peak_live, _ = run_phases(allocator, self.node)
+        return peak_held / peak_live
+
+    track_peak_held_over_peak_live.unit = "ratio"
+
+    def track_held_after_mib(self, allocator):
+        """MiB still held once every array is gone (the pool keeps at most 4 idle 2 MiB chunks)."""
+        return run_phases(allocator, self.node)[2] / MiB
+
+    track_held_after_mib.unit = "MiB"
+
+    def time_phases(self, allocator):
+        run_phases(allocator, self.node)
+
+    def peakmem_phases(self, allocator):
+        run_phases(allocator, self.node)

@@ -8,6 +8,7 @@
 #ifndef NUMAMEM_NUMAMEM_H
 #define NUMAMEM_NUMAMEM_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/mman.h>
@@ -106,6 +107,13 @@ static inline int nm_mul(size_t a, size_t b, size_t *out)
 static inline int nm_add(size_t a, size_t b, size_t *out)
 {
     return __builtin_add_overflow(a, b, out) ? -1 : 0;
+}
+
+/* Set errno (Cython would make an assignment to it a local variable): fake system calls in the
+ * fault-injecting call table fail as the kernel's do, with -1 and errno. */
+static inline void nm_set_errno(int err)
+{
+    errno = err;
 }
 
 #endif /* NUMAMEM_NUMAMEM_H */

@@ -8,26 +8,29 @@ Arrays on a chosen node with proof of where their pages are::
     {0: 4194304}
 """
 from numamem._version import __version__
-from numamem._pool import Pool, PoolAllocation, get_pool
-from numamem._region import Region
+from numamem._blocksplit import ArrayBlock, blocks
 from numamem.arrays import (
-    ArrayBlock, Placement, asarray, blocks, empty, empty_like, full, full_like, migrate, ones,
-    ones_like, owner, page_nodes, placement, zeros, zeros_like,
+    asarray, empty, empty_like, full, full_like, ones, ones_like, zeros, zeros_like,
 )
+from numamem.inspect import Placement, migrate, owner, page_nodes, placement
+from numamem.npyio import fromfile, load
 from numamem.errors import (
     HugePageError, NodeMemoryError, NumaUnavailableError, PageSizeError, PlacementError,
+    PolicyPermissionError,
 )
 from numamem.planner import Graph, GraphBuilder, GraphError, Plan, PlanError, load_graph, plan
 from numamem.pools import on_node, pool_stats, release_pools
-from numamem.threads import ThreadBinding, bind_thread
+from numamem.threads import ProcessBinding, ThreadBinding, bind_process, bind_thread
 from numamem._topology import HugePagePool, Node, Topology, topology
 
 __all__ = [
-    "__version__", "Region", "Pool", "PoolAllocation", "get_pool", "on_node", "pool_stats", "release_pools", "ArrayBlock", "Placement", "asarray", "blocks", "empty", "empty_like",
-    "full", "full_like", "migrate", "ones", "ones_like", "owner", "page_nodes", "placement", "zeros",
-    "zeros_like", "HugePageError", "NodeMemoryError", "NumaUnavailableError", "PageSizeError",
-    "PlacementError", "Graph", "GraphBuilder", "GraphError", "Plan", "PlanError", "load_graph", "plan",
-    "ThreadBinding", "bind_thread", "HugePagePool", "Node", "Topology", "topology",
+    "__version__", "on_node", "pool_stats", "release_pools", "ArrayBlock", "Placement", "asarray",
+    "blocks", "load", "fromfile", "empty", "empty_like", "full", "full_like", "migrate", "ones",
+    "ones_like", "owner", "page_nodes", "placement", "zeros", "zeros_like", "HugePageError",
+    "NodeMemoryError", "NumaUnavailableError", "PageSizeError", "PlacementError",
+    "PolicyPermissionError", "Graph", "GraphBuilder", "GraphError", "Plan", "PlanError",
+    "load_graph", "plan", "ThreadBinding", "bind_thread", "ProcessBinding", "bind_process",
+    "HugePagePool", "Node", "Topology", "topology",
 ]
 
 from numamem import models  # noqa: E402  (built-in layer graphs: numamem.models.get)

@@ -14,8 +14,9 @@ import numpy as np
 
 from numamem._libnuma cimport (
     MPOL_BIND, MPOL_DEFAULT, MPOL_F_ADDR, MPOL_INTERLEAVE, MPOL_LOCAL, MPOL_MF_MOVE, MPOL_MF_STRICT,
-    MPOL_PREFERRED, errno, get_mempolicy, mbind, move_pages, numa_max_possible_node, set_mempolicy,
+    MPOL_PREFERRED, errno, get_mempolicy, mbind, move_pages, set_mempolicy,
 )
+from numamem._place cimport mask_words
 from numamem.errors import oserror
 
 cnp.import_array()
@@ -32,15 +33,6 @@ MF_STRICT = MPOL_MF_STRICT
 MF_MOVE = MPOL_MF_MOVE
 
 cdef int BITS_PER_WORD = 8 * sizeof(unsigned long)
-
-
-cdef int _mask_words():
-    # Sized for every node the kernel could ever report, so get_mempolicy never fails with EINVAL
-    # for a too-small mask (it requires maxnode >= nr_node_ids).
-    cdef int possible = numa_max_possible_node() + 1
-    if possible < 64:
-        possible = 64
-    return (possible + BITS_PER_WORD - 1) // BITS_PER_WORD
 
 
 cdef unsigned long *_make_mask(nodes, int words) except NULL:
@@ -80,7 +72,7 @@ def bind_range(uintptr_t address, size_t length, str policy, nodes=(), unsigned 
         ``MF_STRICT`` / ``MF_MOVE`` to check or move pages already present.
     """
     cdef int mode = POLICY_MODES[policy]
-    cdef int words = _mask_words()
+    cdef int words = mask_words()
     cdef unsigned long *mask = _make_mask(nodes, words)
     cdef long rc
     cdef int err = 0
@@ -96,7 +88,7 @@ def bind_range(uintptr_t address, size_t length, str policy, nodes=(), unsigned 
 
 
 cdef tuple _get_policy(void *address, unsigned flags, str call):
-    cdef int words = _mask_words()
+    cdef int words = mask_words()
     cdef unsigned long *mask = _make_mask((), words)
     cdef int mode = 0
     cdef long rc
@@ -127,7 +119,7 @@ def thread_policy():
 def set_thread_policy(str policy, nodes=()):
     """Set the calling thread's memory policy (``set_mempolicy(2)``)."""
     cdef int mode = POLICY_MODES[policy]
-    cdef int words = _mask_words()
+    cdef int words = mask_words()
     cdef unsigned long *mask = _make_mask(nodes, words)
     cdef long rc
     cdef int err = 0

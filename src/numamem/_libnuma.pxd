@@ -1,6 +1,6 @@
 # Raw declarations of the C interfaces numamem uses: libnuma (numa.h, numaif.h), mmap (sys/mman.h)
-# and the project's own header. Declarations only, all nogil; checking and error mapping live in
-# _kernel.pyx (one place), never here.
+# and the project's own header. Declarations only, all nogil; the placement sequence lives in
+# _place.pyx and the mapping of failures to exceptions in errors.py (one place each), never here.
 
 cdef extern from "<numa.h>" nogil:
     struct bitmask:
@@ -68,3 +68,4 @@ cdef extern from "numamem/numamem.h" nogil:
     int nm_align_up(size_t x, size_t align, size_t *out)
     int nm_mul(size_t a, size_t b, size_t *out)
     int nm_add(size_t a, size_t b, size_t *out)
+    void nm_set_errno(int err)

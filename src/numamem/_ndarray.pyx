@@ -114,11 +114,19 @@ cdef class BufferOwner:
 
 
 cdef object wrap_ndarray(object exporter, char *data, size_t available, object shape, object dtype, str order):
+    # The one place numamem builds an array over memory it did not get from NumPy: every check
+    # that keeps such an array from reading outside its owner, or from holding references NumPy
+    # would follow, is made here, so every owner type and caller gets it.
     cdef cnp.dtype descr = np.dtype(dtype)
+    if (<object>descr).hasobject:
+        # Raw bytes read as PyObject pointers would be dereferenced (a crash), and references
+        # stored into them would never be released: NumPy's own allocator must own such arrays.
+        raise TypeError(f"dtype {descr} holds Python object references; an array over raw memory "
+                        "can hold plain data only")
     cdef tuple dims = tuple(operator.index(extent) for extent in shape)
     cdef int nd = len(dims)
     cdef cnp.npy_intp c_dims[64]
-    cdef size_t needed = descr.itemsize
+    cdef object needed = descr.itemsize  # a Python int: the product of the extents cannot wrap
     cdef int i
     cdef int flags = cnp.NPY_ARRAY_WRITEABLE
     if nd > 64:
@@ -126,10 +134,11 @@ cdef object wrap_ndarray(object exporter, char *data, size_t available, object s
     for i in range(nd):
         if dims[i] < 0:
             raise ValueError(f"negative dimension {dims[i]} in shape {dims}")
-        c_dims[i] = dims[i]
-        needed *= <size_t>dims[i]
+        needed *= dims[i]
     if needed > available:
         raise ValueError(f"an array of {needed} bytes does not fit the {available} bytes available")
+    for i in range(nd):
+        c_dims[i] = dims[i]  # each fits: their product does
     if order == "F":
         flags |= cnp.NPY_ARRAY_F_CONTIGUOUS
     elif order != "C":

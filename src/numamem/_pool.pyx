@@ -1,54 +1,32 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
-"""Per-node memory pools and the NEP 49 allocator built on them.
+"""Per-node memory pools for Python and NumPy: :class:`Pool`, :class:`PoolAllocation`, NEP 49.
 
-Layout (every page of a chunk belongs to one node and one policy: invariant 2):
-
-* A **chunk** is 2 MiB, 2 MiB-aligned, mapped by a *chunk source*: the kernel source maps it,
-  applies the node's policy, pre-faults and verifies it (the same sequence as ``arrays.py``, in C so
-  that it runs without the GIL inside NumPy's allocation calls); a fake source (``posix_memalign``)
-  lets the pool logic be tested on any machine.
-* A chunk is cut into 32 **granules** of 64 KiB. A granule serves one **size class** (64 B to
-  64 KiB, four classes per doubling, all multiples of 64 so blocks stay 64-byte aligned), or a
-  **run** of 1-16 granules serves a middle-sized request (64 KiB to 1 MiB).
-* Larger requests get a **direct mapping** of their own, registered like a chunk.
-* Freed blocks go on per-class free lists, freed runs on per-length free lists, of the pool the
-  memory came from (found from the address, whichever pool or thread frees it).
-* A global two-level directory maps ``address >> 21`` to the chunk record, so ``free`` and
-  ``realloc`` find size and pool from the pointer alone.
-
-Locks: one mutex per pool, held only around list and bump-pointer updates and never while taking
-the GIL, so allocation from NumPy (GIL held) cannot deadlock with another thread. The chunk source
-runs under the pool mutex; it makes system calls only. ``pthread_atfork`` takes every pool lock
-before ``fork()`` and releases them in both processes, so a child finds consistent pools.
+The allocator itself (chunks, granules, size classes, chunk sources, fork safety) is C in
+:mod:`numamem._arena`; this module gives it a Python face and installs it as NumPy's memory
+handler. A pool's C state lives as long as its NEP 49 handler capsule: the :class:`Pool` object and
+every array NumPy allocated through the handler hold that capsule, so a discarded pool (a test's
+fake pool, a pool made directly) frees its chunks and its registry slot once the last of them is
+gone, while pools shared through :func:`get_pool` live as long as the process.
 """
-from cpython.pycapsule cimport PyCapsule_New
+cimport cython
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
+from libc.errno cimport ENOMEM
 from libc.stdint cimport uint8_t, uintptr_t
 from libc.stdlib cimport calloc as c_calloc, free as c_free
-from libc.string cimport memcpy, memset, strncpy
+from libc.string cimport memset, strncpy
 
-from numamem._libnuma cimport (
-    MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, MPOL_BIND, MPOL_MF_STRICT,
-    MPOL_PREFERRED, PROT_READ, PROT_WRITE, errno, madvise, mbind, mmap, move_pages, munmap,
-    numa_max_possible_node,
+from numamem._arena cimport (
+    CHECK_FOREIGN, CHECK_INTERIOR, CHECK_NOT_LIVE, CHECK_OK, CHECK_OTHER_POOL, CHUNK_SIZE, GRANULE,
+    MAX_POOLS, RUN_MAX, Chunk, NodePool, arena_alloc, arena_check, arena_create,
+    arena_destroy, arena_free, arena_free_checked, arena_lock, arena_realloc, arena_release,
+    arena_unlock, arena_usable_size,
 )
+from numamem._arena import class_sizes
+from numamem._registry import pool_count
+from numamem._chunksource cimport FakeSourceState
 from numamem._ndarray cimport BufferOwner
-
-cimport numpy as cnp
-import numpy as np
-
-cnp.import_array()
-
-cdef extern from "<stdlib.h>" nogil:
-    int posix_memalign(void **memptr, size_t alignment, size_t size)
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_mutex_t:
-        pass
-    int pthread_mutex_init(pthread_mutex_t *mutex, void *attr)
-    int pthread_mutex_lock(pthread_mutex_t *mutex)
-    int pthread_mutex_unlock(pthread_mutex_t *mutex)
-    int pthread_atfork(void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil,
-                       void (*child)() noexcept nogil)
+from numamem._place cimport PLACE_PREFERRED, PLACE_STRICT, STEP_MAP, PlaceResult, result_object
+from numamem._place import STEPS
 
 cdef extern from "numpy/arrayobject.h":
     ctypedef struct PyDataMemAllocator:
@@ -64,535 +42,29 @@ cdef extern from "numpy/arrayobject.h":
     object PyDataMem_SetHandler(object handler)
     object PyDataMem_GetHandler()
 
-DEF CHUNK_SHIFT = 21
-DEF CHUNK_SIZE = 2097152
-DEF GRANULE_SHIFT = 16
-DEF GRANULE = 65536
-DEF GRANULES = 32
-DEF NUM_CLASSES = 36
-DEF RUN_MAX = 16          # granules: runs serve requests up to 1 MiB
-DEF SOURCE_KERNEL = 0
-DEF SOURCE_FAKE = 1
-DEF KIND_FREE = -1
-DEF KIND_RUN_HEAD = -2
-DEF KIND_RUN_BODY = -3
-DEF DIR_BITS = 13
-DEF DIR_SIZE = 8192
-DEF BASE_PAGE = 4096
-DEF MAX_POOLS = 1024
+cimport numpy as cnp
+cnp.import_array()
 
 SMALL_MAX = GRANULE
 MIDDLE_MAX = RUN_MAX * GRANULE
 CHUNK_BYTES = CHUNK_SIZE
 
-cdef struct FreeBlock:
-    FreeBlock *next
-
-cdef struct Chunk:
-    char *base
-    size_t length           # CHUNK_SIZE for pooled chunks; the mapping length for direct ones
-    size_t request          # bytes asked for a direct mapping (0 for pooled chunks)
-    void *pool              # the NodePool it belongs to
-    int bump                # next never-used granule
-    long live_bytes
-    signed char kind[GRANULES]        # class index, or KIND_*
-    unsigned char run_len[GRANULES]   # granules in the run starting here
-    Chunk *next
-
-cdef struct ClassState:
-    FreeBlock *free
-    char *cursor
-    char *limit
-
-cdef struct NodePool:
-    pthread_mutex_t lock
-    int node
-    int mode                # MPOL_BIND or MPOL_PREFERRED
-    int source              # SOURCE_KERNEL or SOURCE_FAKE
-    long fake_chunk_limit   # fake source: chunks it will still hand out (-1: no limit)
-    ClassState classes[NUM_CLASSES]
-    FreeBlock *runs[RUN_MAX + 1]
-    Chunk *chunks           # pooled chunks, newest first
-    Chunk *direct           # direct mappings, newest first
-    Chunk *current          # chunk whose unused granules are carved next
-    size_t in_use
-    size_t mapped
-    size_t allocations
-    int last_errno
-    PyDataMem_Handler handler
-
-cdef size_t CLASS_SIZE[NUM_CLASSES]
-cdef unsigned char CLASS_OF[1025]   # (size + 63) // 64 -> class index, for sizes up to 64 KiB
-
-cdef Chunk **DIRECTORY[DIR_SIZE]
-cdef pthread_mutex_t DIRECTORY_LOCK
-cdef NodePool *ALL_POOLS[MAX_POOLS]
-cdef int POOL_COUNT = 0
-cdef pthread_mutex_t POOLS_LOCK
-
-
-cdef void _init_classes():
-    cdef size_t size = 64, step
-    cdef int index = 0, group
-    # 64, 128, 192, 256, then four classes per doubling: 320, 384, 448, 512, 640, ...
-    for index in range(4):
-        CLASS_SIZE[index] = 64 * (index + 1)
-    index = 4
-    size = 256
-    while index < NUM_CLASSES:
-        step = size // 4
-        for group in range(4):
-            size += step
-            CLASS_SIZE[index] = size
-            index += 1
-    cdef int units, cls = 0
-    for units in range(1025):
-        while CLASS_SIZE[cls] < <size_t>units * 64:
-            cls += 1
-        CLASS_OF[units] = cls
-
-
-_init_classes()
-pthread_mutex_init(&DIRECTORY_LOCK, NULL)
-pthread_mutex_init(&POOLS_LOCK, NULL)
-
-
-def class_sizes():
-    """The size classes of small allocations, in bytes."""
-    return [CLASS_SIZE[i] for i in range(NUM_CLASSES)]
-
-
-# ---- fork safety ----------------------------------------------------------------------------
-# Lock order everywhere: POOLS_LOCK, then a pool's lock, then DIRECTORY_LOCK.
-cdef void _before_fork() noexcept nogil:
-    cdef int i
-    pthread_mutex_lock(&POOLS_LOCK)
-    for i in range(POOL_COUNT):
-        pthread_mutex_lock(&ALL_POOLS[i].lock)
-    pthread_mutex_lock(&DIRECTORY_LOCK)
-
-
-cdef void _after_fork() noexcept nogil:
-    cdef int i
-    pthread_mutex_unlock(&DIRECTORY_LOCK)
-    for i in range(POOL_COUNT):
-        pthread_mutex_unlock(&ALL_POOLS[i].lock)
-    pthread_mutex_unlock(&POOLS_LOCK)
-
-
-pthread_atfork(_before_fork, _after_fork, _after_fork)
-
-
-# ---- directory: address -> chunk --------------------------------------------------------------
-cdef inline Chunk *_lookup(void *ptr) noexcept nogil:
-    cdef uintptr_t index = (<uintptr_t>ptr) >> CHUNK_SHIFT
-    cdef Chunk **table = DIRECTORY[(index >> DIR_BITS) & (DIR_SIZE - 1)]
-    if table == NULL or (index >> (2 * DIR_BITS)) != 0:
-        return NULL
-    return table[index & (DIR_SIZE - 1)]
-
-
-cdef int _register(Chunk *chunk, bint add) noexcept nogil:
-    # Every 2 MiB slot the chunk covers points at it, so interior pointers of direct mappings
-    # resolve too. Tables are created on demand and never freed (64 KiB each).
-    cdef uintptr_t first = (<uintptr_t>chunk.base) >> CHUNK_SHIFT
-    cdef uintptr_t last = ((<uintptr_t>chunk.base) + chunk.length - 1) >> CHUNK_SHIFT
-    cdef uintptr_t index
-    cdef Chunk **table
-    pthread_mutex_lock(&DIRECTORY_LOCK)
-    index = first
-    while index <= last:
-        if (index >> (2 * DIR_BITS)) != 0:
-            pthread_mutex_unlock(&DIRECTORY_LOCK)
-            return -1
-        table = DIRECTORY[index >> DIR_BITS]
-        if table == NULL:
-            if not add:
-                index += 1
-                continue
-            table = <Chunk **>c_calloc(DIR_SIZE, sizeof(Chunk *))
-            if table == NULL:
-                pthread_mutex_unlock(&DIRECTORY_LOCK)
-                return -1
-            DIRECTORY[index >> DIR_BITS] = table
-        table[index & (DIR_SIZE - 1)] = chunk if add else NULL
-        index += 1
-    pthread_mutex_unlock(&DIRECTORY_LOCK)
-    return 0
-
-
-# ---- chunk sources ---------------------------------------------------------------------------
-cdef int _mask_words() noexcept nogil:
-    cdef int possible = numa_max_possible_node() + 1
-    if possible < 64:
-        possible = 64
-    return (possible + 63) // 64
-
-
-cdef char *_kernel_map(NodePool *pool, size_t length) noexcept nogil:
-    """Map ``length`` bytes (a multiple of 2 MiB) 2 MiB-aligned, placed and verified for the pool.
-
-    Returns NULL with ``pool.last_errno`` set on failure (ENOMEM when the node lacks memory).
-    """
-    cdef size_t span = length + CHUNK_SIZE
-    cdef char *raw = <char *>mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-    cdef char *base
-    cdef unsigned long mask[16]
-    cdef int words = _mask_words()
-    cdef size_t pages, i, count, step
-    cdef void **addresses
-    cdef int *status
-    cdef long rc
-    cdef bint misplaced = False
-    if <void *>raw == MAP_FAILED:
-        pool.last_errno = errno
-        return NULL
-    base = <char *>(((<uintptr_t>raw) + CHUNK_SIZE - 1) & ~(<uintptr_t>CHUNK_SIZE - 1))
-    if base != raw:
-        munmap(raw, base - raw)
-    if raw + span > base + length:
-        munmap(base + length, (raw + span) - (base + length))
-    if words > 16:
-        words = 16
-    memset(mask, 0, sizeof(mask))
-    mask[pool.node // 64] = (<unsigned long>1) << (pool.node % 64)
-    # Populate under `preferred`, so a full node spills (then we refuse) instead of OOM-killing.
-    if mbind(base, length, MPOL_PREFERRED, mask, words * 64 + 1, 0) != 0:
-        pool.last_errno = errno
-        munmap(base, length)
-        return NULL
-    if madvise(base, length, MADV_POPULATE_WRITE) != 0:
-        if errno != 22:  # EINVAL: the kernel predates MADV_POPULATE_WRITE; touch instead
-            pool.last_errno = errno
-            munmap(base, length)
-            return NULL
-        i = 0
-        while i < length:
-            (<volatile char *>(base + i))[0] = 0
-            i += BASE_PAGE
-    if pool.mode == MPOL_BIND:
-        # Verify every page of a chunk; for a large direct mapping, one page per 2 MiB and the
-        # kernel's own strict walk below.
-        pages = length // BASE_PAGE
-        step = BASE_PAGE if pages <= 512 else CHUNK_SIZE
-        count = (length + step - 1) // step
-        addresses = <void **>c_calloc(count, sizeof(void *))
-        status = <int *>c_calloc(count, sizeof(int))
-        if addresses == NULL or status == NULL:
-            c_free(addresses)
-            c_free(status)
-            pool.last_errno = 12
-            munmap(base, length)
-            return NULL
-        for i in range(count):
-            addresses[i] = base + i * step
-        rc = move_pages(0, count, addresses, NULL, status, 0)
-        if rc != 0:
-            misplaced = True
-        else:
-            for i in range(count):
-                if status[i] != pool.node:
-                    misplaced = True
-                    break
-        c_free(addresses)
-        c_free(status)
-        if misplaced or mbind(base, length, MPOL_BIND, mask, words * 64 + 1, MPOL_MF_STRICT) != 0:
-            pool.last_errno = 12  # ENOMEM: the node could not hold it
-            munmap(base, length)
-            return NULL
-    return base
-
-
-cdef char *_source_map(NodePool *pool, size_t length) noexcept nogil:
-    cdef void *memory = NULL
-    if pool.source == SOURCE_FAKE:
-        if pool.fake_chunk_limit == 0:
-            pool.last_errno = 12
-            return NULL
-        if posix_memalign(&memory, CHUNK_SIZE, length) != 0:
-            pool.last_errno = 12
-            return NULL
-        if pool.fake_chunk_limit > 0:
-            pool.fake_chunk_limit -= 1
-        # Fresh chunks are zero, as anonymous mappings are.
-        memset(memory, 0, length)
-        return <char *>memory
-    return _kernel_map(pool, length)
-
-
-cdef void _source_unmap(NodePool *pool, char *base, size_t length) noexcept nogil:
-    if pool.source == SOURCE_FAKE:
-        c_free(base)
-    else:
-        munmap(base, length)
-
-
-cdef Chunk *_new_chunk(NodePool *pool, size_t length, size_t request) noexcept nogil:
-    cdef Chunk *chunk = <Chunk *>c_calloc(1, sizeof(Chunk))
-    cdef int i
-    if chunk == NULL:
-        pool.last_errno = 12
-        return NULL
-    chunk.base = _source_map(pool, length)
-    if chunk.base == NULL:
-        c_free(chunk)
-        return NULL
-    chunk.length = length
-    chunk.request = request
-    chunk.pool = pool
-    for i in range(GRANULES):
-        chunk.kind[i] = KIND_FREE
-    if _register(chunk, True) != 0:
-        _source_unmap(pool, chunk.base, length)
-        c_free(chunk)
-        pool.last_errno = 12
-        return NULL
-    pool.mapped += length
-    return chunk
-
-
-# ---- allocation ------------------------------------------------------------------------------
-cdef char *_take_granules(NodePool *pool, int count, signed char kind) noexcept nogil:
-    """``count`` contiguous granules from the current chunk (or a new one); caller holds the lock."""
-    cdef Chunk *chunk = pool.current
-    cdef int first, i
-    if chunk == NULL or chunk.bump + count > GRANULES:
-        chunk = _new_chunk(pool, CHUNK_SIZE, 0)
-        if chunk == NULL:
-            return NULL
-        chunk.next = pool.chunks
-        pool.chunks = chunk
-        pool.current = chunk
-    first = chunk.bump
-    chunk.bump += count
-    chunk.kind[first] = kind
-    chunk.run_len[first] = count
-    for i in range(first + 1, first + count):
-        chunk.kind[i] = KIND_RUN_BODY if kind == KIND_RUN_HEAD else kind
-        chunk.run_len[i] = 0
-    return chunk.base + (<size_t>first << GRANULE_SHIFT)
-
-
-cdef void *_pool_alloc(NodePool *pool, size_t size) noexcept nogil:
-    cdef int cls, granules
-    cdef ClassState *state
-    cdef FreeBlock *block
-    cdef char *memory
-    cdef Chunk *chunk
-    cdef size_t length
-    if size == 0:
-        size = 1
-    if size <= GRANULE:
-        cls = CLASS_OF[(size + 63) >> 6]
-        state = &pool.classes[cls]
-        pthread_mutex_lock(&pool.lock)
-        block = state.free
-        if block != NULL:
-            state.free = block.next
-            memory = <char *>block
-        else:
-            if state.cursor == NULL or state.cursor + CLASS_SIZE[cls] > state.limit:
-                state.cursor = _take_granules(pool, 1, cls)
-                if state.cursor == NULL:
-                    pthread_mutex_unlock(&pool.lock)
-                    return NULL
-                state.limit = state.cursor + GRANULE
-            memory = state.cursor
-            state.cursor += CLASS_SIZE[cls]
-        _lookup(memory).live_bytes += CLASS_SIZE[cls]
-        pool.in_use += CLASS_SIZE[cls]
-        pool.allocations += 1
-        pthread_mutex_unlock(&pool.lock)
-        return memory
-    if size <= RUN_MAX * GRANULE:
-        granules = <int>((size + GRANULE - 1) >> GRANULE_SHIFT)
-        pthread_mutex_lock(&pool.lock)
-        block = pool.runs[granules]
-        if block != NULL:
-            pool.runs[granules] = block.next
-            memory = <char *>block
-        else:
-            memory = _take_granules(pool, granules, KIND_RUN_HEAD)
-            if memory == NULL:
-                pthread_mutex_unlock(&pool.lock)
-                return NULL
-        _lookup(memory).live_bytes += <size_t>granules << GRANULE_SHIFT
-        pool.in_use += <size_t>granules << GRANULE_SHIFT
-        pool.allocations += 1
-        pthread_mutex_unlock(&pool.lock)
-        return memory
-    # A direct mapping of its own, rounded to whole chunks so the directory can find it.
-    length = (size + CHUNK_SIZE - 1) & ~(<size_t>CHUNK_SIZE - 1)
-    if length < size:
-        pool.last_errno = 12
-        return NULL
-    pthread_mutex_lock(&pool.lock)
-    chunk = _new_chunk(pool, length, size)
-    if chunk == NULL:
-        pthread_mutex_unlock(&pool.lock)
-        return NULL
-    chunk.live_bytes = length
-    chunk.next = pool.direct
-    pool.direct = chunk
-    pool.in_use += length
-    pool.allocations += 1
-    pthread_mutex_unlock(&pool.lock)
-    return chunk.base
-
-
-cdef size_t _usable_size(Chunk *chunk, void *ptr) noexcept nogil:
-    cdef int granule
-    cdef signed char kind
-    if chunk.request:
-        return chunk.length
-    granule = <int>(((<char *>ptr) - chunk.base) >> GRANULE_SHIFT)
-    kind = chunk.kind[granule]
-    if kind >= 0:
-        return CLASS_SIZE[kind]
-    if kind == KIND_RUN_HEAD:
-        return (<size_t>chunk.run_len[granule]) << GRANULE_SHIFT
-    return 0
-
-
-cdef void _unlink_direct(NodePool *pool, Chunk *chunk) noexcept nogil:
-    cdef Chunk **link = &pool.direct
-    while link[0] != NULL and link[0] != chunk:
-        link = &link[0].next
-    if link[0] == chunk:
-        link[0] = chunk.next
-
-
-cdef int _pool_free(void *ptr) noexcept nogil:
-    """Return ``ptr`` to the pool it came from; -1 if numamem does not know the pointer."""
-    cdef Chunk *chunk
-    cdef NodePool *pool
-    cdef int granule
-    cdef signed char kind
-    cdef FreeBlock *block
-    if ptr == NULL:
-        return 0
-    chunk = _lookup(ptr)
-    if chunk == NULL:
-        return -1
-    pool = <NodePool *>chunk.pool
-    pthread_mutex_lock(&pool.lock)
-    if chunk.request:
-        _unlink_direct(pool, chunk)
-        pool.in_use -= chunk.length
-        pool.mapped -= chunk.length
-        pool.allocations -= 1
-        pthread_mutex_unlock(&pool.lock)
-        _register(chunk, False)
-        _source_unmap(pool, chunk.base, chunk.length)
-        c_free(chunk)
-        return 0
-    granule = <int>(((<char *>ptr) - chunk.base) >> GRANULE_SHIFT)
-    kind = chunk.kind[granule]
-    block = <FreeBlock *>ptr
-    if kind >= 0:
-        block.next = pool.classes[kind].free
-        pool.classes[kind].free = block
-        chunk.live_bytes -= CLASS_SIZE[kind]
-        pool.in_use -= CLASS_SIZE[kind]
-    elif kind == KIND_RUN_HEAD and (<char *>ptr) == chunk.base + (<size_t>granule << GRANULE_SHIFT):
-        block.next = pool.runs[chunk.run_len[granule]]
-        pool.runs[chunk.run_len[granule]] = block
-        chunk.live_bytes -= (<size_t>chunk.run_len[granule]) << GRANULE_SHIFT
-        pool.in_use -= (<size_t>chunk.run_len[granule]) << GRANULE_SHIFT
-    else:
-        pthread_mutex_unlock(&pool.lock)
-        return -1
-    pool.allocations -= 1
-    pthread_mutex_unlock(&pool.lock)
-    return 0
-
-
-cdef void *_pool_realloc(NodePool *pool, void *ptr, size_t new_size) noexcept nogil:
-    cdef Chunk *chunk
-    cdef size_t old_size
-    cdef void *fresh
-    if ptr == NULL:
-        return _pool_alloc(pool, new_size)
-    chunk = _lookup(ptr)
-    if chunk == NULL:
-        return NULL
-    old_size = _usable_size(chunk, ptr)
-    if new_size != 0 and new_size <= old_size and (chunk.request == 0 or new_size > old_size // 2):
-        # Still fits its block (and would not waste most of a direct mapping): keep it.
-        return ptr
-    # The new block comes from the pool the old one belongs to: realloc keeps the node.
-    fresh = _pool_alloc(<NodePool *>chunk.pool, new_size)
-    if fresh == NULL:
-        return NULL
-    memcpy(fresh, ptr, old_size if old_size < new_size else new_size)
-    _pool_free(ptr)
-    return fresh
-
-
-cdef size_t _release(NodePool *pool) noexcept nogil:
-    """Unmap pooled chunks with nothing live in them; return the bytes given back."""
-    cdef Chunk **link
-    cdef Chunk *chunk
-    cdef Chunk *dead = NULL
-    cdef FreeBlock **free_link
-    cdef size_t released = 0
-    cdef int cls, length
-    pthread_mutex_lock(&pool.lock)
-    link = &pool.chunks
-    while link[0] != NULL:
-        chunk = link[0]
-        if chunk.live_bytes == 0:
-            link[0] = chunk.next
-            chunk.next = dead
-            dead = chunk
-            _register(chunk, False)
-        else:
-            link = &chunk.next
-    if dead != NULL:
-        # Drop free-list entries that point into the dead chunks (their directory slots are
-        # cleared, so a lookup finds no chunk), and cursors carving from them.
-        for cls in range(NUM_CLASSES):
-            free_link = &pool.classes[cls].free
-            while free_link[0] != NULL:
-                if _lookup(free_link[0]) == NULL:
-                    free_link[0] = free_link[0].next
-                else:
-                    free_link = &free_link[0].next
-            if pool.classes[cls].cursor != NULL and _lookup(pool.classes[cls].cursor) == NULL:
-                pool.classes[cls].cursor = NULL
-                pool.classes[cls].limit = NULL
-        for length in range(RUN_MAX + 1):
-            free_link = &pool.runs[length]
-            while free_link[0] != NULL:
-                if _lookup(free_link[0]) == NULL:
-                    free_link[0] = free_link[0].next
-                else:
-                    free_link = &free_link[0].next
-        if pool.current != NULL and _lookup(pool.current.base) == NULL:
-            pool.current = NULL
-    while dead != NULL:
-        chunk = dead
-        dead = chunk.next
-        pool.mapped -= chunk.length
-        released += chunk.length
-        _source_unmap(pool, chunk.base, chunk.length)
-        c_free(chunk)
-    pthread_mutex_unlock(&pool.lock)
-    return released
+__all__ = ["Pool", "PoolAllocation", "FakeSource", "fake_source", "get_pool", "pools", "class_sizes",
+           "pool_count", "set_handler", "get_handler"]
 
 
 # ---- NEP 49 handler functions ---------------------------------------------------------------
 cdef void *_handler_malloc(void *ctx, size_t size) noexcept nogil:
-    return _pool_alloc(<NodePool *>ctx, size)
+    return arena_alloc(<NodePool *>ctx, size, NULL)
 
 
-cdef void *_handler_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
+cdef void *_calloc(NodePool *pool, size_t nelem, size_t elsize, PlaceResult *why) noexcept nogil:
     cdef size_t size
     cdef void *memory
     if elsize != 0 and nelem > (<size_t>-1) // elsize:
         return NULL
     size = nelem * elsize
-    memory = _pool_alloc(<NodePool *>ctx, size)
+    memory = arena_alloc(pool, size, why)
     if memory != NULL:
         # Pool blocks may be recycled: zero them. Direct mappings are fresh, hence zero already.
         if size <= RUN_MAX * GRANULE:
@@ -600,16 +72,104 @@ cdef void *_handler_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogi
     return memory
 
 
+cdef void *_handler_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
+    return _calloc(<NodePool *>ctx, nelem, elsize, NULL)
+
+
 cdef void *_handler_realloc(void *ctx, void *ptr, size_t new_size) noexcept nogil:
-    return _pool_realloc(<NodePool *>ctx, ptr, new_size)
+    return arena_realloc(<NodePool *>ctx, ptr, new_size, NULL)
 
 
 cdef void _handler_free(void *ctx, void *ptr, size_t size) noexcept nogil:
-    _pool_free(ptr)
+    arena_free(ptr)
+
+
+# The capsule's memory: NumPy's handler struct first (the capsule points at it), then its pool.
+cdef struct PoolHandler:
+    PyDataMem_Handler handler
+    NodePool *pool
+
+
+cdef void _destroy_handler(object capsule) noexcept:
+    # The last holder of the capsule (the Pool object, or the last array NumPy allocated with it)
+    # is gone: nothing can reach the pool's memory any more.
+    cdef PoolHandler *owner = <PoolHandler *>PyCapsule_GetPointer(capsule, "mem_handler")
+    if owner == NULL:
+        return
+    arena_destroy(owner.pool)
+    c_free(owner)
+
+
+# ---- the fake chunk source --------------------------------------------------------------------
+cdef class FakeSource:
+    """Settings of a fake chunk source (see :func:`fake_source`)."""
+    cdef FakeSourceState settings
+    cdef readonly object step
+    cdef readonly int errno_code
+
+    def __repr__(self):
+        return (f"fake_source(limit={self.settings.limit}, step={self.step!r}, errno={self.errno_code}, "
+                f"misplace_every={self.settings.faults.misplace_every}, "
+                f"misplace_last={bool(self.settings.faults.misplace_last)})")
+
+
+
+def fake_source(long limit=-1, step=None, int errno=0, long misplace_every=0, bint misplace_last=False):
+    """A chunk source of heap memory for tests of the pool on any machine.
+
+    Chunks are ``posix_memalign`` memory placed by the real placement routine over faked system
+    calls, so each of its failure branches can be reached on a one-node machine.
+
+    Parameters
+    ----------
+    limit : int
+        How many 2 MiB chunks it may have mapped at once (a direct mapping of ``k`` chunks counts
+        ``k``; unmapping gives them back); -1: no limit. Past it a map fails with ENOMEM
+        ("exhausted").
+    step : {"prefer", "populate", "verify", "bind"}, optional
+        The placement call that fails on every map, leaving ``errno``.
+    errno : int
+        The errno of the failing call (e.g. ``errno.EPERM``; ``EINVAL`` at ``"populate"`` makes the
+        routine touch pages instead, as on kernels before 5.14).
+    misplace_every : int
+        ``k > 0``: every ``k``-th page ``move_pages`` is asked about is reported on another node.
+    misplace_last : bool
+        The last page of each ``move_pages`` answer is reported on another node.
+
+    Returns
+    -------
+    FakeSource
+        Pass it as ``Pool(node, policy, source=...)``.
+    """
+    if step is not None and step not in ("prefer", "populate", "verify", "bind"):
+        raise ValueError(f"step must be 'prefer', 'populate', 'verify', 'bind' or None, not {step!r}")
+    if (step is None) != (errno == 0):
+        raise ValueError("give step= and errno= together (a failing call and the errno it leaves)")
+    if limit < -1:
+        raise ValueError(f"limit must be -1 (none) or a chunk count >= 0, not {limit}")
+    if misplace_every < 0:
+        raise ValueError(f"misplace_every must be >= 0, not {misplace_every}")
+    cdef FakeSource source = FakeSource.__new__(FakeSource)
+    memset(&source.settings, 0, sizeof(FakeSourceState))
+    source.settings.limit = limit
+    source.settings.faults.fail_step = 0 if step is None else STEPS[step]
+    source.settings.faults.fail_errno = errno
+    source.settings.faults.misplace_every = misplace_every
+    source.settings.faults.misplace_last = misplace_last
+    source.step = step
+    source.errno_code = errno
+    return source
 
 
 # ---- Python layer ------------------------------------------------------------------------------
 cdef dict _POOLS = {}
+
+_CHECK_MESSAGES = {
+    CHECK_FOREIGN: "was not allocated by a numamem pool",
+    CHECK_OTHER_POOL: "belongs to another pool",
+    CHECK_INTERIOR: "points inside a block, not at its start",
+    CHECK_NOT_LIVE: "is not a live block (already freed?)",
+}
 
 
 cdef class Pool:
@@ -620,137 +180,174 @@ cdef class Pool:
     node : int
         The node every page of the pool is on.
     policy : {"bind", "preferred"}
-    source : {"kernel", "fake"}
-        Where chunks come from: node-bound kernel mappings, or aligned ``malloc`` memory that
-        stands in for them in tests of the pool logic.
+    source : {"kernel", "fake"} or FakeSource
+        Where chunks come from: node-bound kernel mappings, or a fake source (:func:`fake_source`;
+        ``"fake"`` is ``fake_source()``) that stands in for them in tests of the pool logic.
     fake_chunk_limit : int
-        With ``source="fake"``: how many chunks the source hands out before failing (-1: no limit).
+        With ``source="fake"``: the fake source's ``limit`` (chunks mapped at once; -1: none).
 
     Notes
     -----
     Pools made with ``source="kernel"`` are shared per (node, policy) through :func:`get_pool` and
-    live as long as the process (NumPy arrays may point into them at exit).
+    live as long as the process. Any other pool frees its memory and registry slot when the pool
+    and every array NumPy allocated through its handler are gone; addresses from its
+    :meth:`malloc` are invalid from then on.
     """
     cdef NodePool *_pool
     cdef readonly int node
     cdef readonly str policy
     cdef readonly str source
     cdef object _capsule
-    cdef bint _owned
 
-    def __cinit__(self, int node, str policy="bind", str source="kernel", long fake_chunk_limit=-1):
-        global POOL_COUNT
+    def __cinit__(self, int node, str policy="bind", source="kernel", long fake_chunk_limit=-1):
+        cdef FakeSource fake = None
+        cdef PoolHandler *owner
         if policy not in ("bind", "preferred"):
             raise ValueError(f"pool policy must be 'bind' or 'preferred', not {policy!r}")
-        if source not in ("kernel", "fake"):
-            raise ValueError(f"source must be 'kernel' or 'fake', not {source!r}")
+        if isinstance(source, FakeSource):
+            fake = source
+        elif source == "fake":
+            fake = fake_source(fake_chunk_limit)
+        elif source != "kernel":
+            raise ValueError(f"source must be 'kernel', 'fake' or a fake_source(), not {source!r}")
+        if fake_chunk_limit != -1 and source != "fake":
+            raise ValueError("fake_chunk_limit applies to source='fake' only")
         if node < 0 or node >= 64 * 16:
-            raise ValueError(f"node {node} is outside the range pools support")
-        self._pool = <NodePool *>c_calloc(1, sizeof(NodePool))
-        if self._pool == NULL:
+            raise ValueError(f"node {node} is outside the range pools support (0-1023)")
+        owner = <PoolHandler *>c_calloc(1, sizeof(PoolHandler))
+        if owner == NULL:
             raise MemoryError("cannot allocate a pool")
-        pthread_mutex_init(&self._pool.lock, NULL)
-        self._pool.node = node
-        self._pool.mode = MPOL_BIND if policy == "bind" else MPOL_PREFERRED
-        self._pool.source = SOURCE_KERNEL if source == "kernel" else SOURCE_FAKE
-        self._pool.fake_chunk_limit = fake_chunk_limit
+        owner.pool = arena_create(node, PLACE_STRICT if policy == "bind" else PLACE_PREFERRED,
+                                  NULL if fake is None else &fake.settings)
+        if owner.pool == NULL:
+            c_free(owner)
+            raise MemoryError(f"at most {MAX_POOLS} pools per process ({pool_count()} exist)")
+        self._pool = owner.pool
         self.node = node
         self.policy = policy
-        self.source = source
-        name = f"numamem_node{node}_{policy}{'_fake' if source == 'fake' else ''}".encode()
-        strncpy(self._pool.handler.name, name, 126)
-        self._pool.handler.version = 1
-        self._pool.handler.allocator.ctx = self._pool
-        self._pool.handler.allocator.malloc = _handler_malloc
-        self._pool.handler.allocator.calloc = _handler_calloc
-        self._pool.handler.allocator.realloc = _handler_realloc
-        self._pool.handler.allocator.free = _handler_free
-        self._capsule = PyCapsule_New(&self._pool.handler, "mem_handler", NULL)
-        pthread_mutex_lock(&POOLS_LOCK)
-        if POOL_COUNT >= MAX_POOLS:
-            pthread_mutex_unlock(&POOLS_LOCK)
-            raise MemoryError(f"at most {MAX_POOLS} pools per process")
-        ALL_POOLS[POOL_COUNT] = self._pool
-        POOL_COUNT += 1
-        pthread_mutex_unlock(&POOLS_LOCK)
-        # The C pool is never freed: arrays made through the NEP 49 handler may outlive this
-        # object, and NumPy calls the handler's free with this pool as context.
+        self.source = "kernel" if fake is None else "fake"
+        name = f"numamem_node{node}_{policy}{'_fake' if fake is not None else ''}".encode()
+        strncpy(owner.handler.name, name, 126)
+        owner.handler.version = 1
+        owner.handler.allocator.ctx = owner.pool
+        owner.handler.allocator.malloc = _handler_malloc
+        owner.handler.allocator.calloc = _handler_calloc
+        owner.handler.allocator.realloc = _handler_realloc
+        owner.handler.allocator.free = _handler_free
+        self._capsule = PyCapsule_New(&owner.handler, "mem_handler", _destroy_handler)
 
     def malloc(self, size_t size):
         """Allocate ``size`` bytes; return the address (an int).
 
-        Raises ``MemoryError`` (with the node) if the chunk source cannot supply memory.
+        Raises
+        ------
+        NodeMemoryError
+            The source could not supply memory on the node (with where the pages went, if
+            they went elsewhere).
+        PolicyPermissionError, OSError
+            A placement call failed for another reason (named in the message).
         """
         cdef void *memory
+        cdef PlaceResult why
         with nogil:
-            memory = _pool_alloc(self._pool, size)
+            memory = arena_alloc(self._pool, size, &why)
         if memory == NULL:
-            self._raise_exhausted(size)
+            self._raise_failed(size, &why)
         return <uintptr_t>memory
 
     def calloc(self, size_t nelem, size_t elsize):
         """Allocate ``nelem * elsize`` zeroed bytes; return the address."""
         cdef void *memory
+        cdef PlaceResult why
+        if elsize != 0 and nelem > (<size_t>-1) // elsize:
+            raise MemoryError(f"calloc({nelem}, {elsize}): the size overflows")
         with nogil:
-            memory = _handler_calloc(self._pool, nelem, elsize)
+            memory = _calloc(self._pool, nelem, elsize, &why)
         if memory == NULL:
-            self._raise_exhausted(nelem * elsize)
+            self._raise_failed(nelem * elsize, &why)
         return <uintptr_t>memory
 
     def realloc(self, uintptr_t address, size_t new_size):
         """Resize the block at ``address`` (0 for a new one), keeping its node and content."""
         cdef void *memory
+        cdef PlaceResult why
+        if address:
+            self._check(address, "realloc")
         with nogil:
-            memory = _pool_realloc(self._pool, <void *>address, new_size)
+            memory = arena_realloc(self._pool, <void *>address, new_size, &why)
         if memory == NULL:
-            self._raise_exhausted(new_size)
+            self._raise_failed(new_size, &why)
         return <uintptr_t>memory
 
     def free(self, uintptr_t address):
-        """Return the block at ``address`` to the pool it came from (any pool, any thread)."""
-        cdef int rc
+        """Return the block at ``address`` (from this pool's :meth:`malloc`) to the pool.
+
+        Checked: a double free, an address inside a block, another pool's block or memory no
+        pool allocated raise ``ValueError`` and change nothing. The block of a
+        :class:`PoolAllocation` is its owner's to free (``close()``); freed here as well, the
+        owner's later free of a small block is refused without harm, but the bytes may have been
+        handed out again meanwhile.
+        """
+        cdef int answer
         with nogil:
-            rc = _pool_free(<void *>address)
-        if rc != 0:
-            raise ValueError(f"address {address:#x} was not allocated by a numamem pool")
+            answer = arena_free_checked(self._pool, <void *>address)
+        if answer != CHECK_OK:
+            raise ValueError(f"free({address:#x}): the address {_CHECK_MESSAGES[answer]}")
+
+    cdef int _check(self, uintptr_t address, str call) except -1:
+        cdef int answer
+        with nogil:
+            answer = arena_check(self._pool, <void *>address)
+        if answer != CHECK_OK:
+            raise ValueError(f"{call}({address:#x}): the address {_CHECK_MESSAGES[answer]}")
+        return 0
 
     def usable_size(self, uintptr_t address):
         """Bytes usable at ``address`` (the block's size class, run or mapping size)."""
-        cdef Chunk *chunk = _lookup(<void *>address)
-        if chunk == NULL:
-            raise ValueError(f"address {address:#x} was not allocated by a numamem pool")
-        return _usable_size(chunk, <void *>address)
+        self._check(address, "usable_size")
+        return arena_usable_size(<void *>address)
 
     def release(self):
         """Give chunks with nothing live in them back to the kernel; return the bytes released."""
         cdef size_t released
         with nogil:
-            released = _release(self._pool)
+            released = arena_release(self._pool)
         return released
 
     def stats(self):
-        """Return ``{"in_use", "mapped", "cached", "allocations", "chunks", "direct"}`` (bytes, counts)."""
-        cdef Chunk *chunk
-        cdef int chunks = 0, direct = 0
-        pthread_mutex_lock(&self._pool.lock)
-        chunk = self._pool.chunks
-        while chunk != NULL:
-            chunks += 1
-            chunk = chunk.next
-        chunk = self._pool.direct
-        while chunk != NULL:
-            direct += 1
-            chunk = chunk.next
+        """Bytes and counts of the pool.
+
+        Returns
+        -------
+        dict
+            ``in_use`` (bytes of live blocks), ``mapped`` (bytes mapped), ``cached``
+            (``mapped - in_use``), ``peak_mapped`` (highest ``mapped`` since creation or
+            :meth:`reset_peak`), ``allocations`` (live blocks), ``chunks`` (2 MiB chunks),
+            ``idle_chunks`` (chunks with nothing live, kept for reuse), ``direct`` (direct
+            mappings), ``touched`` (chunks populated by touching, where the kernel lacks
+            ``MADV_POPULATE_WRITE``).
+        """
+        cdef NodePool *pool = self._pool
+        arena_lock(pool)
         result = {
-            "in_use": self._pool.in_use,
-            "mapped": self._pool.mapped,
-            "cached": self._pool.mapped - self._pool.in_use,
-            "allocations": self._pool.allocations,
-            "chunks": chunks,
-            "direct": direct,
+            "in_use": pool.in_use,
+            "mapped": pool.mapped,
+            "cached": pool.mapped - pool.in_use,
+            "peak_mapped": pool.peak_mapped,
+            "allocations": pool.allocations,
+            "chunks": pool.chunk_count,
+            "idle_chunks": pool.idle_count,
+            "direct": pool.direct_count,
+            "touched": pool.touched,
         }
-        pthread_mutex_unlock(&self._pool.lock)
+        arena_unlock(pool)
         return result
+
+    def reset_peak(self):
+        """Start ``stats()["peak_mapped"]`` again from the bytes mapped now."""
+        arena_lock(self._pool)
+        self._pool.peak_mapped = self._pool.mapped
+        arena_unlock(self._pool)
 
     @property
     def handler(self):
@@ -761,16 +358,32 @@ cdef class Pool:
         """Allocate an owner object (:class:`PoolAllocation`) of ``size`` bytes."""
         return PoolAllocation._create(self, size, zero)
 
-    cdef _raise_exhausted(self, size_t size):
-        from numamem.errors import NodeMemoryError
-        err = self._pool.last_errno
-        raise NodeMemoryError(self.node, size, None,
-                              f"the {self.policy} pool could not map a new chunk (errno {err})")
+    cdef int _raise_failed(self, size_t size, PlaceResult *why) except -1:
+        from numamem.errors import from_place_result
+
+        outcome = result_object(why, self.node)
+        what = f"a chunk of the {self.policy} pool"
+        error = from_place_result(outcome, self.node, size, 4096, False, _free_bytes(self.node), what)
+        if error is None:  # not a placement failure: a size beyond the address space
+            error = MemoryError(f"the {self.policy} pool of node {self.node} cannot allocate {size} bytes")
+        raise error
 
     def __repr__(self):
         s = self.stats()
         return (f"<numamem Pool node={self.node} policy={self.policy} source={self.source} "
                 f"in_use={s['in_use']} mapped={s['mapped']}>")
+
+
+def _free_bytes(int node):
+    # A callable: read only when the error is a shortage.
+    def read():
+        from numamem import _topology
+
+        try:
+            return _topology.node_free_memory(node)
+        except (OSError, ValueError, KeyError):
+            return None
+    return read
 
 
 def get_pool(int node, str policy="bind"):
@@ -787,6 +400,9 @@ def pools():
     return dict(_POOLS)
 
 
+# The block must go back while its pool is certainly alive: the garbage collector must not clear
+# `pool` (possibly the last reference to a discarded pool) before __dealloc__ frees the block.
+@cython.no_gc_clear
 cdef class PoolAllocation(BufferOwner):
     """The owner of a block carved from a :class:`Pool` (the root of an array's ``.base`` chain).
 
@@ -799,10 +415,11 @@ cdef class PoolAllocation(BufferOwner):
     cdef PoolAllocation _create(Pool pool, size_t size, bint zero):
         cdef PoolAllocation self = PoolAllocation.__new__(PoolAllocation)
         cdef void *memory
+        cdef PlaceResult why
         with nogil:
-            memory = _pool_alloc(pool._pool, size)
+            memory = arena_alloc(pool._pool, size, &why)
         if memory == NULL:
-            pool._raise_exhausted(size)
+            pool._raise_failed(size, &why)
         if zero:
             memset(memory, 0, size)
         self._set_memory(<char *>memory, size)
@@ -811,7 +428,7 @@ cdef class PoolAllocation(BufferOwner):
 
     def __dealloc__(self):
         if not self._closed and self._address != NULL:
-            _pool_free(self._address)
+            arena_free(self._address)
         self._closed = True
         self._address = NULL
 
@@ -820,19 +437,17 @@ cdef class PoolAllocation(BufferOwner):
         if self._closed:
             return
         self._check_no_exports()
-        _pool_free(self._address)
+        arena_free(self._address)
         self._closed = True
         self._address = NULL
 
     @property
     def page_size(self):
         """The base page size (pool chunks are made of base pages, or THP where the kernel folds them)."""
-        return BASE_PAGE
+        return 4096
 
     def __repr__(self):
         return f"<numamem.PoolAllocation {self._size} bytes node={self.pool.node} {self.pool.policy}>"
-
-
 
 
 def set_handler(handler):

@@ -13,13 +13,16 @@ from libc.string cimport memset
 from numamem._ndarray cimport BufferOwner
 
 from numamem._libnuma cimport (
-    MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_FAILED, MAP_HUGE_1GB,
-    MAP_HUGE_2MB, MAP_HUGETLB, MAP_PRIVATE, PROT_READ, PROT_WRITE, errno, madvise, mmap, munmap,
-    nm_add, nm_align_up,
+    MADV_HUGEPAGE, MADV_NOHUGEPAGE, MAP_ANONYMOUS, MAP_HUGE_1GB, MAP_HUGE_2MB, MAP_HUGETLB,
+    MAP_PRIVATE, errno, madvise, munmap, nm_add, nm_align_up,
 )
-from numamem.errors import oserror
+from numamem._place cimport (
+    PLACE_BIND_LAZY, PLACE_PREFERRED, PLACE_PREFERRED_LAZY, PLACE_STRICT, POPULATED_TOUCH,
+    PlaceOps, PlaceResult, injected_ops, kernel_ops, map_aligned, place_on_node, populate_range,
+    result_object,
+)
+from numamem.errors import from_place_result, oserror
 
-import errno as _errno
 import os
 
 cdef size_t BASE_PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -28,6 +31,18 @@ cdef Py_ssize_t _unmapped = 0
 cdef Py_ssize_t _mapped = 0
 
 ADVICE = {"hugepage": MADV_HUGEPAGE, "nohugepage": MADV_NOHUGEPAGE}
+
+
+def _free_bytes(int node, size_t hugetlb):
+    """Free bytes on ``node`` (of ``hugetlb`` pages if nonzero), for a shortage's message; None if unknown."""
+    from numamem import _topology
+
+    try:
+        if hugetlb:
+            return _topology.node_hugepages(node, hugetlb).free_bytes
+        return _topology.node_free_memory(node)
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def mapping_counts():
@@ -61,9 +76,8 @@ cdef class Region(BufferOwner):
         global _mapped
         cdef size_t page = BASE_PAGE
         cdef int flags = MAP_PRIVATE | MAP_ANONYMOUS
-        cdef size_t length, mapped_length, trimmed_head
-        cdef uintptr_t raw, start
-        cdef void *addr
+        cdef size_t length, mapped_length
+        cdef char *start
         cdef int err = 0
         if hugetlb:
             if hugetlb == 2 * 1024 * 1024:
@@ -86,19 +100,10 @@ cdef class Region(BufferOwner):
             if nm_add(length, align - page, &mapped_length) != 0:
                 raise OverflowError(f"size {size} with alignment {align} overflows")
         with nogil:
-            addr = mmap(NULL, mapped_length, PROT_READ | PROT_WRITE, flags, -1, 0)
-            if addr == MAP_FAILED:
-                err = errno
-        if addr == MAP_FAILED:
+            start = map_aligned(length, align, flags, page, &err)
+        if start == NULL:
             raise oserror(err, f"mmap({mapped_length} bytes{', hugetlb ' + str(hugetlb) if hugetlb else ''})")
-        raw = <uintptr_t>addr
-        start = (raw + align - 1) & ~(<uintptr_t>align - 1)
-        if start != raw:
-            munmap(addr, start - raw)
-        trimmed_head = start - raw
-        if mapped_length - trimmed_head > length:
-            munmap(<void *>(start + length), mapped_length - trimmed_head - length)
-        self._set_memory(<char *>start, size)
+        self._set_memory(start, size)
         self._length = length
         self._page_size = page
         _mapped += 1
@@ -119,6 +124,8 @@ cdef class Region(BufferOwner):
 
         Raises ``OSError`` (e.g. ``EINVAL`` where the kernel has no transparent huge pages).
         """
+        if advice not in ADVICE:
+            raise ValueError(f"advice must be one of {sorted(ADVICE)}, not {advice!r}")
         cdef size_t span = self._span(offset, length)
         cdef int advice_code = ADVICE[advice]
         cdef int rc, err = 0
@@ -133,9 +140,10 @@ cdef class Region(BufferOwner):
         """Fault in every page of the region (or a part) for writing.
 
         Uses ``MADV_POPULATE_WRITE`` (Linux 5.14+); where the kernel lacks it (``EINVAL``),
-        writes a zero byte into each page instead. Failure to find memory is returned by the
-        kernel as ``ENOMEM``/``EFAULT`` (hugetlb pool empty) and raised as ``OSError`` — unless
-        the kernel OOM-kills first, which is why the caller checks capacity before populating.
+        writes each page's first byte back instead (base pages only). Failure to find memory is
+        returned by the kernel as ``ENOMEM``/``EFAULT`` (hugetlb pool empty) and raised as
+        ``OSError`` — unless the kernel OOM-kills first, which is why the caller checks capacity
+        before populating.
 
         Returns
         -------
@@ -143,27 +151,66 @@ cdef class Region(BufferOwner):
             ``"madvise"`` or ``"touch"``: how the pages were faulted.
         """
         cdef size_t span = self._span(offset, length)
-        cdef size_t page = self._page_size
-        cdef size_t position
-        cdef volatile char *cursor
-        cdef int rc, err = 0
+        cdef PlaceResult result
+        cdef int rc
+        result.populated_by = 0
         with nogil:
-            rc = madvise(self._address + offset, span, MADV_POPULATE_WRITE)
-            if rc != 0:
-                err = errno
-        if rc == 0:
-            return "madvise"
-        if err != _errno.EINVAL or self._page_size != BASE_PAGE:
-            # Touching hugetlb pages without a free one would be a SIGBUS, not an error code:
-            # only base pages fall back to touching.
-            raise oserror(err, f"madvise(MADV_POPULATE_WRITE, {span} bytes)")
+            rc = populate_range(kernel_ops(), self._address + offset, span, self._page_size, &result)
+        if rc != 0:
+            raise oserror(result.err, f"madvise(MADV_POPULATE_WRITE, {span} bytes)")
+        return "touch" if result.populated_by == POPULATED_TOUCH else "madvise"
+
+    def place(self, int node, str policy="bind", bint populate=True, size_t offset=0, length=None,
+              str what=""):
+        """Place the region (or a part) on ``node`` with the one placement routine (``numamem._place``).
+
+        Parameters
+        ----------
+        node : int
+        policy : {"bind", "preferred"}
+            ``bind`` with ``populate``: populate under ``preferred``, verify with ``move_pages``,
+            then bind strictly. ``preferred`` with ``populate``: populate, no verification.
+            Without ``populate`` only the policy is set; pages are placed at first touch.
+        populate : bool
+        offset, length : int
+            The part to place (whole pages; default: from ``offset`` to the end of the mapping).
+        what : str
+            What is being placed, for the error message.
+
+        Returns
+        -------
+        PlaceOutcome
+            How it went (``populated_by``, pages checked).
+
+        Raises
+        ------
+        NodeMemoryError, HugePageError
+            The node lacked the memory (pages landed elsewhere, or populate ran out); the error
+            says where the pages went.
+        PolicyPermissionError
+            The kernel refused a policy call (EPERM: no CAP_SYS_NICE, or a seccomp filter).
+        OSError
+            Any other failure of a call, named in the message.
+        """
+        cdef size_t span = self._span(offset, length)
+        cdef int mode
+        cdef int rc
+        cdef PlaceResult result
+        cdef const PlaceOps *ops = injected_ops()
+        if policy == "bind":
+            mode = PLACE_STRICT if populate else PLACE_BIND_LAZY
+        elif policy == "preferred":
+            mode = PLACE_PREFERRED if populate else PLACE_PREFERRED_LAZY
+        else:
+            raise ValueError(f"policy must be 'bind' or 'preferred', not {policy!r}")
         with nogil:
-            position = 0
-            while position < span:
-                cursor = <volatile char *>(self._address + offset + position)
-                cursor[0] = cursor[0]
-                position += page
-        return "touch"
+            rc = place_on_node(self._address + offset, span, node, mode, self._page_size, ops, &result)
+        outcome = result_object(&result, node)
+        if rc != 0:
+            hugetlb = self._page_size != BASE_PAGE
+            raise from_place_result(outcome, node, span, self._page_size, hugetlb,
+                                    lambda: _free_bytes(node, self._page_size if hugetlb else 0), what)
+        return outcome
 
     def zero(self):
         """Write zeros over the caller's bytes (for memory that may have been used before)."""

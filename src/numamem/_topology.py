@@ -338,6 +338,17 @@ _cache_lock = threading.Lock()
 _cached: Topology | None = None
 
 
+def _reinit_after_fork() -> None:
+    # A fork copies only the forking thread: a lock another thread held at that moment (reading
+    # sysfs in topology()) stays held forever in the child, whose next topology() then hangs.
+    # The child gets a fresh lock; the snapshot stays (it is replaced whole, never half-written).
+    global _cache_lock
+    _cache_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)
+
+
 def topology(refresh: bool = True) -> Topology:
     """Return the NUMA topology of this machine.
 
@@ -363,6 +374,8 @@ def topology(refresh: bool = True) -> Topology:
     snapshot = _cached
     if not refresh and snapshot is not None:
         return snapshot  # the hot path of every allocation: no lock for a read of one reference
+    if type(refresh) is not bool and type(refresh).__name__ != "bool_":
+        raise TypeError(f"refresh must be True or False, not {refresh!r}")
     with _cache_lock:
         if refresh or _cached is None:
             _cached = read_topology()

@@ -1,10 +1,12 @@
 """The one place where numamem's failures become Python exceptions.
 
 Low-level code never builds exception messages itself: it calls :func:`oserror` for a failed
-system call (errno -> the matching ``OSError`` subclass, e.g. ``PermissionError``), raises
-:class:`NodeMemoryError` / :class:`HugePageError` for capacity, :class:`PlacementError` when the
-kernel put pages somewhere else than asked, and ``ValueError``/``TypeError`` for bad arguments
-(those name the argument).
+system call (errno -> the matching ``OSError`` subclass, e.g. ``PermissionError``), and
+:func:`from_place_result` for a failed placement (the one routine in ``numamem._place``, used by
+regions and pools alike), which picks :class:`NodeMemoryError` / :class:`HugePageError` for
+capacity (with where the pages went), :class:`PolicyPermissionError` for a refused policy call, or
+the failing call's ``OSError``; :class:`PlacementError` when the kernel put pages somewhere else than
+asked by a move; and ``ValueError``/``TypeError`` for bad arguments (those name the argument).
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ __all__ = [
     "PlacementError",
     "PageSizeError",
     "NumaUnavailableError",
+    "PolicyPermissionError",
     "oserror",
+    "from_place_result",
 ]
 
 
@@ -38,12 +42,17 @@ class NodeMemoryError(MemoryError):
         Bytes asked for (rounded to whole pages).
     free : int or None
         Bytes the kernel reported free on that node when the request was checked.
+    pages : dict or None
+        Where the pages went when the kernel placed some elsewhere: node (or a negative errno the
+        kernel gave for a page) -> page count; None when no page was placed.
     """
 
-    def __init__(self, node, requested, free, detail=""):
+    def __init__(self, node, requested, free, detail="", pages=None):
         self.node = node
         self.requested = int(requested)
         self.free = None if free is None else int(free)
+        self.pages = None if pages is None else dict(pages)
+        self.detail = detail
         message = (
             f"node {node} cannot hold {_mib(self.requested)} ({self.requested} bytes): "
             f"{_mib(self.free)} free"
@@ -53,7 +62,7 @@ class NodeMemoryError(MemoryError):
         super().__init__(message)
 
     def __reduce__(self):
-        return (type(self), (self.node, self.requested, self.free))
+        return (type(self), (self.node, self.requested, self.free, self.detail, self.pages))
 
 
 class HugePageError(NodeMemoryError):
@@ -62,17 +71,18 @@ class HugePageError(NodeMemoryError):
     ``requested`` and ``free`` are in bytes; ``page_size`` is the huge page size in bytes.
     """
 
-    def __init__(self, node, requested, free, page_size, detail=""):
+    def __init__(self, node, requested, free, page_size, detail="", pages=None):
         self.page_size = int(page_size)
         pages_free = None if free is None else int(free) // self.page_size
         extra = (
             f"{pages_free} free {self.page_size // 2**20} MiB huge pages; reserve more with "
             f"/sys/devices/system/node/node{node}/hugepages/hugepages-{self.page_size // 1024}kB/nr_hugepages"
         )
-        super().__init__(node, requested, free, extra + (f"; {detail}" if detail else ""))
+        super().__init__(node, requested, free, extra + (f"; {detail}" if detail else ""), pages)
+        self.detail = detail
 
     def __reduce__(self):
-        return (type(self), (self.node, self.requested, self.free, self.page_size))
+        return (type(self), (self.node, self.requested, self.free, self.page_size, self.detail, self.pages))
 
 
 class PlacementError(RuntimeError):
@@ -94,6 +104,40 @@ class PlacementError(RuntimeError):
         if detail:
             message += f": {detail}"
         super().__init__(message)
+
+
+class PolicyPermissionError(PermissionError):
+    """The kernel refused a memory-policy call (EPERM): placement cannot be enforced here.
+
+    Docker's default seccomp profile and pods without ``CAP_SYS_NICE`` refuse ``mbind``,
+    ``set_mempolicy`` and ``move_pages`` for other nodes. The message names the call, the node and
+    the fix.
+
+    Attributes
+    ----------
+    call : str
+        The refused call, e.g. ``"mbind(MPOL_PREFERRED)"``.
+    node : int or None
+    """
+
+    def __init__(self, call, node, detail=""):
+        self.call = call
+        self.node = node
+        text = (
+            f"{call} for node {node} was refused (EPERM): this process may not set memory policies; "
+            "run it with CAP_SYS_NICE (docker run --cap-add SYS_NICE, or the pod's "
+            "securityContext.capabilities.add) or under a seccomp profile that allows mbind, "
+            "set_mempolicy and move_pages"
+        )
+        if detail:
+            text += f" ({detail})"
+        super().__init__(_errno.EPERM, text)
+
+    def __reduce__(self):
+        return (type(self), (self.call, self.node))
+
+    def __str__(self):
+        return self.args[1]
 
 
 class PageSizeError(ValueError):
@@ -122,3 +166,79 @@ def oserror(err: int, call: str, detail: str = "") -> OSError:
     if err == _errno.ENOSYS:
         return NumaUnavailableError(err, text)
     return OSError(err, text)
+
+
+# The call each step of the placement routine (numamem._place) makes.
+_STEP_CALLS = {
+    "map": "mmap",
+    "prefer": "mbind(MPOL_PREFERRED)",
+    "populate": "madvise(MADV_POPULATE_WRITE)",
+    "verify": "move_pages",
+    "bind": "mbind(MPOL_BIND, MPOL_MF_STRICT)",
+    "misplaced": "mbind(MPOL_BIND, MPOL_MF_STRICT)",
+    "capacity": "the capacity check",
+}
+# Errnos of a populate that mean "no memory there": ENOMEM (base pages), EFAULT (hugetlb pool
+# empty), EAGAIN (memory could not be reclaimed in time), EHWPOISON-free kernels report EFAULT.
+_POPULATE_SHORTAGE = {_errno.ENOMEM, _errno.EFAULT, _errno.EAGAIN}
+
+
+def _histogram_text(pages: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in pages.items()) + "}"
+
+
+def from_place_result(result, node, requested, page_size, hugetlb=False, free=None, what=""):
+    """The exception for a failed placement (``numamem._place.PlaceOutcome``), or None if it succeeded.
+
+    Parameters
+    ----------
+    result : PlaceOutcome
+        What the placement routine reported: the failing step, its errno, the page histogram.
+    node : int
+        The node asked for.
+    requested : int
+        Bytes being placed.
+    page_size : int
+        The mapping's page size (a hugetlbfs size when ``hugetlb``).
+    hugetlb : bool
+        The range is hugetlbfs memory: shortages become :class:`HugePageError`.
+    free : int, callable or None
+        Free bytes on the node (or free huge-page bytes), or a callable returning them, read only
+        when the error is a shortage.
+    what : str
+        What was being placed, appended to the message (e.g. ``"a pool chunk"``).
+
+    Returns
+    -------
+    Exception or None
+        :class:`NodeMemoryError`/:class:`HugePageError` when the node lacked memory (pages were
+        found elsewhere, or populate ran out), :class:`PolicyPermissionError` when a policy call was
+        refused, :class:`NumaUnavailableError` for ENOSYS, else the ``OSError`` of the failing call.
+        A ``move_pages`` failure is never reported as a lack of memory.
+    """
+    step = result.step
+    if step == "none":
+        return None
+    err = result.errno
+    call = _STEP_CALLS.get(step, step)
+    suffix = f" ({what})" if what else ""
+
+    def shortage(detail):
+        available = free() if callable(free) else free
+        pages = dict(result.histogram) or None
+        if hugetlb:
+            return HugePageError(node, requested, available, page_size, detail + suffix, pages)
+        return NodeMemoryError(node, requested, available, detail + suffix, pages)
+
+    if step == "capacity":
+        return shortage("checked before mapping")
+    if step == "misplaced":
+        found = dict(result.histogram)
+        return shortage(f"{result.misplaced} page(s) landed elsewhere: {_histogram_text(found)}")
+    if err == _errno.EPERM and step != "map":
+        return PolicyPermissionError(call, node, what)
+    if step == "map" and err == _errno.ENOMEM:
+        return shortage(f"{call} failed: {os.strerror(err)}")
+    if step == "populate" and err in _POPULATE_SHORTAGE:
+        return shortage(f"pre-faulting failed: {os.strerror(err)}")
+    return oserror(err, f"{call} for node {node}", what)

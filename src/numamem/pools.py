@@ -13,6 +13,7 @@ import contextlib
 
 from numamem import _pool, _topology
 from numamem._pool import Pool, PoolAllocation, get_pool
+from numamem._request import node_id
 
 __all__ = ["on_node", "pool_stats", "release_pools", "Pool", "PoolAllocation", "get_pool", "handler_name"]
 
@@ -20,12 +21,10 @@ POOL_POLICIES = ("bind", "preferred")
 
 
 def _checked_pool(node, policy: str) -> Pool:
-    from numamem.arrays import _check_node, _node_id
-
     if policy not in POOL_POLICIES:
         raise ValueError(f"policy must be one of {POOL_POLICIES}, not {policy!r}")
-    node = _node_id(node, "node")
-    _check_node(_topology.topology(refresh=False), node)
+    node = node_id(node, "node")
+    _topology.topology(refresh=False).check_memory_node(node, "node")
     return get_pool(node, policy)
 
 
@@ -46,6 +45,14 @@ def on_node(node: int, policy: str = "bind"):
     ------
     Pool
         The node's pool (for its ``stats()``).
+
+    Notes
+    -----
+    The scope lives in a context variable, so it follows the code's context, not the block's
+    text: a generator (or coroutine) suspended inside ``with on_node(k):`` hands control back
+    with the scope still installed, and its caller allocates on ``k`` until the generator resumes
+    and leaves the block. Enter the scope inside each step when a generator must not lend it.
+    Arrays allocated inside are numamem arrays: ``numamem.owner(a)`` is the pool.
 
     Examples
     --------

@@ -145,6 +145,35 @@ def test_preferred_beyond_the_small_node_spills_without_error(expected):
     assert problem is None, problem
 
 
+def test_pool_block_beyond_the_small_node_is_refused_before_mapping(expected):
+    """The pool's kernel source checks a large strict mapping against the node's free memory, as
+    numamem.empty does: a NodeMemoryError naming the node, nothing kept mapped, and the process and
+    the pool go on serving the node."""
+    node = expected["roles"]["small"]
+
+    def child():
+        free = kc.sysfs_meminfo(node)["MemFree"]
+        want = free + 64 * MiB
+        pool = numamem.pools.get_pool(node)
+        mapped = pool.stats()["mapped"]
+        try:
+            pool.malloc(want)
+        except numamem.NodeMemoryError as exc:
+            if exc.node != node or exc.free is None or "checked before mapping" not in str(exc):
+                return f"bad error: node={exc.node} free={exc.free}: {exc}"
+        else:
+            return f"a {want}-byte pool block on node {node} ({free} free) did not raise"
+        if pool.stats()["mapped"] > mapped:  # (idle chunks may have been given back before the retry)
+            return f"the refused block left memory mapped: {pool.stats()}"
+        with numamem.on_node(node):
+            small = np.ones(100_000)
+        hist = kc.histogram(kc.nodes_of(small))
+        return None if hist == {node: len(kc.nodes_of(small))} else f"after the error: {hist}"
+
+    problem = kc.run_in_child(child)
+    assert problem is None, problem
+
+
 # --------------------------------------------------------------------------- hugetlbfs pools
 
 POOL_PAGES = 4

@@ -67,7 +67,7 @@ def test_small_arrays_of_different_nodes_never_share_a_page(expected):
 
 def test_pool_memory_freed_elsewhere_returns_to_its_node(expected):
     nodes = [n["id"] for n in expected["nodes"] if n["mem_mib"]]
-    before = {n: numamem.get_pool(n).stats()["in_use"] for n in nodes}
+    before = {n: numamem.pools.get_pool(n).stats()["in_use"] for n in nodes}
     made = []
     for node in nodes:
         with numamem.on_node(node):

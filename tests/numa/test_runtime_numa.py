@@ -38,11 +38,11 @@ def test_planned_blocks_are_on_their_nodes(memory_nodes):
         ex.load_weights(ws)
         y = ex.run(xs)
         checked = 0
-        for entries in ex._block_arrays.values():
-            for b, arr, _, _ in entries:
-                hist = kc.histogram(kc.nodes_of(arr))
-                assert hist == {b.node: sum(hist.values())}, (b.tensor, b.index, b.node, hist)
-                checked += 1
+        for view in ex.block_views():
+            b = view.block
+            hist = kc.histogram(kc.nodes_of(view.array))
+            assert hist == {b.node: sum(hist.values())}, (b.tensor, b.index, b.node, hist)
+            checked += 1
         assert checked == len(p.blocks)
         for n, arena in zip(p.nodes, ex.arenas):
             assert kc.histogram(kc.nodes_of(arena)) == {n: arena.nbytes // kc.PAGE}

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from numamem.planner import _pack, packing
-from numamem.planner.packing import PackResult, check, lower_bound, pack, read_csv
+from numamem.cli.pack import read_csv
+from numamem.planner.packing import PackResult, check, lower_bound, pack
 
 # shared/ sits beside the repository (CI clones elsewhere with a copy of shared/ beside it).
 BENCHDATA = next((p for p in (Path(__file__).resolve().parents[3] / "shared" / "benchdata",

@@ -6,7 +6,8 @@ import pytest
 
 MODULES = [
     "numamem.planner", "numamem.planner.boxes", "numamem.planner.traffic", "numamem.planner.ops", "numamem.planner.graph", "numamem.planner.builder",
-    "numamem.planner.partition", "numamem.planner.plans", "numamem.planner.cli",
+    "numamem.planner.partition", "numamem.planner.plan", "numamem.planner.planfile", "numamem.planner.check",
+    "numamem.planner.report", "numamem.planner.planner",
     "numamem.models", "numamem.models.cnn", "numamem.models.bert", "numamem.models.mlp",
 ]
 

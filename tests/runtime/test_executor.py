@@ -15,7 +15,8 @@ import pytest
 import numamem
 import numamem.models
 from numamem.planner import GraphBuilder, plan
-from numamem.runtime.executor import BaselineExecutor, Executor, MODES, bytes_by_node, make_executor
+from numamem.runtime.executor import BaselineExecutor, Executor, MODES, make_executor
+from numamem.runtime.locality import bytes_by_node
 from numamem.runtime.randgraph import KINDS, OPS_COVERED, random_graph
 from numamem.runtime.reference import reference_forward
 from numamem.runtime.runner import plan_traffic, random_tensors
@@ -136,6 +137,11 @@ def test_arena_pages_are_on_their_node():
         assert pages["0"]["0"] * 4096 >= p.arenas[0].size
         for a in ex.arenas:
             assert numamem.placement(a).bytes_per_node == {0: a.nbytes}
+        views = ex.block_views()
+        assert sorted((v.block.tensor, v.block.index) for v in views) == sorted((b.tensor, b.index) for b in p.blocks)
+        for v in views:
+            assert v.array.shape == tuple(hi - lo for lo, hi in v.box)
+            assert np.shares_memory(v.array, ex.arenas[0])
 
 
 def test_planned_step_allocates_nothing_the_plan_does_not_account_for():
@@ -206,9 +212,9 @@ def test_missing_and_misshaped_weights_and_inputs_are_named():
 def test_nodes_that_do_not_exist_are_refused():
     g = random_graph(0, "cnn")
     p = plan(g, nodes=[0, 1])
-    with pytest.raises(ValueError, match="node 1 does not exist"):
+    with pytest.raises(ValueError, match=r"plan.nodes=1: no such node"):
         Executor(p)
-    with pytest.raises(ValueError, match="node 9 does not exist"):
+    with pytest.raises(ValueError, match=r"node_map\[1\]=9: no such node"):
         BaselineExecutor(p, node_map={0: 0, 1: 9})
     with pytest.raises(ValueError, match="plan node 1"):
         Executor(p, node_map={0: 0})
@@ -223,7 +229,7 @@ def test_a_failing_worker_aborts_the_step_without_hanging():
     with Executor(p, node_map=THREE) as ex:
         ex.load_weights(ws)
         ex.set_inputs(xs)
-        sub = ex._tasks[1][0].subs[0][0]
+        sub = ex._tasks[1][0].calls[0][0]
 
         def boom(*args):
             raise FloatingPointError("injected")
@@ -271,10 +277,32 @@ def test_executor_needs_a_graph():
         Executor(p)
 
 
-@pytest.mark.parametrize("name", ["numamem.runtime.executor", "numamem.runtime.randgraph"])
+@pytest.mark.parametrize("name", ["numamem.runtime.executor", "numamem.runtime.randgraph",
+                                  "numamem.runtime.locality", "numamem.threads"])
 def test_docstring_examples(name):
     import doctest
     import importlib
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_groups_of_a_memory_only_node_compute_on_the_nearest_cpu_node(fake_topology, topo, node0):
+    from numamem.runtime.base import resolve_groups
+
+    cxl = max(topo.node_ids) + 1
+    nodes = tuple(topo.nodes) + (numamem.Node(cxl, (), 1 << 30, 1 << 30, {}),)
+    distances = dict(topo.distances)
+    for n in topo.node_ids:
+        distances[cxl, n] = distances[n, cxl] = 20 if n == node0 else 30
+    distances[cxl, cxl] = 10
+    fake_topology(nodes=nodes, distances=distances, allowed_nodes=topo.allowed_nodes | {cxl})
+    g = random_graph(0, "cnn")
+    p = plan(g, nodes=[0, 1])
+    groups = resolve_groups(p, {0: node0, 1: cxl}, None)
+    cpus = len(topo.usable_cpus(node0))
+    assert [(gr.mem_node, gr.cpu_node) for gr in groups] == [(node0, node0), (cxl, node0)]
+    # the node's CPUs are shared by the two groups computing on it
+    assert [gr.workers for gr in groups] == [max(1, cpus // 2)] * 2
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        resolve_groups(p, {0: node0, 1: cxl}, {0: 0})

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from numamem.cli import main
-from numamem.runtime.cli import Progress
+from numamem.cli._progress import Progress
 from numamem.runtime.randgraph import random_graph
 from numamem.runtime.reference import reference_forward
 from numamem.runtime.runner import FORMAT, estimate_speedup, random_tensors, run_graph
@@ -105,8 +105,19 @@ def test_missing_and_misshaped_weights_are_named(graph_file, tmp_path, capsys):
 
 def test_nodes_and_modes_are_checked(graph_file, capsys):
     _, path = graph_file
-    assert "node 7 does not exist" in _error(capsys, ["run", path, "--nodes", "7,"])
-    assert "node 1 does not exist" in _error(capsys, ["run", path, "--nodes", "0,1"])
+    import numamem
+
+    here = numamem.topology().node_ids
+    missing = max(here) + 1
+    assert f"--nodes={missing}: no such node" in _error(capsys, ["run", path, "--nodes", str(missing)])
+    assert f"--nodes={missing}: no such node" in _error(capsys, ["run", path, "--nodes", f"0-{missing}"])
+    assert "an empty item" in _error(capsys, ["run", path, "--nodes", "7,"])
+    with pytest.raises(SystemExit):  # counts are for plans of other machines only
+        main(["run", path, "--node-count", "2"])
+    assert "unrecognized arguments: --node-count" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a RuntimeError traceback ("can't start new thread") before
+        main(["run", path, "--workers", "100000"])
+    assert "at most 1024 worker threads per node" in capsys.readouterr().err
     assert "unknown mode 'fast'" in _error(capsys, ["run", path, "--mode", "planned,fast"])
     assert "neither a built-in model" in _error(capsys, ["run", "no-such-graph"])
 

@@ -16,6 +16,15 @@ def greedy(
     best_fit: bool,
 ) -> npt.NDArray[np.int64]: ...
 
+def greedy_until(
+    lower: npt.NDArray[np.int64],
+    upper: npt.NDArray[np.int64],
+    size: npt.NDArray[np.int64],
+    order: npt.NDArray[np.int64],
+    best_fit: bool,
+    deadline: float,
+) -> tuple[npt.NDArray[np.int64], int]: ...
+
 class SkylineSearch:
     def __init__(
         self,

@@ -17,9 +17,39 @@ preprocessed arrays; the Python layer owns validation, alignment and the search 
 from libc.stdint cimport int64_t, INT64_MAX
 from libc.stdlib cimport malloc, free, realloc, qsort
 from libc.string cimport memmove
+from libc.math cimport INFINITY
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
+
+cdef extern from "Python.h":
+    # Declared without an exception spec: the loops below call it under ``with gil`` from
+    # noexcept code, and turn its -1 (a handler raised, e.g. KeyboardInterrupt on Ctrl-C) into a
+    # status the Python-level caller raises from.
+    int _check_signals "PyErr_CheckSignals" ()
+
+# Seconds between two looks for a pending signal (Ctrl-C) inside the long C loops: each look
+# takes the GIL, so not at every step, but often enough that Ctrl-C ends a pack promptly.
+cdef double _SIGNAL_EVERY = 0.02
+
+
+cdef inline double now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
+
+
+cdef bint _interrupted() noexcept nogil:
+    """Run pending signal handlers; True when one raised (its exception is then set)."""
+    cdef int r
+    with gil:
+        r = _check_signals()
+    return r < 0
+
+
+cdef int _raise_pending() except -1:
+    """Propagate the exception :func:`_interrupted` left set."""
+    return -1
 
 
 def dense_ranks(values):
@@ -61,6 +91,31 @@ def greedy(const int64_t[::1] lower, const int64_t[::1] upper, const int64_t[::1
     -------
     numpy.ndarray
         int64 offsets, ``-1`` for buffers not in ``order``.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        On Ctrl-C (the loop looks for signals every few milliseconds).
+    """
+    return greedy_until(lower, upper, size, order, best_fit, INFINITY)[0]
+
+
+def greedy_until(const int64_t[::1] lower, const int64_t[::1] upper, const int64_t[::1] size,
+                 const int64_t[::1] order, bint best_fit, double deadline):
+    """:func:`greedy` that stops searching gaps at ``deadline``.
+
+    The scan over placed buffers makes each placement cost up to the number placed before it,
+    so a large instance (200,000 buffers: about 40 s) cannot honour a time limit otherwise.
+    Past ``deadline`` (``time.monotonic()`` seconds) the remaining buffers of ``order`` are
+    stacked, in order, above everything placed: still a valid packing, at once.
+
+    Returns
+    -------
+    offsets : numpy.ndarray
+        As :func:`greedy`.
+    placed : int
+        How many buffers of ``order`` were placed by the gap search (``len(order)`` when the
+        deadline did not cut it).
     """
     cdef Py_ssize_t n = size.shape[0]
     cdef Py_ssize_t m = order.shape[0]
@@ -68,11 +123,13 @@ def greedy(const int64_t[::1] lower, const int64_t[::1] upper, const int64_t[::1
         raise ValueError("lower, upper and size must have the same length")
     out = np.full(n, -1, dtype=np.int64)
     if m == 0:
-        return out
+        return out, 0
     idx = np.asarray(order)
     if idx.min() < 0 or idx.max() >= n:
         raise ValueError("order holds an index that is not a buffer")
-    if np.unique(idx).size != m:
+    # (a sort, not np.unique: that one is hash based and 70x slower on large orders)
+    ordered = np.sort(idx)
+    if m > 1 and (ordered[1:] == ordered[:-1]).any():
         raise ValueError("order holds an index twice")
     # Times as int32 ranks: the scan below reads two of them per placed buffer, so halving
     # their width halves the memory it streams through.
@@ -85,24 +142,44 @@ def greedy(const int64_t[::1] lower, const int64_t[::1] upper, const int64_t[::1
     cdef int64_t[::1] poff = np.empty(m, dtype=np.int64)
     cdef int64_t[::1] pend = np.empty(m, dtype=np.int64)
     cdef int[::1] hits = np.empty(_CHUNK, dtype=np.intc)
+    cdef Py_ssize_t placed
     with nogil:
-        _greedy(m, &rlo[0], &rup[0], &size[0], &order[0], best_fit, &off[0],
-                &plo[0], &pup[0], &poff[0], &pend[0], &hits[0])
-    return out
+        placed = _greedy(m, &rlo[0], &rup[0], &size[0], &order[0], best_fit, &off[0],
+                         &plo[0], &pup[0], &poff[0], &pend[0], &hits[0], deadline)
+    if placed < 0:
+        _raise_pending()
+    return out, int(placed)
 
 
-cdef void _greedy(Py_ssize_t m, const int* lo, const int* up, const int64_t* sz,
-                  const int64_t* order, bint best_fit, int64_t* off,
-                  int* plo, int* pup, int64_t* poff, int64_t* pend, int* hits) noexcept nogil:
+cdef Py_ssize_t _greedy(Py_ssize_t m, const int* lo, const int* up, const int64_t* sz,
+                        const int64_t* order, bint best_fit, int64_t* off,
+                        int* plo, int* pup, int64_t* poff, int64_t* pend, int* hits,
+                        double deadline) noexcept nogil:
     # The placed buffers are kept sorted by offset (parallel arrays plo/pup/poff/pend), so one
     # pass over them meets the overlapping buffers bottom-up and sees every gap between them
     # (``top`` = highest end met so far). The pass goes chunk by chunk: a branch-free loop
     # first collects the chunk's entries that overlap in time, then only those are examined.
+    # Returns how many buffers the pass placed before ``deadline`` (the rest are stacked on
+    # top), or -1 when a signal handler raised.
     cdef Py_ssize_t k, j, c, h, nh, count = 0, a, b, mid, base
-    cdef int64_t i, s, top, gap, best_gap, best_off, o
+    cdef int64_t i, s, top, gap, best_gap, best_off, o, highest = 0
     cdef int l, u
     cdef bint done
+    cdef double t, last_signal = now()
     for k in range(m):
+        if (k & 15) == 0 and k > 0:
+            t = now()
+            if t >= deadline:
+                # Out of time: stack the rest above everything placed, in order.
+                for j in range(k, m):
+                    i = order[j]
+                    off[i] = highest
+                    highest += sz[i]
+                return k
+            if t - last_signal >= _SIGNAL_EVERY:
+                last_signal = t
+                if _interrupted():
+                    return -1
         i = order[k]
         l = lo[i]
         u = up[i]
@@ -138,6 +215,8 @@ cdef void _greedy(Py_ssize_t m, const int* lo, const int* up, const int64_t* sz,
         if best_off < 0:
             best_off = top
         off[i] = best_off
+        if best_off + s > highest:
+            highest = best_off + s
         # Insert after every entry with offset <= best_off (binary search, then shift).
         a = 0
         b = count
@@ -157,6 +236,7 @@ cdef void _greedy(Py_ssize_t m, const int* lo, const int* up, const int64_t* sz,
         poff[a] = best_off
         pend[a] = best_off + s
         count += 1
+    return m
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +249,7 @@ cdef enum:
     ST_ABORTED = 2      # node budget used up
     ST_DEADLINE = 3     # wall-clock deadline passed
     ST_NOMEM = 4
+    ST_INTERRUPTED = 5  # a signal handler raised (Ctrl-C); its exception is set
 
 cdef enum:
     LOG_MINOFF = 0
@@ -252,12 +333,6 @@ cdef int cmp_pre(const void* a, const void* b) noexcept nogil:
     return 0
 
 
-cdef inline double now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + 1e-9 * ts.tv_nsec
-
-
 # The static preorderings tried in turn (MiniMalloc's defaults): W = lifetime width,
 # A = area (size x width), T = largest section total the buffer takes part in.
 HEURISTICS = ("WAT", "TAW", "TWA")
@@ -302,6 +377,7 @@ cdef class SkylineSearch:
     cdef int64_t nodes_left
     cdef int64_t nodes
     cdef double deadline
+    cdef double last_signal
 
     def __cinit__(self):
         self.log.data = NULL
@@ -417,6 +493,7 @@ cdef class SkylineSearch:
         self.nodes_left = node_limit
         self.nodes = 0
         self.deadline = deadline
+        self.last_signal = now()
         cdef int st
         with nogil:
             st = self._solve_all()
@@ -424,6 +501,8 @@ cdef class SkylineSearch:
         self.arena.size = 0
         if st == ST_NOMEM:
             raise MemoryError("skyline search: out of memory")
+        if st == ST_INTERRUPTED:
+            _raise_pending()
         names = {ST_OK: "ok", ST_NOTFOUND: "infeasible", ST_ABORTED: "budget",
                  ST_DEADLINE: "deadline"}
         offsets = np.array(self.solution, dtype=np.int64) if st == ST_OK else None
@@ -519,12 +598,19 @@ cdef class SkylineSearch:
         cdef Py_ssize_t ordpos, k, j, logmark, affpos, s, kept, i1, i2
         cdef int64_t cnt = 0, nkept = 0, nmoved = 0, p, b, o, min_height, h, t, checked = -1
         cdef int st
+        cdef double tnow
         if self.nodes_left <= 0:
             return ST_ABORTED
         self.nodes_left -= 1
         self.nodes += 1
-        if (self.nodes & 1023) == 0 and now() > self.deadline:
-            return ST_DEADLINE
+        if (self.nodes & 1023) == 0:
+            tnow = now()
+            if tnow > self.deadline:
+                return ST_DEADLINE
+            if tnow - self.last_signal >= _SIGNAL_EVERY:
+                self.last_signal = tnow
+                if _interrupted():
+                    return ST_INTERRUPTED
         # The unplaced buffers of this partition, by (lowest feasible offset, preorder). The
         # previous list is already in that order; only entries whose offset rose since are out
         # of place, so those alone are sorted and merged back (cheaper than a full sort).

@@ -402,13 +402,22 @@ def load_graph(path: str | os.PathLike) -> Graph:
     Raises
     ------
     GraphError
-        If the file is not valid JSON or not a valid graph (the message names the file).
+        If the file is not UTF-8 text, not valid JSON (or nested past the parser's depth) or not
+        a valid graph; the message names the file.
     OSError
         If the file cannot be read.
     """
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GraphError(f"{os.fspath(path)}: not a UTF-8 text file (byte {exc.start}): expected a "
+                         "numamem-graph/1 JSON file") from None
     try:
         return Graph.from_json(text)
     except GraphError as exc:
         raise GraphError(f"{os.fspath(path)}: {exc}") from None
+    except RecursionError:
+        # json.loads recurses once per nesting level: a hostile file must not be a traceback
+        raise GraphError(f"{os.fspath(path)}: JSON nested too deeply to be a graph") from None

@@ -472,7 +472,7 @@ def _reshape_axis(x: Shape, out: Shape, axis: int) -> int | None:
     return None
 
 
-def _broadcast_region(shape: Shape, out_shape: Shape, axis: int, lo: int, hi: int) -> Box:
+def _broadcast_box(shape: Shape, out_shape: Shape, axis: int, lo: int, hi: int) -> Box:
     """Box of a broadcast operand needed for output slice [lo, hi) on ``axis``."""
     j = axis - (len(out_shape) - len(shape))
     if j < 0 or shape[j] == 1:
@@ -505,7 +505,7 @@ def input_regions(
 
     Examples
     --------
-    A feature-split dense layer reads every row of its input and a column block of its weight:
+    A feature-split dense layer reads every row of its input and a slice of its weight's columns:
 
     >>> input_regions("dense", [(8, 64), (64, 128)], (8, 128), {}, 1, 0, 64)
     [((0, 8), (0, 64)), ((0, 64), (0, 64))]
@@ -528,8 +528,8 @@ def input_regions(
             return [on_axis(a, len(a) - 2, lo, hi), full(b)]
         if axis == nd - 1:
             return [full(a), on_axis(b, len(b) - (2 if tb else 1), lo, hi)]
-        return [_broadcast_region(a[:-2], out_shape[:-2], axis, lo, hi) + full(a[-2:]),
-                _broadcast_region(b[:-2], out_shape[:-2], axis, lo, hi) + full(b[-2:])]
+        return [_broadcast_box(a[:-2], out_shape[:-2], axis, lo, hi) + full(a[-2:]),
+                _broadcast_box(b[:-2], out_shape[:-2], axis, lo, hi) + full(b[-2:])]
     if op == "conv2d":
         w = in_shapes[1]
         bias = [((lo, hi),)] if len(in_shapes) == 3 else []
@@ -563,7 +563,7 @@ def input_regions(
     if op == "layernorm":
         return [on_axis(x, axis, lo, hi), full(in_shapes[1]), full(in_shapes[2])]
     if op in ("add", "mul"):
-        return [_broadcast_region(s, out_shape, axis, lo, hi) for s in in_shapes]
+        return [_broadcast_box(s, out_shape, axis, lo, hi) for s in in_shapes]
     if op in ELEMENTWISE or op == "softmax":
         return [on_axis(x, axis, lo, hi)]
     if op in ("reshape", "flatten"):

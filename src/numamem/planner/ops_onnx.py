@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 
 from numamem.planner.boxes import Box, Shape, full, on_axis
 from numamem.planner.ops import (
-    OpRules, OpSpec, ShapeError, _broadcast_region, broadcast_shapes, check_activation, normalize_axis, pair,
+    OpRules, OpSpec, ShapeError, _broadcast_box, broadcast_shapes, check_activation, normalize_axis, pair,
     register,
 )
 
@@ -240,7 +240,7 @@ def _same_regions(ins: Sequence[Shape], out: Shape, attrs: Attrs, axis: int, lo:
 
 
 def _broadcast_regions(ins: Sequence[Shape], out: Shape, attrs: Attrs, axis: int, lo: int, hi: int) -> list:
-    return [_broadcast_region(s, out, axis, lo, hi) for s in ins]
+    return [_broadcast_box(s, out, axis, lo, hi) for s in ins]
 
 
 def _per_element(cost: int):

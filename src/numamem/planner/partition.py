@@ -10,7 +10,9 @@ How a layer is split is chosen greedily in execution order with a cost model
 the bytes it reads, local or remote, each at the bandwidth between the two nodes (from a measured
 matrix when given, else the local bandwidth scaled by ``10 / distance``). A candidate that keeps
 the axis of the layer producing the first input wins whenever it is within
-``consistency_tolerance`` of the best, so a chain of layers keeps one access pattern.
+``consistency_tolerance`` of the best, so a chain of layers keeps one access pattern. The bytes
+a candidate reads are counted by :func:`numamem.planner.traffic.layer_reads`, the rule the
+runner's traffic model uses too; boxes come from :mod:`numamem.planner.boxes`.
 
 Weights and graph inputs are laid out by their first reader (the weight rule):
 
@@ -27,9 +29,10 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from numamem.planner.boxes import Box, full, on_axis, split_axis, split_even, volume
 from numamem.planner.graph import Graph
-from numamem.planner.boxes import Box
-from numamem.planner.ops import flops as op_flops, input_regions, splittable
+from numamem.planner.ops import flops as op_flops, splittable
+from numamem.planner.traffic import Layout, input_boxes, layer_reads, reads_from
 
 DEFAULT_LOCAL_DISTANCE = 10
 DEFAULT_REMOTE_DISTANCE = 20
@@ -61,103 +64,33 @@ class CostModel:
     lookahead: bool = True
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where a tensor's bytes are: ``parts`` pairs a node with the region it holds.
-
-    ``replicated`` layouts hold the whole tensor on every listed node.
-    """
-
-    parts: tuple[tuple[int, Box], ...]
-    replicated: bool = False
-
-    @property
-    def nodes(self) -> list[int]:
-        """Node of each part, in order."""
-        return [n for n, _ in self.parts]
-
-    @property
-    def spread(self) -> bool:
-        """True when distinct blocks of the tensor sit on more than one node."""
-        return not self.replicated and len({n for n, _ in self.parts}) > 1
-
-
-def split_bounds(extent: int, parts: int) -> list[tuple[int, int]]:
-    """Even contiguous split of ``range(extent)`` into ``parts`` ranges (the first get one more).
-
-    >>> split_bounds(10, 3)
-    [(0, 4), (4, 7), (7, 10)]
-    """
-    q, r = divmod(extent, parts)
-    out, start = [], 0
-    for i in range(parts):
-        stop = start + q + (1 if i < r else 0)
-        out.append((start, stop))
-        start = stop
-    return out
-
-
-def full_region(shape: Sequence[int]) -> Box:
-    """The region covering all of a tensor of ``shape``."""
-    return tuple((0, int(d)) for d in shape)
-
-
-def region_on(shape: Sequence[int], axis: int, lo: int, hi: int) -> Box:
-    """The region ``[lo, hi)`` along ``axis`` and everything along the other axes."""
-    return tuple((lo, hi) if k == axis else (0, int(d)) for k, d in enumerate(shape))
-
-
-def volume(region: Box) -> int:
-    """Number of elements in ``region``."""
-    return math.prod(max(0, b - a) for a, b in region)
-
-
-def overlap(r1: Box, r2: Box) -> int:
-    """Number of elements two regions share."""
-    return math.prod(max(0, min(b1, b2) - max(a1, a2)) for (a1, b1), (a2, b2) in zip(r1, r2))
-
-
-def split_axis(region: Box, shape: Sequence[int]) -> int | None:
-    """The single axis on which ``region`` is not the full extent, 0 if it is full, else None."""
-    axes = [k for k, ((a, b), d) in enumerate(zip(region, shape)) if (a, b) != (0, d)]
-    if not axes:
-        return 0 if shape else None
-    return axes[0] if len(axes) == 1 else None
-
-
 def natural_layout(shape: Sequence[int], reads: Sequence[tuple[int, Box]], replicate: bool,
                    all_nodes: Sequence[int]) -> Layout:
-    """Layout of a weight or graph input for its first reader (the weight rule, module doc)."""
+    """Layout of a weight or graph input for its first reader (the weight rule, module doc).
+
+    ``reads`` pairs each reading node with the box of the tensor it reads.
+
+    >>> natural_layout((8, 4), [(0, ((0, 8), (0, 2))), (1, ((0, 8), (2, 4)))], False, [0, 1]).parts
+    ((0, ((0, 8), (0, 2))), (1, ((0, 8), (2, 4))))
+    """
     if replicate:
-        return Layout(tuple((n, full_region(shape)) for n in all_nodes), replicated=True)
+        return Layout(tuple((n, full(shape)) for n in all_nodes), replicated=True)
     reader_nodes = list(dict.fromkeys(n for n, _ in reads))
     if len(reader_nodes) == 1 or not shape:
-        return Layout(((reader_nodes[0] if reader_nodes else all_nodes[0], full_region(shape)),))
-    axes = {split_axis(r, shape) for _, r in reads}
+        return Layout(((reader_nodes[0] if reader_nodes else all_nodes[0], full(shape)),))
+    axes = {split_axis(box, shape) for _, box in reads}
     if len(axes) == 1 and None not in axes:
         axis = axes.pop()
-        ranges = sorted((r[axis], n) for n, r in reads)
+        ranges = sorted((box[axis], n) for n, box in reads)
         pos, ok = 0, True
         for (a, b), _ in ranges:
             ok = ok and a == pos and b > a
             pos = b
         if ok and pos == shape[axis]:
-            return Layout(tuple((n, region_on(shape, axis, a, b)) for (a, b), n in ranges))
-    bounds = split_bounds(shape[0], len(reader_nodes))
-    return Layout(tuple((n, region_on(shape, 0, a, b)) for n, (a, b) in zip(reader_nodes, bounds) if b > a))
-
-
-def reads_from(layout: Layout, region: Box, node: int) -> dict[int, int]:
-    """Elements of ``region`` that ``node`` reads from each node under ``layout``."""
-    if layout.replicated:
-        src = node if node in layout.nodes else layout.nodes[0]
-        return {src: volume(region)}
-    out: dict[int, int] = {}
-    for m, r in layout.parts:
-        v = overlap(r, region)
-        if v:
-            out[m] = out.get(m, 0) + v
-    return out
+            return Layout(tuple((n, on_axis(shape, axis, a, b)) for (a, b), n in ranges))
+    # split_even never yields an empty range; the filter keeps a zero-length axis 0 out.
+    bounds = split_even(0, shape[0], len(reader_nodes))
+    return Layout(tuple((n, on_axis(shape, 0, a, b)) for n, (a, b) in zip(reader_nodes, bounds) if b > a))
 
 
 @dataclass
@@ -222,13 +155,13 @@ class Partitioner:
         if len(self.nodes) > 1:
             for k in axes:
                 if k < len(out_shape) and out_shape[k] > 1 and splittable(layer.op, in_shapes, out_shape, layer.attrs, k):
-                    parts = [(n, region_on(out_shape, k, a, b))
-                             for n, (a, b) in zip(self.nodes, split_bounds(out_shape[k], len(self.nodes))) if b > a]
+                    parts = [(n, on_axis(out_shape, k, a, b))
+                             for n, (a, b) in zip(self.nodes, split_even(0, out_shape[k], len(self.nodes)))]
                     cands.append((k, parts))
         if self.batch_axis_only and cands:
             return cands  # the consistent pattern: whole-layer placement only where it cannot split
         for n in self.nodes:
-            cands.append((None, [(n, full_region(out_shape))]))
+            cands.append((None, [(n, full(out_shape))]))
         return cands
 
     def _evaluate(self, step: int, axis: int | None, parts: list[tuple[int, Box]]) -> Choice:
@@ -238,43 +171,32 @@ class Partitioner:
         out_shape = g.tensors[layer.outputs[0]].shape
         total_flops = op_flops(layer.op, in_shapes, out_shape, layer.attrs)
         total_elems = max(1, math.prod(out_shape))
-        reads: list[list[Box | None]] = []
-        for n, r in parts:
-            if axis is None:
-                reads.append([full_region(s) for s in in_shapes])
-            else:
-                a, b = r[axis]
-                reads.append(input_regions(layer.op, in_shapes, out_shape, layer.attrs, axis, a, b))
+        boxes = input_boxes(g, step, axis, [box for _, box in parts])
         new_layouts: dict[str, Layout] = {}
         for i, name in enumerate(layer.inputs):
             if name in self.layouts or name in new_layouts:
                 continue
             t = g.tensors[name]
-            node_reads = [(n, reads[j][i]) for j, (n, _) in enumerate(parts) if reads[j][i] is not None]
+            node_reads = [(n, boxes[j][i]) for j, (n, _) in enumerate(parts) if boxes[j][i] is not None]
             replicate = t.role == "weight" and g.nbytes(name) <= self.cost.replicate_bytes
             new_layouts[name] = natural_layout(t.shape, node_reads, replicate, self.nodes)
+        layouts = {name: new_layouts[name] if name in new_layouts else self.layouts[name] for name in layer.inputs}
+        reads = layer_reads(g, step, axis, parts, layouts, boxes=boxes)
         worst = 0.0
         local = remote = 0
         pairs: dict[tuple[int, int], int] = {}
-        used = 0
-        for j, (n, r) in enumerate(parts):
-            share = volume(r)
-            used += share
-            t_node = total_flops * share / total_elems / self.cost.flops_per_s
-            for i, name in enumerate(layer.inputs):
-                region = reads[j][i]
-                if region is None:
-                    continue
-                layout = self.layouts.get(name) or new_layouts[name]
-                item = g.itemsize(name)
-                for m, elems in reads_from(layout, region, n).items():
-                    nbytes = elems * item
-                    t_node += nbytes / self.bandwidth[n, m]
-                    if m == n:
-                        local += nbytes
-                    else:
-                        remote += nbytes
-                        pairs[m, n] = pairs.get((m, n), 0) + nbytes
+        for (n, box), part_reads in zip(parts, reads):
+            # Summed read by read, in layer_reads' order: the float result (and with it every
+            # tie between candidates) must not depend on how the reads are grouped.
+            t_node = total_flops * volume(box) / total_elems / self.cost.flops_per_s
+            for r in part_reads:
+                m = r.source
+                t_node += r.nbytes / self.bandwidth[n, m]
+                if m == n:
+                    local += r.nbytes
+                else:
+                    remote += r.nbytes
+                    pairs[m, n] = pairs.get((m, n), 0) + r.nbytes
             worst = max(worst, t_node)
         return Choice(axis, parts, worst, total_flops, local, remote, pairs, new_layouts)
 
@@ -295,10 +217,8 @@ class Partitioner:
         layout = Layout(tuple(choice.parts))
         item = g.itemsize(out)
         worst = 0.0
-        for n, (a, b) in zip(self.nodes, split_bounds(shape[preferred], len(self.nodes))):
-            if b <= a:
-                continue
-            got = reads_from(layout, region_on(shape, preferred, a, b), n)
+        for n, (a, b) in zip(self.nodes, split_even(0, shape[preferred], len(self.nodes))):
+            got = reads_from(layout, on_axis(shape, preferred, a, b), n)
             worst = max(worst, sum(e * item / self.bandwidth[n, m] for m, e in got.items() if m != n))
         return worst
 
@@ -328,7 +248,7 @@ class Partitioner:
         # Tensors no layer reads: weights by the weight rule, inputs split on their batch axis.
         for name, t in g.tensors.items():
             if name not in self.layouts:
-                reads = [(n, full_region(t.shape)) for n in self.nodes]
+                reads = [(n, full(t.shape)) for n in self.nodes]
                 replicate = t.role == "weight" and g.nbytes(name) <= self.cost.replicate_bytes
                 self.layouts[name] = natural_layout(t.shape, reads, replicate, self.nodes)
         return self.choices
@@ -361,3 +281,72 @@ def _matrix(value, nodes: Sequence[int], what: str, default) -> dict[tuple[int, 
                 raise ValueError(f"{what}: entry for nodes {a} and {b} must be positive and finite, got {v}")
             out[a, b] = v
     return out
+
+
+def split_for_workers(op: str, in_shapes: Sequence[tuple[int, ...]], out_shape: Sequence[int],
+                      attrs: Mapping[str, object], block, whole: bool, workers: int,
+                      contiguous_out: bool = False) -> list:
+    """Cut one node's block of a layer's output among ``workers`` threads, along one output axis.
+
+    A block restricted along its axis is cut along that axis (a kernel call takes one axis). A
+    whole-tensor block may be cut along any axis the op splits: the axis whose pieces read the
+    fewest input elements in total is taken (a small-batch dense layer cut by rows would have
+    every worker stream the whole weight; cut by columns each reads its part), preferring, among
+    near-equal choices, pieces that are C-contiguous in the block.
+
+    Parameters
+    ----------
+    op : str
+    in_shapes : sequence of tuple of int
+        Full operand shapes.
+    out_shape : sequence of int
+        Full output shape.
+    attrs : mapping
+        The layer's attributes.
+    block : Slice
+        The node's block (for a whole-tensor block, the full range of axis 0).
+    whole : bool
+        Whether the node computes the whole output.
+    workers : int
+    contiguous_out : bool
+        The op's kernel wants a C-contiguous output (BLAS-based): a strided piece then costs an
+        extra pass over the output, counted as reading it twice.
+
+    Returns
+    -------
+    list of Slice
+        At most ``workers`` pieces covering the block, in order.
+
+    Examples
+    --------
+    >>> from numamem.planner.boxes import Slice
+    >>> split_for_workers("dense", [(2, 64), (64, 128)], (2, 128), {}, Slice(0, 0, 2), True, 2)
+    [Slice(axis=1, start=0, stop=64), Slice(axis=1, start=64, stop=128)]
+    """
+    # Local import: this function was appended to the module without touching its import block.
+    from numamem.planner.boxes import Slice
+    from numamem.planner.ops import input_regions
+
+    in_shapes = [tuple(s) for s in in_shapes]
+    out_shape = tuple(out_shape)
+    if workers <= 1 or block.length == 0:
+        return [block]
+    if not whole:
+        if block.length >= 2 and splittable(op, in_shapes, out_shape, attrs, block.axis):
+            return [Slice(block.axis, lo, hi) for lo, hi in split_even(block.start, block.stop, workers)]
+        return [block]
+    axes = [k for k in range(len(out_shape)) if out_shape[k] >= 2 and splittable(op, in_shapes, out_shape, attrs, k)]
+    best_key, best = None, [block]
+    for axis in axes:
+        pieces = [Slice(axis, lo, hi) for lo, hi in split_even(0, out_shape[axis], workers)]
+        read = sum(volume(box) for piece in pieces
+                   for box in input_regions(op, in_shapes, out_shape, attrs, axis, piece.start, piece.stop)
+                   if box is not None)
+        contiguous = all(out_shape[j] == 1 for j in range(axis))
+        # Reading bytes costs more than a strided write of the output; count the output copy of
+        # non-contiguous pieces (BLAS-based ops only) as one more pass over the output.
+        cost = read + (0 if contiguous or not contiguous_out else 2 * math.prod(out_shape))
+        key = (cost * (1.0 if len(pieces) >= workers else 1.5), not contiguous, axis)
+        if best_key is None or key < best_key:
+            best_key, best = key, pieces
+    return best

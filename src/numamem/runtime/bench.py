@@ -29,7 +29,7 @@ import numpy as np
 
 from numamem import _topology
 from numamem.arrays import empty as nm_empty
-from numamem.threads import bind_thread
+from numamem.threads import WorkerTeam
 
 __all__ = ["FORMAT", "format_table", "llc_bytes", "measure"]
 
@@ -52,44 +52,21 @@ def llc_bytes() -> int:
     return best or 32 << 20
 
 
-def _in_threads(node: int, count: int, fn: Callable[[int], Any]) -> float:
-    """Run ``fn(i)`` in ``count`` threads bound to ``node``, released together; return the wall time."""
-    start = threading.Barrier(count + 1)
-    done = threading.Barrier(count + 1)
-    errors: list[BaseException] = []
+def _timed(team: WorkerTeam, fn: Callable[[int], Any]) -> float:
+    """Run ``fn(worker)`` on every worker of ``team`` (one group), released together; return the
+    wall time from the release to the last one finishing."""
+    count = team.sizes[0]
+    release = threading.Barrier(count)
+    starts, ends = [0.0] * count, [0.0] * count
 
-    def body(i: int) -> None:
-        try:
-            with bind_thread(node, "local"):
-                start.wait()
-                fn(i)
-        except BaseException as exc:  # reported to the caller below
-            errors.append(exc)
-            start.abort()
-        finally:
-            try:
-                done.wait()
-            except threading.BrokenBarrierError:
-                pass
+    def job(group: int, worker: int) -> None:
+        release.wait()
+        starts[worker] = time.perf_counter()
+        fn(worker)
+        ends[worker] = time.perf_counter()
 
-    threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(count)]
-    for t in threads:
-        t.start()
-    try:
-        start.wait()
-    except threading.BrokenBarrierError:
-        pass
-    t0 = time.perf_counter()
-    try:
-        done.wait()
-    except threading.BrokenBarrierError:
-        pass
-    elapsed = time.perf_counter() - t0
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return elapsed
+    team.run(job)
+    return max(ends) - min(starts)
 
 
 def _alloc_costs(node: int, sizes, repeats: int) -> list[dict[str, float]]:
@@ -149,9 +126,8 @@ def measure(quick: bool = False, progress: Callable[[str], None] | None = None, 
 
     say = progress or (lambda msg: None)
     topo = _topology.topology(refresh=False)
-    allowed = set(topo.allowed_cpus)
-    mem_nodes = nodes if nodes is not None else [n.id for n in topo.nodes if n.has_memory and n.id in topo.allowed_nodes]
-    cpu_nodes = [n.id for n in topo.nodes if n.has_cpus and set(n.cpus) & allowed]
+    mem_nodes = nodes if nodes is not None else topo.memory_nodes()
+    cpu_nodes = [n.id for n in topo.nodes if topo.usable_cpus(n.id)]
     if not cpu_nodes:
         raise ValueError("no node with CPUs this process may use")
     llc = llc_bytes()
@@ -162,39 +138,49 @@ def measure(quick: bool = False, progress: Callable[[str], None] | None = None, 
     rng = np.random.default_rng(12345)
     bandwidth: dict[str, dict[str, float]] = {}
     latency: dict[str, dict[str, float]] = {}
-    threads = {str(a): len(set(topo.node(a).cpus) & allowed) for a in cpu_nodes}
+    threads = {str(a): len(topo.usable_cpus(a)) for a in cpu_nodes}
     t_start = time.perf_counter()
-    for b in mem_nodes:
-        data = nm_empty(size // 8, np.uint64, node=b)
-        data[:] = 1
-        slots = size // 64
-        links = nm_empty(slots * 8, np.int64, node=b)
-        perm = rng.permutation(slots)
-        links[perm * 8] = np.roll(perm, -1)  # one cycle through every slot, in random order
+    # Threads bound to each CPU node for the whole measurement: one per allowed CPU streaming,
+    # one following the chase.
+    streams: dict[int, WorkerTeam] = {}
+    chasers: dict[int, WorkerTeam] = {}
+    try:
         for a in cpu_nodes:
-            say(f"memory node {b}, CPU node {a}")
-            count = threads[str(a)]
-            parts = np.array_split(data, count)
-            bw_runs = []
-            read_sum(parts[0][: 1 << 16])
-            for _ in range(reps):
-                sec = _in_threads(a, count, lambda i: read_sum(parts[i]))
-                bw_runs.append(data.nbytes / sec)
-            lat_runs = []
-            for _ in range(reps):
-                box = {}
+            streams[a] = WorkerTeam([a], [threads[str(a)]], policy="local")
+            chasers[a] = WorkerTeam([a], [1], policy="local")
+        for b in mem_nodes:
+            data = nm_empty(size // 8, np.uint64, node=b)
+            data[:] = 1
+            slots = size // 64
+            links = nm_empty(slots * 8, np.int64, node=b)
+            perm = rng.permutation(slots)
+            links[perm * 8] = np.roll(perm, -1)  # one cycle through every slot, in random order
+            for a in cpu_nodes:
+                say(f"memory node {b}, CPU node {a}")
+                parts = np.array_split(data, threads[str(a)])
+                bw_runs = []
+                read_sum(parts[0][: 1 << 16])
+                for _ in range(reps):
+                    sec = _timed(streams[a], lambda i: read_sum(parts[i]))
+                    bw_runs.append(data.nbytes / sec)
+                lat_runs = []
+                for _ in range(reps):
+                    box = {}
 
-                def run_chase(i: int) -> None:
-                    p = chase(links, int(perm[0]), steps // 8)  # warm the TLB and the walk
-                    t0 = time.perf_counter()
-                    box["p"] = chase(links, p, steps)
-                    box["s"] = time.perf_counter() - t0
+                    def run_chase(i: int) -> None:
+                        p = chase(links, int(perm[0]), steps // 8)  # warm the TLB and the walk
+                        t0 = time.perf_counter()
+                        box["p"] = chase(links, p, steps)
+                        box["s"] = time.perf_counter() - t0
 
-                _in_threads(a, 1, run_chase)
-                lat_runs.append(box["s"] / steps * 1e9)
-            bandwidth.setdefault(str(a), {})[str(b)] = float(np.median(bw_runs))
-            latency.setdefault(str(a), {})[str(b)] = float(np.median(lat_runs))
-        del data, links
+                    _timed(chasers[a], run_chase)
+                    lat_runs.append(box["s"] / steps * 1e9)
+                bandwidth.setdefault(str(a), {})[str(b)] = float(np.median(bw_runs))
+                latency.setdefault(str(a), {})[str(b)] = float(np.median(lat_runs))
+            del data, links
+    finally:
+        for team in list(streams.values()) + list(chasers.values()):
+            team.close()
     derived = []
     for m in mem_nodes:
         if str(m) in bandwidth:

@@ -13,18 +13,22 @@ from __future__ import annotations
 import gc
 import math
 import os
+import zipfile
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from numamem import _topology
+from numamem import _topology, planner
 from numamem.planner.graph import Graph
-from numamem.planner.plans import Plan, plan as make_plan
-from numamem.runtime import kernels as K
+from numamem.planner.plan import Plan
+from numamem.planner.traffic import block_layouts, layer_reads
+from numamem.runtime import kernels
 from numamem._jsonfile import dump_json
-from numamem.runtime.executor import MODES, BaselineExecutor, make_executor
+from numamem.runtime.estimate import PUBLISHED_MACHINE, estimate_speedup, shares_by_node
+from numamem.runtime.executor import MODES, make_executor
 
-__all__ = ["FORMAT", "PUBLISHED_MACHINE", "RTOL", "estimate_speedup", "float64_reference", "format_report",
+__all__ = ["FORMAT", "PUBLISHED_MACHINE", "RTOL", "estimate_nodes", "estimate_speedup", "float64_reference", "format_report",
            "load_npz", "plan_traffic", "random_tensors", "run_graph"]
 
 FORMAT = "numamem-run/1"
@@ -34,16 +38,6 @@ RTOL = 1e-4
 #: (:mod:`numamem.runtime.reference`, explicit loops: slow); bigger ones against the kernels run
 #: whole-tensor in float64.
 INDEPENDENT_REFERENCE_FLOPS = 2e10
-
-#: Published figures used for the speed-up estimate when no measured matrix is given: a 2-socket
-#: Intel Xeon Gold 6140 (Skylake-SP) read bandwidth per node and idle latency, local vs remote.
-PUBLISHED_MACHINE = {
-    "name": "2-socket Intel Xeon Gold 6140 (published figures)",
-    "local_bandwidth": 105e9, "remote_bandwidth": 34e9,
-    "local_latency_ns": 90.0, "remote_latency_ns": 144.0,
-    "cores_per_node": 18,
-}
-
 
 # ================================================================================= tensors
 def random_tensors(graph: Graph, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -128,14 +122,20 @@ def load_npz(path: str | os.PathLike, graph: Graph, names: Sequence[str], what: 
     Raises
     ------
     ValueError
-        Naming a tensor that is missing, mis-shaped, or not one of ``names``.
+        If the file is not an ``.npz`` file, or naming a tensor that is missing, mis-shaped, not
+        one of ``names``, of a dtype that is not a real number of the graph's kind, holding
+        NaN or infinity, or holding embedding ids outside the table.
     OSError
         If the file cannot be read.
     """
     try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    except (ValueError, EOFError) as exc:
+        with open(path, "rb") as fh:  # ours to close, also when np.load fails half-way
+            loaded = np.load(fh, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: one array, no names
+                raise ValueError("a .npy file holds one unnamed array; write the tensors by name with numpy.savez")
+            with loaded as f:
+                data = {k: f[k] for k in f.files}
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
     extra = sorted(set(data) - set(names))
     if extra:
@@ -148,9 +148,21 @@ def load_npz(path: str | os.PathLike, graph: Graph, names: Sequence[str], what: 
         if tuple(data[n].shape) != shape:
             raise ValueError(f"{path}: {what} {n!r} has shape {list(data[n].shape)}, the graph needs {list(shape)}")
         dt = np.dtype(graph.tensor_dtype(n))
-        if dt.kind in "iu" and data[n].dtype.kind not in "iu":
+        # Only numbers of the graph's kind convert without losing meaning: integer ids stay
+        # integers, and complex, structured, string, bool or object arrays are refused, not cast.
+        if data[n].dtype.kind not in ("iu" if dt.kind in "iu" else "iuf"):
             raise ValueError(f"{path}: {what} {n!r} has dtype {data[n].dtype}, the graph needs {dt}")
-        data[n] = data[n].astype(dt, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # values past float32 become inf: refused below
+            data[n] = data[n].astype(dt, copy=False)
+        if dt.kind == "f" and not np.isfinite(data[n]).all():
+            raise ValueError(f"{path}: {what} {n!r} holds NaN or infinite values (as {dt})")
+        for layer in graph.layers:  # embedding ids must name rows of the table
+            if layer.op == "embedding" and layer.inputs[0] == n and data[n].size:
+                rows = graph.tensors[layer.inputs[1]].shape[0]
+                low, high = int(data[n].min()), int(data[n].max())
+                if low < 0 or high >= rows:
+                    raise ValueError(f"{path}: {what} {n!r} holds the id {low if low < 0 else high}, outside "
+                                     f"the {rows} rows of {layer.inputs[1]!r} (layer {layer.name!r})")
     return data
 
 
@@ -184,9 +196,8 @@ def float64_reference(graph: Graph, weights: Mapping[str, np.ndarray], inputs: M
         last.setdefault(b, []).append(name)
     for step, layer in enumerate(graph.layers):
         ins = [env[n] for n in layer.inputs]
-        shape = K.output_shape(layer.op, [x.shape for x in ins], layer.attrs)
-        out = np.empty(shape, np.float64)
-        K.run(layer.op, ins, out, layer.attrs)
+        out = np.empty(graph.tensors[layer.outputs[0]].shape, np.float64)
+        kernels.run(layer.op, ins, out, layer.attrs)
         env[layer.outputs[0]] = out
         for n in last.get(step, ()):
             if n not in graph.outputs:
@@ -218,163 +229,18 @@ def plan_traffic(plan: Plan, graph: Graph, holder: Callable[[str], int | None] |
         Per step ``{(source node, reader node): bytes}``; ``source == reader`` is local. With no
         ``holder`` the totals equal the plan's ``local_bytes``/``remote_bytes``.
     """
-    blocks = {}
-    for b in plan.blocks:
-        blocks.setdefault(b.tensor, []).append(b)
+    layouts = block_layouts(plan.blocks, {n: t.shape for n, t in graph.tensors.items()})
     out = []
-    for layer, lp in zip(graph.layers, plan.layers):
-        shapes = [graph.tensors[n].shape for n in layer.inputs]
+    for step, (layer, lp) in enumerate(zip(graph.layers, plan.layers)):
+        layout = layouts[layer.outputs[0]]
+        # A replicated output (never planned, but a plan file may say so) is computed whole.
+        axis = None if layout.replicated else lp.axis
         d: dict[tuple[int, int], int] = {}
-        for ob in blocks[layer.outputs[0]]:
-            n = ob.node
-            if lp.axis is None or ob.slice is None:
-                regions = [tuple((0, s) for s in sh) for sh in shapes]
-            else:
-                regions = K.input_regions(layer.op, shapes, layer.attrs,
-                                          K.Block(ob.slice.axis, ob.slice.start, ob.slice.stop))
-            for name, region in zip(layer.inputs, regions):
-                if region is None:
-                    continue
-                item = graph.itemsize(name)
-                h = holder(name) if holder is not None else None
-                got: dict[int, int] = {}
-                vol = math.prod(b - a for a, b in region)
-                if h is not None:
-                    got[h] = vol
-                elif blocks[name][0].slice is None:
-                    src = n if any(b.node == n for b in blocks[name]) else blocks[name][0].node
-                    got[src] = vol
-                else:
-                    for b in blocks[name]:
-                        br = tuple((b.slice.start, b.slice.stop) if k == b.slice.axis else (0, s)
-                                   for k, s in enumerate(graph.tensors[name].shape))
-                        e = 1
-                        for (a0, a1), (b0, b1) in zip(region, br):
-                            e *= max(0, min(a1, b1) - max(a0, b0))
-                        if e:
-                            got[b.node] = got.get(b.node, 0) + e
-                for m, e in got.items():
-                    d[m, n] = d.get((m, n), 0) + e * item
+        for (n, _), reads in zip(layout.parts, layer_reads(graph, step, axis, layout.parts, layouts, holder)):
+            for r in reads:
+                d[r.source, n] = d.get((r.source, n), 0) + r.nbytes
         out.append(d)
     return out
-
-
-def _shares(plan: Plan, graph: Graph) -> list[dict[int, float]]:
-    """Per layer, the fraction of the output each node computes."""
-    out = []
-    for layer in graph.layers:
-        bl = plan.blocks_of(layer.outputs[0])
-        total = sum(b.size for b in bl if b.slice is not None) or 1
-        out.append({b.node: (1.0 if b.slice is None else b.size / total) for b in bl})
-    return out
-
-
-def _bandwidth_of(matrix: Any, nodes: Sequence[int]) -> dict[tuple[int, int], float] | None:
-    """``{(reader, source): bytes/s}`` over ``nodes`` from a bench matrix, or None if it lacks a pair."""
-    if not matrix:
-        return None
-    try:
-        out = {}
-        for a in nodes:
-            row = matrix[a] if a in matrix else matrix[str(a)]
-            for b in nodes:
-                out[a, b] = float(row[b] if b in row else row[str(b)])
-        return out
-    except (KeyError, TypeError, IndexError):
-        return None
-
-
-def estimate_speedup(graph: Graph, layer_seconds: Sequence[float], traffic: Mapping[str, list],
-                     shares: Sequence[Mapping[int, float]], nodes: Sequence[int],
-                     bandwidth: Any = None, traffic_basis: str = "", cores_here: int = 1) -> dict[str, Any]:
-    """Estimate planned vs first-touch time on a multi-socket machine from per-layer traffic.
-
-    Per layer and node: compute time = the measured per-layer time here times the node's share
-    of the layer times ``cores_here / cores per target node`` (compute assumed to scale with
-    cores: 18 per node for the published machine, the bench's threads per node for a measured
-    matrix); memory time = the sum over source nodes of bytes / bandwidth(reader, source). The layer takes
-    the slowest node's ``max(compute, memory)`` (a roofline: transfers overlap compute). The
-    speed-up is the ratio of the sums over layers; ``memory_bound_limit`` is the same ratio with
-    memory times only. Latency does not enter (streaming reads are bandwidth-bound); it is
-    recorded with the basis.
-
-    Parameters
-    ----------
-    graph : Graph
-    layer_seconds : sequence of float
-        Measured per-layer median time of the planned run here.
-    traffic : mapping
-        ``{"planned": [...], "first-touch": [...]}``: per layer ``{(source, reader): bytes}``.
-    shares : sequence of mapping
-        Per layer ``{node: fraction of the output it computes}``.
-    nodes : sequence of int
-        The target machine's nodes.
-    bandwidth : mapping, optional
-        A ``numamem bench`` result, or its matrix ``{reader: {source: bytes/s}}``; default: the
-        published figures of :data:`PUBLISHED_MACHINE`.
-    traffic_basis : str
-        How ``traffic`` was obtained (for the label).
-    cores_here : int
-        Worker threads that computed the measured layer times.
-
-    Returns
-    -------
-    dict
-        ``basis``, ``planned_vs_first_touch``, ``memory_bound_limit``, per-mode seconds, and the
-        constants used.
-    """
-    threads = None
-    if isinstance(bandwidth, Mapping) and "bandwidth" in bandwidth:
-        threads = bandwidth.get("threads")
-        bandwidth = bandwidth["bandwidth"]
-    bw = _bandwidth_of(bandwidth, nodes)
-    if bw is not None and len(nodes) >= 2:
-        cores = {n: float((threads or {}).get(str(n), cores_here)) for n in nodes}
-        machine = "measured bandwidth matrix (numamem bench)"
-        consts = {"bandwidth": {str(a): {str(b): bw[a, b] for b in nodes} for a in nodes},
-                  "cores_per_node": {str(n): c for n, c in cores.items()}}
-    else:
-        cores = {n: float(PUBLISHED_MACHINE["cores_per_node"]) for n in nodes}
-        pm = PUBLISHED_MACHINE
-        bw = {(a, b): pm["local_bandwidth"] if a == b else pm["remote_bandwidth"] for a in nodes for b in nodes}
-        machine = (f"{pm['name']}: {pm['local_bandwidth'] / 1e9:.0f} GB/s local vs "
-                   f"{pm['remote_bandwidth'] / 1e9:.0f} GB/s remote read bandwidth per node, "
-                   f"{pm['local_latency_ns']:.0f} vs {pm['remote_latency_ns']:.0f} ns idle latency, "
-                   f"{pm['cores_per_node']} cores per node")
-        consts = dict(pm)
-    totals, mem_totals, add_totals = {}, {}, {}
-    for mode in ("planned", "first-touch"):
-        t_sum = m_sum = a_sum = 0.0
-        for step, d in enumerate(traffic[mode]):
-            mem: dict[int, float] = {}
-            for (src, reader), nbytes in d.items():
-                b = bw.get((reader, src)) or bw.get((reader, reader)) or PUBLISHED_MACHINE["local_bandwidth"]
-                mem[reader] = mem.get(reader, 0.0) + nbytes / b
-            worst = worst_mem = worst_add = 0.0
-            for n in set(mem) | set(shares[step]):
-                tc = layer_seconds[step] * shares[step].get(n, 0.0) * cores_here / cores.get(n, cores_here)
-                worst = max(worst, tc, mem.get(n, 0.0))
-                worst_mem = max(worst_mem, mem.get(n, 0.0))
-                worst_add = max(worst_add, tc + mem.get(n, 0.0))
-            t_sum += worst
-            m_sum += worst_mem
-            a_sum += worst_add
-        totals[mode], mem_totals[mode], add_totals[mode] = t_sum, m_sum, a_sum
-    ratio = totals["first-touch"] / totals["planned"] if totals["planned"] else float("nan")
-    limit = mem_totals["first-touch"] / mem_totals["planned"] if mem_totals["planned"] else float("inf")
-    no_overlap = add_totals["first-touch"] / add_totals["planned"] if add_totals["planned"] else float("nan")
-    return {
-        "basis": (f"ESTIMATE, not a measurement: {machine}; {traffic_basis}; per layer and node "
-                  f"max(compute = measured planned layer time here x node share x {cores_here} cores here / cores "
-                  f"per node, memory = bytes / bandwidth)"),
-        "planned_vs_first_touch": ratio,
-        "no_overlap": no_overlap,
-        "memory_bound_limit": limit,
-        "seconds": {"planned": totals["planned"], "first-touch": totals["first-touch"]},
-        "memory_seconds": mem_totals,
-        "target_nodes": list(nodes),
-        "constants": consts,
-    }
 
 
 def _pairs_from_layers(layers: Sequence[Mapping[str, Any]]) -> list[dict[tuple[int, int], int]]:
@@ -405,20 +271,85 @@ def _reset_peak() -> bool:
         return False
 
 
+# ================================================================================= the modes
+@dataclass
+class _Timings:
+    """One mode's timed iterations."""
+
+    seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
+    layer_seconds: list[list[float]] = field(default_factory=list)
+
+    def entry(self) -> dict[str, Any]:
+        return {"median_s": float(np.median(self.seconds)), "seconds": self.seconds,
+                "median_cpu_s": float(np.median(self.cpu_seconds)), "cpu_seconds": self.cpu_seconds,
+                "layer_median_s": [float(x) for x in np.median(np.array(self.layer_seconds), axis=0)]}
+
+
+def _timed_rounds(executors: Mapping[str, Any], modes: Sequence[str], iters: int,
+                  say: Callable[[str], None]) -> dict[str, _Timings]:
+    """Time ``iters`` steps of every mode, round-robin over the modes (the starting mode
+    rotating), so a change in the machine's load during the run hits every mode alike."""
+    timings = {m: _Timings() for m in modes}
+    for i in range(iters):
+        say(f"iteration {i + 1}/{iters}")
+        for j in range(len(modes)):
+            mode = modes[(i + j) % len(modes)]
+            ex, t = executors[mode], timings[mode]
+            t.seconds.append(ex.step())
+            t.cpu_seconds.append(ex.cpu_seconds)
+            t.layer_seconds.append(list(ex.layer_seconds))
+    return timings
+
+
+def _mode_entry(ex: Any, set_up: Mapping[str, Any], timings: _Timings, outputs: Mapping[str, np.ndarray],
+                ref: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The report entry of one mode: set-up, timings, its ``report()``, and its error."""
+    mode_report = ex.report()
+    entry = dict(set_up)
+    entry.update(timings.entry())
+    entry.update(mode_report.entry())
+    entry["_pairs"] = _pairs_from_layers(mode_report.traffic["layers"])
+    errs = {n: _rel_err(outputs[n], ref[n]) for n in outputs}
+    entry["rel_err"] = errs
+    entry["max_rel_err"] = max(errs.values()) if errs else 0.0
+    entry["ok"] = entry["max_rel_err"] <= RTOL
+    return entry
+
+
+def _estimate(report: Mapping[str, Any], graph: Graph, p: Plan, nodes: Sequence[int], modes: Sequence[str],
+              bandwidth: Any, plan_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The speed-up estimate: from the run's measured traffic on two or more nodes, else modelled."""
+    entries = report["modes"]
+    base_mode = "planned" if "planned" in entries else modes[0]
+    cores_here = sum(entries[base_mode]["workers"].values())
+    layer_s = entries[base_mode]["layer_median_s"]
+    if len(nodes) >= 2 and "planned" in entries and "first-touch" in entries:
+        traffic = {"planned": entries["planned"]["_pairs"], "first-touch": entries["first-touch"]["_pairs"]}
+        basis = f"traffic measured in this run on nodes {nodes}"
+        est = estimate_speedup(graph, layer_s, traffic, shares_by_node(p, graph), nodes, bandwidth, basis, cores_here)
+    else:
+        target = estimate_nodes(nodes)
+        tp = planner.plan(graph, nodes=target, **plan_options)
+        loader = target[0]
+        role = {n: graph.tensors[n].role for n in graph.tensors}
+        traffic = {
+            "planned": plan_traffic(tp, graph),
+            "first-touch": plan_traffic(tp, graph, lambda n: loader if role[n] in ("weight", "input") else None),
+        }
+        basis = (f"traffic modelled for nodes {target} (planned: the plan's blocks; first-touch: weights and "
+                 f"inputs on the loading thread's node {loader}, each activation block on the node writing it)")
+        est = estimate_speedup(graph, layer_s, traffic, shares_by_node(tp, graph), target, bandwidth, basis, cores_here)
+    est["traffic"] = {m: {"local_bytes": sum(b for d in t for (s, r), b in d.items() if s == r),
+                          "remote_bytes": sum(b for d in t for (s, r), b in d.items() if s != r)}
+                      for m, t in traffic.items()}
+    return est
+
+
 # ================================================================================= the command
-def _check_nodes(nodes: Sequence[int] | None) -> list[int]:
-    topo = _topology.topology(refresh=False)
-    if nodes is None:
-        return [n.id for n in topo.nodes if n.has_memory and n.id in topo.allowed_nodes]
-    nodes = list(nodes)
-    for n in nodes:
-        if n not in topo.node_ids:
-            raise ValueError(f"node {n} does not exist on this machine (nodes: {', '.join(map(str, topo.node_ids))})")
-        if not topo.node(n).has_memory:
-            raise ValueError(f"node {n} has no memory")
-        if n not in topo.allowed_nodes:
-            raise ValueError(f"node {n} is not allowed by this process's cpuset")
-    return nodes
+def estimate_nodes(nodes: Sequence[int]) -> list[int]:
+    """The nodes the multi-socket estimate of a run on ``nodes`` is for: those, or [0, 1] for one node."""
+    return list(nodes) if len(nodes) >= 2 else [0, 1]
 
 
 def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[str] = MODES, iters: int = 5,
@@ -472,9 +403,12 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
         raise ValueError("no mode to run")
     if iters < 1 or warmup < 1:
         raise ValueError("iters and warmup must be >= 1")
-    nodes = _check_nodes(nodes)
+    topo = _topology.topology(refresh=False)
+    nodes = topo.memory_nodes() if nodes is None else list(nodes)
+    for n in nodes:
+        topo.check_memory_node(n, "nodes")
     plan_options = dict(plan_options or {})
-    p = make_plan(graph, nodes=nodes, **plan_options)
+    p = planner.plan(graph, nodes=nodes, **plan_options)
     rw, ri = random_tensors(graph, seed)
     ws = dict(rw if weights is None else weights)
     xs = dict(ri if inputs is None else inputs)
@@ -494,11 +428,10 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
         "layers": [{"name": l.name, "op": l.op} for l in graph.layers],
     }
     outputs_of: dict[str, dict[str, np.ndarray]] = {}
-    ok = True
     executors: dict[str, Any] = {}
-    entries: dict[str, dict[str, Any]] = {}
     try:
         # Set-up and warm-up one mode at a time, so each mode's peak memory is its own.
+        set_up = {}
         for mode in modes:
             say(f"{mode}: setting up")
             gc.collect()
@@ -508,98 +441,29 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
             ex.load_weights(ws)
             ex.set_inputs(xs)
             for i in range(warmup):
-                if isinstance(ex, BaselineExecutor):
-                    ex.step(account=(i == 0))  # the traffic and pages of first-touch memory
-                else:
-                    ex.step()
-            entries[mode] = {"peak_rss_bytes": max(0, _proc_status().get("VmHWM", 0) - rss0),
-                             "workers": {str(g.plan_node): g.workers for g in ex.groups}}
-        # Timed iterations round-robin over the modes (the starting mode rotating), so a change
-        # in the machine's load during the run hits every mode alike.
-        seconds: dict[str, list[float]] = {m: [] for m in modes}
-        cpu_s: dict[str, list[float]] = {m: [] for m in modes}
-        per_layer: dict[str, list[list[float]]] = {m: [] for m in modes}
-        for i in range(iters):
-            say(f"iteration {i + 1}/{iters}")
-            for j in range(len(modes)):
-                mode = modes[(i + j) % len(modes)]
-                ex = executors[mode]
-                seconds[mode].append(ex.step())
-                cpu_s[mode].append(ex.cpu_seconds)
-                per_layer[mode].append(list(ex.layer_seconds))
+                ex.step(account=(i == 0))  # the first warm-up measures traffic and pages
+            set_up[mode] = {"peak_rss_bytes": max(0, _proc_status().get("VmHWM", 0) - rss0),
+                            "workers": {str(g.plan_node): g.workers for g in ex.groups}}
+        timings = _timed_rounds(executors, modes, iters, say)
         for mode in modes:
-            ex = executors[mode]
-            outs = ex.outputs()
-            traffic = ex.traffic()
-            entry = entries[mode]
-            entry.update({
-                "median_s": float(np.median(seconds[mode])), "seconds": seconds[mode],
-                "median_cpu_s": float(np.median(cpu_s[mode])), "cpu_seconds": cpu_s[mode],
-                "layer_median_s": [float(x) for x in np.median(np.array(per_layer[mode]), axis=0)],
-                "pages": ex.pages(),
-            })
-            if mode == "planned":
-                entry["local_bytes"], entry["remote_bytes"] = p.local_bytes, p.remote_bytes
-                entry["traffic_basis"] = "the plan's per-layer accounting"
-                entry["measured_local_bytes"] = traffic["local_bytes"]
-                entry["measured_remote_bytes"] = traffic["remote_bytes"]
-                entry["memory"] = ex.memory()
-                entry["extra_pages"] = ex.extra_pages()
-                mem = entry["memory"]
-                entry["peak_tensor_bytes"] = mem["arena_bytes"] + mem["scratch_bytes"] + mem["staging_bytes"]
-            else:
-                entry["peak_tensor_bytes"] = ex.peak_tensor_bytes
-                entry["local_bytes"], entry["remote_bytes"] = traffic["local_bytes"], traffic["remote_bytes"]
-                entry["traffic_basis"] = "measured from where the pages are (numamem.page_nodes)"
-            entry["per_node"] = traffic["per_node"]
-            entry["layer_traffic"] = [[l["local_bytes"], l["remote_bytes"]] for l in traffic["layers"]]
-            entry["_pairs"] = _pairs_from_layers(traffic["layers"])
-            errs = {n: _rel_err(outs[n], ref[n]) for n in graph.outputs}
-            entry["rel_err"] = errs
-            entry["max_rel_err"] = max(errs.values()) if errs else 0.0
-            entry["ok"] = entry["max_rel_err"] <= RTOL
-            ok = ok and entry["ok"]
-            outputs_of[mode] = outs
-            report["modes"][mode] = entry
+            outputs_of[mode] = executors[mode].outputs()
+            report["modes"][mode] = _mode_entry(executors[mode], set_up[mode], timings[mode],
+                                                outputs_of[mode], ref)
     finally:
         for ex in executors.values():
             ex.close()
         executors.clear()
         gc.collect()
-    report["ok"] = ok
+    report["ok"] = all(entry["ok"] for entry in report["modes"].values())
     if "first-touch" in report["modes"]:
         ft = report["modes"]["first-touch"]["median_s"]
         ft_cpu = report["modes"]["first-touch"]["median_cpu_s"]
-        for m, e in report["modes"].items():
-            e["speedup_vs_first_touch"] = ft / e["median_s"] if e["median_s"] else float("nan")
-            e["cpu_ratio_vs_first_touch"] = ft_cpu / e["median_cpu_s"] if e["median_cpu_s"] else float("nan")
-    # The estimate.
-    base_mode = "planned" if "planned" in report["modes"] else modes[0]
-    cores_here = sum(report["modes"][base_mode]["workers"].values())
-    layer_s = report["modes"][base_mode]["layer_median_s"]
-    if len(nodes) >= 2 and "planned" in report["modes"] and "first-touch" in report["modes"]:
-        traffic = {"planned": report["modes"]["planned"]["_pairs"],
-                   "first-touch": report["modes"]["first-touch"]["_pairs"]}
-        basis = f"traffic measured in this run on nodes {nodes}"
-        est = estimate_speedup(graph, layer_s, traffic, _shares(p, graph), nodes, bandwidth, basis, cores_here)
-    else:
-        target = list(nodes) if len(nodes) >= 2 else [0, 1]
-        tp = make_plan(graph, nodes=target, **plan_options)
-        loader = target[0]
-        role = {n: graph.tensors[n].role for n in graph.tensors}
-        traffic = {
-            "planned": plan_traffic(tp, graph),
-            "first-touch": plan_traffic(tp, graph, lambda n: loader if role[n] in ("weight", "input") else None),
-        }
-        basis = (f"traffic modelled for nodes {target} (planned: the plan's blocks; first-touch: weights and "
-                 f"inputs on the loading thread's node {loader}, each activation block on the node writing it)")
-        est = estimate_speedup(graph, layer_s, traffic, _shares(tp, graph), target, bandwidth, basis, cores_here)
-    est["traffic"] = {m: {"local_bytes": sum(b for d in t for (s, r), b in d.items() if s == r),
-                          "remote_bytes": sum(b for d in t for (s, r), b in d.items() if s != r)}
-                      for m, t in traffic.items()}
-    report["estimate"] = est
-    for e in report["modes"].values():
-        e.pop("_pairs", None)
+        for entry in report["modes"].values():
+            entry["speedup_vs_first_touch"] = ft / entry["median_s"] if entry["median_s"] else float("nan")
+            entry["cpu_ratio_vs_first_touch"] = ft_cpu / entry["median_cpu_s"] if entry["median_cpu_s"] else float("nan")
+    report["estimate"] = _estimate(report, graph, p, nodes, modes, bandwidth, plan_options)
+    for entry in report["modes"].values():
+        entry.pop("_pairs", None)
     if keep_outputs:
         report["_outputs"] = outputs_of
     return report

@@ -45,7 +45,7 @@ def run_topology(args) -> int:
     return 0
 
 
-def add_commands(subparsers) -> None:
+def add_command(subparsers) -> None:
     """Register ``numamem topology``."""
     parser = subparsers.add_parser("topology", help="show NUMA nodes, CPUs, memory, distances, hugepages")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -1,0 +1,1 @@
+# No Python-level names: the chunk sources are C, used by numamem._arena.

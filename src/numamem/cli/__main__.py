@@ -1,0 +1,6 @@
+"""``python -m numamem.cli``: the ``numamem`` command."""
+import sys
+
+from numamem.cli import main
+
+sys.exit(main())

@@ -1,0 +1,294 @@
+"""What the engine adapters share: nodes and their CPUs, batch splits, node-bound worker threads,
+weight arenas, and the process's anonymous memory per node from ``/proc/self/numa_maps``.
+
+The worker threads are a minimal team of their own (one ``ThreadPoolExecutor`` of one thread per
+node, bound by :func:`numamem.bind_thread` in its initializer): engines need nothing more than
+"run this call on node k's thread", and the runtime's worker team is not a public API.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from numamem import _topology
+from numamem.arrays import empty
+from numamem.inspect import placement
+from numamem.threads import THREAD_POLICIES, bind_thread
+
+__all__ = ["NodeShare", "resolve_nodes", "split_counts", "NodeWorker", "run_on_all", "PlacementWarning",
+           "WeightArena", "place_weights", "anon_bytes_per_node", "delta", "require"]
+
+#: Alignment of each tensor carved from a weight arena (a cache line; what SIMD loads want).
+ARENA_ALIGN = 64
+#: How a weight arena may be placed: on the node (verified), preferably there, or by first touch.
+WEIGHT_POLICIES = ("bind", "preferred", "local")
+
+
+class PlacementWarning(UserWarning):
+    """The kernel refused a memory policy: the engine still runs, placement is first touch."""
+
+
+def require(module: str, extra: str):
+    """Import ``module`` or raise ``ImportError`` naming the numamem extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{module} is not installed; install it with "
+                          f"`pip install numamem[{extra}]`") from exc
+
+
+@dataclass(frozen=True)
+class NodeShare:
+    """One node an engine runs on: its id, the CPUs its thread may use, its thread count."""
+
+    node: int
+    cpus: tuple[int, ...]
+    threads: int
+
+
+def resolve_nodes(nodes: Sequence[int] | None, threads_per_node: Any = None) -> list[NodeShare]:
+    """Check ``nodes`` (default: every allowed node with CPUs and memory) and size their teams.
+
+    Parameters
+    ----------
+    nodes : sequence of int, optional
+    threads_per_node : int or mapping, optional
+        Threads per node (default: the node's usable CPUs); a mapping gives them per node id.
+
+    Raises
+    ------
+    ValueError
+        Naming ``nodes`` or ``threads_per_node`` for a node that cannot run a replica here or a
+        thread count that is not a positive int.
+    """
+    topo = _topology.topology(refresh=False)
+    if nodes is None:
+        nodes = [n for n in topo.memory_nodes() if topo.usable_cpus(n)]
+        if not nodes:
+            raise ValueError("no node has both memory and CPUs this process may use")
+    else:
+        nodes = list(nodes)
+        if not nodes:
+            raise ValueError("nodes must name at least one node")
+        if len(set(nodes)) != len(nodes):
+            raise ValueError(f"nodes={nodes}: a node is listed twice")
+    shares = []
+    for n in nodes:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"nodes: {n!r} is not an int node id")
+        n = int(n)
+        topo.check_memory_node(n, "nodes")
+        cpus = tuple(sorted(topo.check_cpu_node(n, "nodes")))
+        if threads_per_node is None:
+            threads = len(cpus)
+        elif isinstance(threads_per_node, dict):
+            threads = threads_per_node.get(n, threads_per_node.get(str(n), len(cpus)))
+        else:
+            threads = threads_per_node
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"threads_per_node must be a positive int (node {n}: {threads!r})")
+        shares.append(NodeShare(n, cpus, int(threads)))
+    return shares
+
+
+def split_counts(total: int, weights: Sequence[float]) -> list[int]:
+    """Split ``total`` items in proportion to ``weights`` (largest remainder; sums to ``total``).
+
+    >>> split_counts(10, [2, 1, 1])
+    [5, 3, 2]
+    """
+    if total < 0:
+        raise ValueError(f"total must be >= 0, not {total}")
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or len(w) == 0 or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, not {list(weights)}")
+    exact = total * w / w.sum()
+    counts = np.floor(exact).astype(np.int64)
+    # Remainders go to the largest fractional parts; ties to the earlier node (stable sort).
+    order = np.argsort(-(exact - counts), kind="stable")
+    for i in order[: total - int(counts.sum())]:
+        counts[i] += 1
+    return [int(c) for c in counts]
+
+
+class NodeWorker:
+    """One thread bound to a node (CPUs and memory policy) that runs the calls given to it.
+
+    The binding is made once, in the thread, before any call: whatever the calls allocate is
+    first-touched on the node, and threads they create (an engine's intra-op pool) inherit the
+    CPU mask and the memory policy. When the kernel refuses the memory policy (``EPERM``: a
+    container without ``CAP_SYS_NICE``, a seccomp filter) the thread keeps only its CPU mask
+    and a :class:`PlacementWarning` says so; :attr:`binding` records what was obtained.
+
+    Parameters
+    ----------
+    share : NodeShare
+    policy : {"local", "preferred", "bind"}
+        Memory policy of the thread. ``local`` (default) is first touch on the node's own CPUs:
+        the node while it has room, never an OOM kill. ``bind`` makes any allocation past the
+        node's capacity an OOM kill by the kernel.
+    """
+
+    def __init__(self, share: NodeShare, policy: str = "local"):
+        if policy not in THREAD_POLICIES:
+            raise ValueError(f"thread_policy must be one of {THREAD_POLICIES}, not {policy!r}")
+        self.share = share
+        self.policy = policy
+        self.binding = "unbound"
+        self._holder: list = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"numamem-node{share.node}", initializer=self._bind)
+        # Run the initializer now, so that a binding error surfaces here and not at first use.
+        self._pool.submit(lambda: None).result()
+
+    def _bind(self) -> None:
+        try:
+            self._holder.append(bind_thread(self.share.node, self.policy))
+            self.binding = self.policy
+        except PermissionError as exc:
+            try:
+                os.sched_setaffinity(0, self.share.cpus)
+                self.binding = "cpus-only"
+            except OSError:
+                self.binding = "none"
+            warnings.warn(f"node {self.share.node}: the kernel refused the thread's memory policy "
+                          f"({exc}); running with {self.binding} binding, memory goes where first "
+                          "touch puts it (see placement())", PlacementWarning, stacklevel=2)
+
+    def submit(self, fn: Callable, *args, **kwargs) -> concurrent.futures.Future:
+        """Run ``fn(*args, **kwargs)`` on the node's thread."""
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def call(self, fn: Callable, *args, **kwargs):
+        """Run ``fn`` on the node's thread and return its result (or raise its error)."""
+        return self.submit(fn, *args, **kwargs).result()
+
+    def close(self) -> None:
+        """Stop the thread (after the calls already given to it)."""
+        self._pool.shutdown(wait=True)
+
+
+def run_on_all(workers: Sequence[NodeWorker], calls: Sequence[Callable | None]) -> list:
+    """Run ``calls[i]`` on ``workers[i]`` concurrently (``None``: nothing); results in order.
+
+    Every call is waited for before an error is raised, so no worker is still busy afterwards.
+    """
+    futures = [None if c is None else w.submit(c) for w, c in zip(workers, calls)]
+    concurrent.futures.wait([f for f in futures if f is not None])
+    return [None if f is None else f.result() for f in futures]
+
+
+class WeightArena:
+    """Tensors carved from one numamem allocation on a node: one mapping, one verification.
+
+    Each tensor starts on a multiple of :data:`ARENA_ALIGN` bytes; every carved array keeps the
+    arena alive through its ``.base`` chain (numamem's ownership rule), so a weight lives as long
+    as the last tensor or engine value that views it.
+
+    Parameters
+    ----------
+    node : int
+    specs : sequence of (shape, dtype)
+        The tensors to make room for, in order.
+    policy : str
+        ``bind`` (default, verified or an exception) or ``preferred``; ``local`` is first touch
+        by the thread that fills the arena.
+    """
+
+    def __init__(self, node: int, specs: Sequence[tuple[tuple[int, ...], Any]], policy: str = "bind"):
+        if policy not in WEIGHT_POLICIES:
+            raise ValueError(f"weight_policy must be one of {WEIGHT_POLICIES}, not {policy!r}")
+        offsets, total = [], 0
+        for shape, dtype in specs:
+            total = -(-total // ARENA_ALIGN) * ARENA_ALIGN
+            offsets.append(total)
+            total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        self.node = node
+        self.nbytes = total
+        # "local" names no node: the pages land where the thread that first writes them runs.
+        self.buffer = empty(max(total, 1), np.uint8, node=None if policy == "local" else node,
+                            policy=policy, align="page")
+        self._views = []
+        for (shape, dtype), off in zip(specs, offsets):
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            self._views.append(self.buffer[off:off + nbytes].view(dtype).reshape(shape))
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self._views[i]
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of the tensors themselves (``nbytes`` less the alignment padding)."""
+        return sum(v.nbytes for v in self._views)
+
+    def bytes_per_node(self) -> dict[int, int]:
+        """Node -> bytes of the arena on that node, from the kernel (``move_pages``)."""
+        if self.nbytes == 0:
+            return {}
+        return dict(placement(self.buffer[:self.nbytes]).bytes_per_node)
+
+
+def place_weights(node: int, arrays: Sequence[np.ndarray], policy: str = "bind") -> WeightArena:
+    """Copy ``arrays`` once each into a :class:`WeightArena` on ``node``.
+
+    When the kernel refuses the memory policy (``PermissionError``), the arena is allocated
+    with the ``local`` policy (first touch by the calling thread) and a :class:`PlacementWarning`
+    says so.
+    """
+    specs = [(tuple(a.shape), a.dtype) for a in arrays]
+    try:
+        arena = WeightArena(node, specs, policy)
+    except PermissionError as exc:
+        warnings.warn(f"node {node}: the kernel refused to place weights ({exc}); they are placed "
+                      "by first touch of the loading thread instead (see placement())",
+                      PlacementWarning, stacklevel=2)
+        arena = WeightArena(node, specs, "local")
+    for dst, src in zip(arena, arrays):
+        np.copyto(dst, src, casting="no")
+    return arena
+
+
+def anon_bytes_per_node(path: str = "/proc/self/numa_maps") -> dict[int, int]:
+    """Node -> bytes of the process's anonymous memory there (mappings with no file behind them).
+
+    Read from the kernel's ``numa_maps``: each ``N<node>=<pages>`` times the mapping's
+    ``kernelpagesize_kB``. Heap, stacks, anonymous ``mmap`` (numamem's arrays included) count;
+    file mappings (libraries, the model file) do not.
+    """
+    out: dict[int, int] = {}
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError:
+        return out
+    for line in lines:
+        fields = line.split()
+        if any(f.startswith("file=") for f in fields[2:]):
+            continue
+        page_kb = 4
+        counts = []
+        for f in fields[2:]:
+            if f.startswith("kernelpagesize_kB="):
+                page_kb = int(f.split("=", 1)[1])
+            elif f[:1] == "N" and "=" in f:
+                node, pages = f[1:].split("=", 1)
+                if node.isdigit():
+                    counts.append((int(node), int(pages)))
+        for node, pages in counts:
+            out[node] = out.get(node, 0) + pages * page_kb * 1024
+    return dict(sorted(out.items()))
+
+
+def delta(after: dict[int, int], before: dict[int, int]) -> dict[int, int]:
+    """``after - before`` per node (negative where memory was given back), zeros left out."""
+    keys = sorted(set(after) | set(before))
+    return {k: after.get(k, 0) - before.get(k, 0) for k in keys if after.get(k, 0) != before.get(k, 0)}
