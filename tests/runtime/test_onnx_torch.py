@@ -8,11 +8,10 @@ import io
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-
-import onnx  # noqa: E402
+# The test command installs these extras: a missing package fails here, never skips.
+import onnx
+import onnxruntime  # noqa: F401
+import torch
 
 import onnx_models as M  # noqa: E402
 from numamem.planner import from_onnx, onnx_weights, plan  # noqa: E402
