@@ -15,6 +15,9 @@ from numamem import _region, _topology
 
 def pytest_addoption(parser):
     parser.addoption("--stress", action="store_true", help="run the long variants of stress tests")
+    parser.addoption("--frameworks", action="store_true",
+                     help="multi-node tier: also run the Dask, ONNX Runtime, PyTorch and ONNX-import "
+                          "guest tests (minutes per test under emulation; see tests/numa/conftest.py)")
 
 
 @pytest.fixture
