@@ -90,6 +90,7 @@ class BaselineExecutor(ExecutorBase):
     def load_weights(self, weights: Mapping[str, Any]) -> None:
         """Copy the weights in from the calling (loading) thread: first-touch or interleaved memory."""
         self._weights = self._copy_in(check_tensors(self.graph, weights, self.graph.weights, "weight"))
+        self._weights_done()
 
     def set_inputs(self, inputs: Mapping[str, Any]) -> None:
         """Give the graph inputs (copied once into the mode's memory by the calling thread)."""
@@ -103,6 +104,11 @@ class BaselineExecutor(ExecutorBase):
         float
             Wall time in seconds (the CPU seconds of the workers and the calling thread are left
             in :attr:`cpu_seconds`, the per-layer wall times in :attr:`layer_seconds`).
+
+        Raises
+        ------
+        ValueError
+            Before :meth:`set_inputs` or :meth:`load_weights`.
         """
         self._check_runnable()
         env = dict(self._weights)

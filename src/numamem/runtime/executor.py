@@ -237,6 +237,7 @@ class Executor(ExecutorBase):
                 np.copyto(copy_job.dst, copy_job.src)
 
         self._team.run(copy)
+        self._weights_done()
 
     def set_inputs(self, inputs: Mapping[str, Any]) -> None:
         """Give the graph inputs of the next :meth:`step` calls (copied in at each step).
@@ -317,6 +318,11 @@ class Executor(ExecutorBase):
         left in :attr:`layer_seconds`, the CPU seconds of the workers and the calling thread in
         :attr:`cpu_seconds`. ``account`` changes nothing here: the planned mode's reads are fixed
         by the program, and :meth:`traffic` measures them at any time.
+
+        Raises
+        ------
+        ValueError
+            Before :meth:`set_inputs`, or before :meth:`load_weights` (the arena holds no weights).
         """
         self._check_runnable()
         self._progress = [-2] * len(self.groups)
