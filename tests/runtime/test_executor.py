@@ -342,3 +342,22 @@ def test_a_graph_without_weights_runs_without_load_weights():
         with make_executor(mode, plan(g, nodes=[0]), g) as ex:
             (y,) = ex.run({"x": x}).values()
             np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+def test_outputs_before_a_step_are_refused():
+    # The class of item 9: outputs() before any step returned the arena's zeros (planned) or
+    # nothing at all (baselines), without an error.
+    g = random_graph(1, "cnn")
+    ws, xs = random_tensors(g, 1)
+    p = plan(g, nodes=[0])
+    for mode in MODES:
+        ex = make_executor(mode, p, g)
+        with ex:
+            ex.load_weights(ws)
+            ex.set_inputs(xs)
+            with pytest.raises(ValueError, match=r"no outputs: call step\(\) or run\(\) first"):
+                ex.outputs()
+            ex.step()
+            assert set(ex.outputs()) == set(g.outputs)
+        with pytest.raises(ValueError, match="executor is closed"):
+            ex.outputs()

@@ -132,6 +132,7 @@ class BaselineExecutor(ExecutorBase):
             self.cpu_seconds = cpu + time.thread_time() - c0
         self.layer_seconds = layer_t
         self._outputs = {n: env[n] for n in self.graph.outputs}
+        self._step_done()
         return elapsed
 
     def _run_layer(self, step: int, layer: Layer, env: dict[str, np.ndarray], account: bool) -> float:
@@ -167,7 +168,8 @@ class BaselineExecutor(ExecutorBase):
         return cpu
 
     def outputs(self) -> dict[str, np.ndarray]:
-        """The graph outputs of the last step (copies)."""
+        """The graph outputs of the last step (copies); ValueError before a step has run to its end."""
+        self._check_outputs()
         return {n: np.array(a) for n, a in self._outputs.items()}
 
     def traffic(self) -> dict[str, Any]:

@@ -345,10 +345,18 @@ class Executor(ExecutorBase):
                 first[task.step] = min(first.get(task.step, t_start), t_start)
                 last[task.step] = max(last.get(task.step, t_end), t_end)
         self.layer_seconds = [last[i] - first[i] if i in first else 0.0 for i in range(len(self.graph.layers))]
+        self._step_done()
         return elapsed
 
     def outputs(self) -> dict[str, np.ndarray]:
-        """The graph outputs of the last step, assembled from their blocks into new arrays."""
+        """The graph outputs of the last step, assembled from their blocks into new arrays.
+
+        Raises
+        ------
+        ValueError
+            Before a step has run to its end (the arena holds no outputs), or once closed.
+        """
+        self._check_outputs()
         out = {}
         for name in self.graph.outputs:
             full = np.empty(self.graph.tensors[name].shape, self.graph.tensor_dtype(name))
