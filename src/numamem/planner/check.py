@@ -37,8 +37,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import numpy as np
-
 from numamem.planner.ops import input_regions
 
 if TYPE_CHECKING:  # annotations only
@@ -179,7 +177,7 @@ def verify(plan: Any, graph: Graph | None = None) -> None:
         a = arenas.get(node)
         if a is None:
             continue
-        lb = _lower_bound(blocks, lambda b: b.reserved, plan.steps)
+        lb = _lower_bound(blocks, lambda b: b.reserved)
         if lb != a.lower_bound:
             v.append(f"arena of node {node}: lower_bound {a.lower_bound} but its blocks give {lb}")
         peak = max((b.offset + b.reserved for b in blocks), default=0)
@@ -260,13 +258,25 @@ def _check_disjoint(node: int, blocks: list[Any]) -> list[str]:
     return v
 
 
-def _lower_bound(blocks: Sequence[Any], size, steps: int) -> int:
-    n = max([steps] + [b.live[1] + 1 for b in blocks])
-    delta = np.zeros(n + 1, dtype=np.int64)
+def _lower_bound(blocks: Sequence[Any], size) -> int:
+    """Largest total ``size`` of the blocks live at one step, by a sweep over the live ranges.
+
+    Blocks whose live range is not a range of steps (reported on their own) are left out; a
+    sweep rather than an array per step, so that a plan claiming step 10**12 costs nothing.
+    """
+    events = []
     for b in blocks:
-        delta[b.live[0]] += size(b)
-        delta[b.live[1] + 1] -= size(b)
-    return int(np.cumsum(delta).max(initial=0))
+        first, last = b.live
+        if 0 <= first <= last:
+            events.append((first, size(b)))
+            events.append((last + 1, -size(b)))
+    events.sort(key=lambda e: e[0])
+    best = total = 0
+    for i, (step, delta) in enumerate(events):
+        total += delta
+        if i + 1 == len(events) or events[i + 1][0] != step:
+            best = max(best, total)
+    return best
 
 
 class _Holdings:
@@ -350,7 +360,20 @@ def _check_traffic(p: Any, graph: Graph) -> list[str]:
         return ["plan layers do not follow the graph's execution order"]
     holdings = {name: _Holdings(blocks, infos[name]) for name, blocks in blocks_of.items()}
     for lp in p.layers:
-        local, remote = _layer_traffic(graph, lp.step, blocks_of, holdings, infos, lp.axis)
+        layer = graph.layers[lp.step]
+        out = layer.outputs[0]
+        rank = len(infos[out].shape)
+        if lp.axis is not None and not 0 <= lp.axis < rank:
+            v.append(f"layer {lp.name!r}: split axis {lp.axis} is not an axis of its {rank}-d output")
+            continue
+        if lp.axis is not None and any(b.slice is not None and b.slice.axis != lp.axis for b in blocks_of[out]):
+            v.append(f"layer {lp.name!r}: split on axis {lp.axis} but the blocks of its output {out!r} slice another")
+            continue
+        try:
+            local, remote = _layer_traffic(graph, lp.step, blocks_of, holdings, infos, lp.axis)
+        except ValueError as exc:  # the ops table refuses the split (a ShapeError)
+            v.append(f"layer {lp.name!r}: {exc}")
+            continue
         if (local, remote) != (lp.local_bytes, lp.remote_bytes):
             v.append(f"layer {lp.name!r}: plan says {lp.local_bytes} local / {lp.remote_bytes} remote bytes, "
                      f"its blocks give {local} / {remote}")

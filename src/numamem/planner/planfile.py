@@ -30,10 +30,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from numamem._jsonfile import dump_json
 from numamem.planner.boxes import Slice, round_up
+from numamem.planner.graph import MAX_DEPTH, too_deep
 
 FORMAT = "numamem-plan/1"
 
@@ -96,9 +97,13 @@ def from_dict(d: Any, types: PlanTypes) -> Any:
         When the format is not ``numamem-plan/1`` or a required field is missing or malformed.
     """
     Block, Arena, LayerPlan, TensorInfo = types.block, types.arena, types.layer, types.tensor
+    if not isinstance(d, Mapping):
+        raise ValueError(f"plan: not a {FORMAT} document: the JSON is {_json_kind(d)}, not an object")
+    if too_deep(d):
+        raise ValueError(f"plan: nested too deeply to be a plan (more than {MAX_DEPTH} levels)")
+    if d.get("format") != FORMAT:
+        raise ValueError(f"plan: format must be {FORMAT!r}, got {d.get('format')!r}")
     try:
-        if d.get("format") != FORMAT:
-            raise ValueError(f"plan: format must be {FORMAT!r}, got {d.get('format')!r}")
         blocks = [
             Block(
                 tensor=b["tensor"], index=int(b["index"]), node=int(b["node"]), offset=int(b["offset"]),
@@ -145,24 +150,65 @@ def from_dict(d: Any, types: PlanTypes) -> Any:
             for l in d["layers"]
         ]
         tensors = {
-            n: TensorInfo(tuple(t["shape"]), int(t["itemsize"]), t.get("role"), (int(t["live"][0]), int(t["live"][1])))
+            n: TensorInfo(tuple(int(x) for x in t["shape"]), int(t["itemsize"]), t.get("role"),
+                          (int(t["live"][0]), int(t["live"][1])))
             for n, t in d.get("tensors", {}).items()
         }
         return types.plan(graph=d["graph"], nodes=[int(n) for n in d["nodes"]], page_size=int(d["page_size"]),
                           arenas=arenas, blocks=blocks, layers=layers, alignment=align,
                           steps=int(d.get("steps", len(layers))), tensors=tensors, info=dict(d.get("info", {})))
-    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:
         raise ValueError(f"plan: malformed numamem-plan/1 document ({type(exc).__name__}: {exc})") from None
 
 
 def from_json(source: str | os.PathLike, types: PlanTypes) -> Any:
-    """Read ``numamem-plan/1`` from JSON text or from a file path (``types`` as in :func:`from_dict`)."""
+    """Read ``numamem-plan/1`` from JSON text or from a file path (``types`` as in :func:`from_dict`).
+
+    A string is JSON text when it starts with ``{`` or ``[``, or names no file but parses as JSON
+    (then it is refused as not a plan, not looked up as a file); anything else is a path.
+
+    Raises
+    ------
+    ValueError
+        When the text is not JSON, not a plan, or nested too deeply.
+    OSError
+        When a path cannot be read.
+    """
     text = os.fspath(source)
-    if not text.lstrip().startswith("{"):
+    if isinstance(source, os.PathLike) or not _looks_like_json(text):
         with open(text, encoding="utf-8") as f:
             text = f.read()
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"plan: bad JSON: {exc}") from None
+    except RecursionError:
+        # json.loads recurses once per nesting level: a hostile document must not be a traceback
+        raise ValueError(f"plan: JSON nested too deeply to be a plan (more than {MAX_DEPTH} levels)") from None
     return from_dict(data, types)
+
+
+def _looks_like_json(text: str) -> bool:
+    if text.lstrip().startswith(("{", "[")):
+        return True
+    if os.path.exists(text):
+        return False
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False  # neither a file nor JSON: open() names the missing file
+    return True
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return f"a {type(value).__name__}"
