@@ -70,12 +70,19 @@ def test_a_missing_plan_file_is_still_a_missing_file(tmp_path):
         Plan.from_json(str(path))
 
 
-@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000,
-                                  '{"format": "numamem-plan/1", "blocks": ' + "[" * 50 + "]" * 50 + "}",
-                                  '{"format": ' + "[" * 50 + "]" * 50 + "}"])
-def test_deeply_nested_plan_json_is_refused(text):
+def test_deeply_nested_plan_json_is_refused():
     with pytest.raises(ValueError, match="nested too deeply to be a plan"):
-        Plan.from_json(text)
+        Plan.from_json("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply to be a plan"):
+        Plan.from_json('{"format": "numamem-plan/1", "blocks": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+@pytest.mark.parametrize("where", ["format", "graph", "blocks"])
+def test_deeply_nested_plan_dicts_are_refused(mlp_plan, where):
+    d = mlp_plan[1].to_dict()
+    d[where] = _nested(100_000)
+    with pytest.raises(ValueError, match="nested too deeply to be a plan|malformed"):
+        Plan.from_dict(d)
 
 
 def test_non_integer_shapes_in_a_plan_file_are_malformed(mlp_plan):

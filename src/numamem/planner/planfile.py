@@ -34,7 +34,6 @@ from typing import Any, Callable, Mapping
 
 from numamem._jsonfile import dump_json
 from numamem.planner.boxes import Slice, round_up
-from numamem.planner.graph import MAX_DEPTH, too_deep
 
 FORMAT = "numamem-plan/1"
 
@@ -108,13 +107,23 @@ def from_dict(d: Any, types: PlanTypes) -> Any:
     ValueError
         When the format is not ``numamem-plan/1`` or a required field is missing or malformed.
     """
-    Block, Arena, LayerPlan, TensorInfo = types.block, types.arena, types.layer, types.tensor
     if not isinstance(d, Mapping):
         raise ValueError(f"plan: not a {FORMAT} document: the JSON is {_json_kind(d)}, not an object")
-    if too_deep(d):
-        raise ValueError(f"plan: nested too deeply to be a plan (more than {MAX_DEPTH} levels)")
+    try:
+        return _from_dict(d, types)
+    except RecursionError:
+        # A hostile document nested past Python's recursion limit (in a message's repr, or a
+        # comparison): no walk over it first, which would cost seconds on a plan of 1024 nodes.
+        raise ValueError("plan: nested too deeply to be a plan") from None
+
+
+def _from_dict(d: Mapping, types: PlanTypes) -> Any:
+    Block, Arena, LayerPlan, TensorInfo = types.block, types.arena, types.layer, types.tensor
     if d.get("format") != FORMAT:
         raise ValueError(f"plan: format must be {FORMAT!r}, got {d.get('format')!r}")
+    if "graph" in d and not isinstance(d["graph"], str):
+        raise ValueError(f"plan: malformed {FORMAT} document ('graph' must be the graph's name, a string, "
+                         f"not {_json_kind(d['graph'])})")
     try:
         blocks = [
             Block(
@@ -196,7 +205,7 @@ def from_json(source: str | os.PathLike, types: PlanTypes) -> Any:
         raise ValueError(f"plan: bad JSON: {exc}") from None
     except RecursionError:
         # json.loads recurses once per nesting level: a hostile document must not be a traceback
-        raise ValueError(f"plan: JSON nested too deeply to be a plan (more than {MAX_DEPTH} levels)") from None
+        raise ValueError("plan: JSON nested too deeply to be a plan") from None
     return from_dict(data, types)
 
 
