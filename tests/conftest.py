@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import threading
+from typing import Any, Callable, Iterable
 
 import pytest
 
@@ -85,3 +87,48 @@ def run_in_child(function) -> int:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return status
+
+
+@dataclasses.dataclass
+class ThreadsRun:
+    """What :func:`run_threads` saw: each thread's return value, and every exception raised."""
+
+    results: list[Any]
+    errors: list[BaseException]
+
+
+def run_threads(fn: Callable[[Any], Any], n: int | Iterable[Any], *, barrier: threading.Barrier | None = None,
+                timeout: float = 300.0) -> ThreadsRun:
+    """Call ``fn(arg)`` on one thread per ``arg`` (``0 .. n-1``, or the items of ``n``), all at once.
+
+    Every exception a thread raises is collected in ``errors`` rather than lost on its thread,
+    and aborts ``barrier`` (if the threads wait at one) so that the others do not wait forever
+    for a thread that died. A thread still running after ``timeout`` seconds is an error too.
+    """
+    args = list(range(n)) if isinstance(n, int) else list(n)
+    results: list[Any] = [None] * len(args)
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        try:
+            results[i] = fn(args[i])
+        except BaseException as exc:
+            errors.append(exc)
+            if barrier is not None:
+                barrier.abort()
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(len(args))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+        if t.is_alive():
+            errors.append(TimeoutError(f"a thread of run_threads({fn.__name__}) ran past {timeout} s"))
+    return ThreadsRun(results, errors)
+
+
+@pytest.fixture(name="run_threads")
+def run_threads_fixture():
+    """:func:`run_threads`, for the unit tier and the multi-node tier (tests/numa sees this
+    conftest's fixtures too): one thread per argument, exceptions collected, not lost."""
+    return run_threads

@@ -55,7 +55,8 @@ def test_usage_errors_are_one_line(capsys):
 
 def test_commands_in_a_static_list():
     assert [m.__name__ for m in numamem.cli.COMMANDS] == [
-        "numamem.cli.topology", "numamem.cli.plan", "numamem.cli.pack", "numamem.cli.run", "numamem.cli.bench"]
+        "numamem.cli.topology", "numamem.cli.doctor", "numamem.cli.plan", "numamem.cli.pack", "numamem.cli.run",
+        "numamem.cli.bench"]
 
 
 def test_python_dash_m(tmp_path):

@@ -546,7 +546,7 @@ def test_on_node_validates(node0):
             pass
 
 
-def test_on_node_is_per_thread(node0):
+def test_on_node_is_per_thread(node0, run_threads):
     # Two threads in different scopes at the same time each get their own pool; a thread started
     # inside a scope starts with NumPy's default.
     results = {}
@@ -559,11 +559,7 @@ def test_on_node_is_per_thread(node0):
             barrier.wait()
             results[policy] = handler_name(array)
 
-    threads = [threading.Thread(target=worker, args=(p,)) for p in ("bind", "preferred")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert not run_threads(worker, ("bind", "preferred"), barrier=barrier).errors
     assert results == {"bind": f"numamem_node{node0}_bind", "preferred": f"numamem_node{node0}_preferred"}
     seen = []
     with on_node(node0):
@@ -659,52 +655,44 @@ def test_release_pools_and_stats(node0):
     assert numamem.release_pools() >= 0  # every pool: nothing left to give back is fine
 
 
-def test_stress_threads_random_sizes_cross_thread_frees(node0, stress):
+def test_stress_threads_random_sizes_cross_thread_frees(node0, stress, run_threads):
     rounds = 4000 if stress else 400
     pool = _pool.get_pool(node0)
     gc.collect()
     before = pool.stats()["in_use"]
     handoff = queue.Queue()
-    errors = []
 
     def worker(seed):
         rng = random.Random(seed)
         mine = []
-        try:
-            with on_node(node0):
-                for i in range(rounds):
-                    size = rng.choice([rng.randint(1, 512), rng.randint(1, 70_000), rng.randint(1, 300_000)])
-                    if rng.random() < 0.2:
-                        z = np.zeros(size, np.uint8)
-                        assert not z.any()
-                        mine.append((z, 0))
-                    else:
-                        a = np.empty(size, np.uint8)
-                        value = (seed * 31 + i) % 251
-                        a.fill(value)
-                        mine.append((a, value))
-                    if len(mine) > 20:
-                        array, value = mine.pop(rng.randrange(len(mine)))
-                        assert np.all(array == value), "a block was overwritten while live"
-                        if rng.random() < 0.5:
-                            handoff.put((array, value))  # freed by another thread
-                        del array
-                    try:
-                        other, value = handoff.get_nowait()
-                        assert np.all(other == value)
-                        del other
-                    except queue.Empty:
-                        pass
-            for array, value in mine:
-                assert np.all(array == value)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        with on_node(node0):
+            for i in range(rounds):
+                size = rng.choice([rng.randint(1, 512), rng.randint(1, 70_000), rng.randint(1, 300_000)])
+                if rng.random() < 0.2:
+                    z = np.zeros(size, np.uint8)
+                    assert not z.any()
+                    mine.append((z, 0))
+                else:
+                    a = np.empty(size, np.uint8)
+                    value = (seed * 31 + i) % 251
+                    a.fill(value)
+                    mine.append((a, value))
+                if len(mine) > 20:
+                    array, value = mine.pop(rng.randrange(len(mine)))
+                    assert np.all(array == value), "a block was overwritten while live"
+                    if rng.random() < 0.5:
+                        handoff.put((array, value))  # freed by another thread
+                    del array
+                try:
+                    other, value = handoff.get_nowait()
+                    assert np.all(other == value)
+                    del other
+                except queue.Empty:
+                    pass
+        for array, value in mine:
+            assert np.all(array == value)
 
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_threads(worker, 4).errors
     while not handoff.empty():
         handoff.get_nowait()
     gc.collect()

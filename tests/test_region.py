@@ -137,25 +137,16 @@ def test_regions_freed_from_other_threads(node0, mapping_counter):
     assert mapping_counter() == (20, 20)
 
 
-def test_concurrent_allocation_from_threads(node0):
-    errors = []
-
+def test_concurrent_allocation_from_threads(node0, run_threads):
     def work(seed):
         rng = np.random.default_rng(seed)
-        try:
-            for _ in range(50):
-                n = int(rng.integers(1, 200_000))
-                a = numamem.empty(n, np.uint8, node=node0)
-                a[:] = seed
-                assert int(a[-1]) == seed and numamem.owner(a).nbytes == n
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for _ in range(50):
+            n = int(rng.integers(1, 200_000))
+            a = numamem.empty(n, np.uint8, node=node0)
+            a[:] = seed
+            assert int(a[-1]) == seed and numamem.owner(a).nbytes == n
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_threads(work, 4).errors
     assert not errors
 
 

@@ -17,6 +17,7 @@ Smoke mode (``NUMAMEM_ASV_SMOKE=1``) uses a small ``x``.
 """
 import gc
 import logging
+import os
 import time
 
 import numpy as np
@@ -27,11 +28,16 @@ from .common import MiB, cpu_nodes, smoke_or
 ROWS, COLS, CHUNK, OUT = smoke_or((8192, 1024, 1024, 256), (512, 128, 128, 32))
 #: Alternating calls per mode in SpeedupVsPlain (the ratio is of medians over these).
 ROUNDS = smoke_or(5, 1)
+# The worker processes log too: a heartbeat racing the close logs a CommClosedError traceback
+# from each worker process, which tools/asv-smoke would take for a failed benchmark. Children
+# inherit this setting through the environment (dask reads DASK_* variables at import).
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
+
 OPS = ["matmul", "reduction"]
 MODES = ["numamem", "numamem-policy", "plain"]
 
 
-class Setup:
+class ClusterPair:
     """Two one-thread worker processes, preloaded or not, with ``x`` persisted on them."""
 
     def __init__(self, mode):
@@ -100,7 +106,7 @@ class Compute:
     timeout = 600
 
     def setup(self, mode, op):
-        self.s = Setup(mode)
+        self.s = ClusterPair(mode)
 
     def teardown(self, mode, op):
         self.s.close()
@@ -119,7 +125,7 @@ class SpeedupVsPlain:
     timeout = 900
 
     def setup(self, op, mode):
-        self.s = {m: Setup(m) for m in (mode, "plain")}
+        self.s = {m: ClusterPair(m) for m in (mode, "plain")}
 
     def teardown(self, op, mode):
         for s in self.s.values():

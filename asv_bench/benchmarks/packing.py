@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from numamem.cli.pack import read_csv
-from numamem.planner import _pack, packing
+from numamem.planner import _greedy, packing
 
 from .common import smoke_or
 
@@ -41,7 +41,7 @@ def greedy_by_size(data):
     live = np.flatnonzero(data.size > 0)
     lo, up, sz = data.lower[live], data.upper[live], data.size[live]
     order = np.lexsort((-(up - lo), -sz)).astype(np.int64)
-    off = _pack.greedy(lo, up, sz, order, True)
+    off = _greedy.greedy(lo, up, sz, order, True)
     return int((off + sz).max()) if sz.size else 0
 
 

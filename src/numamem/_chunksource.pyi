@@ -1,1 +1,6 @@
-# No Python-level names: the chunk sources are C, used by numamem._arena.
+# The chunk sources themselves are C, used by numamem._arena; these are the first-touch fallback's
+# Python-level names (see _chunksource.pyx).
+TOUCHED_BY: dict[int, str]
+
+def touch_range_on_node(address: int, length: int, node: int, page_size: int) -> tuple[str, dict | None, int]: ...
+def fallback_stats(node: int) -> dict | None: ...

@@ -2,8 +2,9 @@
 """Literal, checked wrappers of the NUMA system calls (mbind, get/set_mempolicy, move_pages).
 
 Each function mirrors one call, takes addresses as integers, releases the GIL around the call and
-turns a failure into an exception through :mod:`numamem.errors` (the one error path). Policy
-decisions (what to bind, when to verify) belong to the layers above.
+turns a failure into an exception through :mod:`numamem.errors` (the one error path: a refused
+policy call, ``EPERM``, is a :class:`~numamem.errors.PolicyPermissionError` naming the call, the
+node and the fix). Policy decisions (what to bind, when to verify) belong to the layers above.
 """
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc, free, malloc
@@ -12,8 +13,10 @@ from libc.string cimport memset
 cimport numpy as cnp
 import numpy as np
 
+from libc.errno cimport EINVAL
+
 from numamem._libnuma cimport (
-    MPOL_BIND, MPOL_DEFAULT, MPOL_F_ADDR, MPOL_INTERLEAVE, MPOL_LOCAL, MPOL_MF_MOVE, MPOL_MF_STRICT,
+    MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, MPOL_BIND, MPOL_DEFAULT, MPOL_F_ADDR, MPOL_INTERLEAVE, MPOL_LOCAL, MPOL_MF_MOVE, MPOL_MF_STRICT,
     MPOL_PREFERRED, errno, get_mempolicy, mbind, move_pages, set_mempolicy,
 )
 from numamem._place cimport mask_words
@@ -84,7 +87,8 @@ def bind_range(uintptr_t address, size_t length, str policy, nodes=(), unsigned 
             err = errno
     free(mask)
     if rc != 0:
-        raise oserror(err, f"mbind({policy}, nodes={list(nodes)}, {length} bytes)")
+        nodes = list(nodes)
+        raise oserror(err, f"mbind({policy}, nodes={nodes}, {length} bytes)", node=nodes or None)
 
 
 cdef tuple _get_policy(void *address, unsigned flags, str call):
@@ -129,7 +133,8 @@ def set_thread_policy(str policy, nodes=()):
             err = errno
     free(mask)
     if rc != 0:
-        raise oserror(err, f"set_mempolicy({policy}, nodes={list(nodes)})")
+        nodes = list(nodes)
+        raise oserror(err, f"set_mempolicy({policy}, nodes={nodes})", node=nodes or None)
 
 
 def page_status(const cnp.uint64_t[::1] addresses, target_node=None):
@@ -169,5 +174,43 @@ def page_status(const cnp.uint64_t[::1] addresses, target_node=None):
             err = errno
     free(nodes)
     if rc < 0:
-        raise oserror(err, f"move_pages({count} pages{'' if target_node is None else f', to node {target_node}'})")
+        raise oserror(err, f"move_pages({count} pages{'' if target_node is None else f', to node {target_node}'})",
+                      node=target_node)
     return status
+
+
+# A page of this process's address space, never touched, that probes may set policies on.
+cdef void *_scratch = NULL
+
+
+cdef void *_scratch_page() except NULL:
+    global _scratch
+    cdef void *page
+    if _scratch == NULL:
+        page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if page == MAP_FAILED:
+            raise oserror(errno, "mmap(4096 bytes)", "a scratch page for probing memory policy")
+        _scratch = page
+    return _scratch
+
+
+def mbind_errno(int node):
+    """Probe: the errno of ``mbind(MPOL_PREFERRED, node)`` on a scratch page (0 when permitted).
+
+    One system call on an untouched page that only probes use, so it changes nothing else; the
+    answer is not cached, because a seccomp filter may be installed at any time.
+    """
+    cdef void *page = _scratch_page()
+    cdef unsigned long mask[16]
+    cdef int words = mask_words()
+    cdef long rc
+    cdef int err = 0
+    if words > 16 or node < 0 or node >= words * BITS_PER_WORD:
+        return EINVAL
+    memset(mask, 0, sizeof(mask))
+    mask[node // BITS_PER_WORD] = (<unsigned long>1) << (node % BITS_PER_WORD)
+    with nogil:
+        rc = mbind(page, 4096, MPOL_PREFERRED, mask, words * BITS_PER_WORD + 1, 0)
+        if rc != 0:
+            err = errno
+    return err

@@ -17,6 +17,12 @@ page kind, spans, capacity check, staggering.
 
 Arrays small enough for a node's pool skip all of this here: the pool's chunks were placed by the
 same sequence when they were mapped.
+
+Where the kernel refuses memory policies (``EPERM``: a container without ``CAP_SYS_NICE``, a
+seccomp profile), a strict request raises :class:`~numamem.errors.PolicyPermissionError`, while
+``policy="preferred"`` -- a wish, not a guarantee -- falls back to first touch from a thread bound to
+the node's CPUs, reports where ``move_pages`` (if allowed) says the pages went, and warns
+(:class:`~numamem.errors.PlacementWarning`); it never fails for the refusal.
 """
 from __future__ import annotations
 
@@ -24,11 +30,14 @@ import itertools
 
 import numpy as np
 
-from numamem import _cgroup, _kernel, _place, _topology
+from numamem import _cgroup, _chunksource, _kernel, _place, _topology
 from numamem._blocksplit import BlockSpan, split_blocks
 from numamem._region import Region
 from numamem._request import HUGETLB_SIZES, POOL_ALIGN, POOL_MAX_BYTES, Request, nbytes_of, resolve_align
-from numamem.errors import HugePageError, NodeMemoryError, PageSizeError
+from numamem.errors import (
+    POLICY_FIX, HugePageError, NodeMemoryError, PageSizeError, PolicyPermissionError, warn_placement,
+)
+from numamem.pools import warn_pool_fallback
 
 __all__ = ["allocate", "map_one_kind", "check_capacity"]
 
@@ -120,7 +129,39 @@ def _place(region: Region, req: Request, spans, hugetlb: int) -> None:
         stop = region.mapped_bytes if i == len(spans) - 1 else span.offset + span.nbytes
         if stop <= start:
             continue
-        region.place(span.node, req.policy, req.populate, start, stop - start)
+        try:
+            region.place(span.node, req.policy, req.populate, start, stop - start)
+        except PolicyPermissionError as refused:
+            if req.policy != "preferred":
+                raise
+            _first_touch_fallback(region, span.node, start, stop - start, refused)
+
+
+def _where_text(where: dict | None, node: int, query_errno: int) -> str:
+    if where is None:
+        return (f"move_pages is refused too (errno {query_errno}), so where the pages are is not "
+                "verified")
+    on_node = where.get(node, 0)
+    total = sum(where.values())
+    return f"move_pages reports {on_node} of {total} page(s) on node {node}: {where}"
+
+
+def _first_touch_fallback(region: Region, node: int, offset: int, length: int,
+                          refused: PolicyPermissionError) -> None:
+    """Place a preferred block whose ``mbind`` was refused by first touch from the node's CPUs.
+
+    Records what happened in ``region.info["fallback"]`` (a list, one entry per block) and warns.
+    """
+    # Without a policy to carry the wish, a lazy range would go wherever the caller's thread
+    # first touches it: it is faulted in now, from the node's CPUs, even when populate was off.
+    touched_by, where, query_errno = _chunksource.touch_range_on_node(
+        region.address + offset, length, node, region.page_size)
+    entry = {"node": node, "refused": refused.call, "offset": offset, "length": length,
+             "touched_by": touched_by, "pages": where}
+    what = f"pages were placed by first touch from {touched_by}; {_where_text(where, node, query_errno)}"
+    region.info.setdefault("fallback", []).append(entry)
+    warn_placement(f"policy='preferred' for node {node}: the kernel refused {refused.call} (EPERM); "
+                   f"{what}. To place pages by policy, {POLICY_FIX}")
 
 
 def map_one_kind(nbytes, kind, req, shape, dtype, order, topo) -> Region:
@@ -178,6 +219,8 @@ def allocate(shape, dtype, order, req: Request, zero: bool = False) -> np.ndarra
     nbytes = nbytes_of(shape, dtype)
     if req.pool is not None and nbytes <= POOL_MAX_BYTES:
         allocation = req.pool.allocation(nbytes, zero)
+        if req.policy == "preferred":
+            warn_pool_fallback(req.pool)
         allocation.info = {"request": req, "pages": "auto", "alignment": POOL_ALIGN, "shape": shape}
         return allocation.ndarray(shape, dtype, order)
     topo = _topology.topology(refresh=False)

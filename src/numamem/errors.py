@@ -7,11 +7,20 @@ regions and pools alike), which picks :class:`NodeMemoryError` / :class:`HugePag
 capacity (with where the pages went), :class:`PolicyPermissionError` for a refused policy call, or
 the failing call's ``OSError``; :class:`PlacementError` when the kernel put pages somewhere else than
 asked by a move; and ``ValueError``/``TypeError`` for bad arguments (those name the argument).
+
+A refused memory-policy call (``EPERM`` from ``mbind``, ``set_mempolicy``, ``get_mempolicy`` or
+``move_pages``: a container without ``CAP_SYS_NICE``, a seccomp filter) is always a
+:class:`PolicyPermissionError`, whichever layer made the call: :func:`oserror` decides it from the
+call's name, and :func:`from_place_result` goes through :func:`oserror`. Where numamem degrades
+instead of raising (``policy="preferred"``, ``on_node``), it says so with a
+:class:`PlacementWarning`.
 """
 from __future__ import annotations
 
 import errno as _errno
 import os
+import sys
+import warnings
 
 __all__ = [
     "NodeMemoryError",
@@ -20,6 +29,10 @@ __all__ = [
     "PageSizeError",
     "NumaUnavailableError",
     "PolicyPermissionError",
+    "PlacementWarning",
+    "POLICY_CALLS",
+    "POLICY_FIX",
+    "warn_placement",
     "oserror",
     "from_place_result",
 ]
@@ -106,6 +119,26 @@ class PlacementError(RuntimeError):
         super().__init__(message)
 
 
+#: The system calls that set or read memory policy: the ones a container may refuse with EPERM.
+POLICY_CALLS = ("mbind", "set_mempolicy", "get_mempolicy", "move_pages")
+
+#: What to do about a refused policy call (named by every PolicyPermissionError and the doctor).
+POLICY_FIX = (
+    "run it with CAP_SYS_NICE (docker run --cap-add SYS_NICE, or the pod's "
+    "securityContext.capabilities.add: [SYS_NICE]) or under a seccomp profile that allows mbind, "
+    "set_mempolicy, get_mempolicy and move_pages"
+)
+
+
+def _nodes_text(node) -> str:
+    if node is None:
+        return ""
+    if isinstance(node, (list, tuple, set, frozenset)):
+        nodes = list(node)
+        return f" for node {nodes[0]}" if len(nodes) == 1 else (f" for nodes {nodes}" if nodes else "")
+    return f" for node {node}"
+
+
 class PolicyPermissionError(PermissionError):
     """The kernel refused a memory-policy call (EPERM): placement cannot be enforced here.
 
@@ -117,27 +150,54 @@ class PolicyPermissionError(PermissionError):
     ----------
     call : str
         The refused call, e.g. ``"mbind(MPOL_PREFERRED)"``.
-    node : int or None
+    node : int, list of int or None
+        The node (or nodes) the call was for; None when it was for none (a query).
     """
 
     def __init__(self, call, node, detail=""):
         self.call = call
         self.node = node
+        self.detail = detail
         text = (
-            f"{call} for node {node} was refused (EPERM): this process may not set memory policies; "
-            "run it with CAP_SYS_NICE (docker run --cap-add SYS_NICE, or the pod's "
-            "securityContext.capabilities.add) or under a seccomp profile that allows mbind, "
-            "set_mempolicy and move_pages"
+            f"{call}{_nodes_text(node)} was refused (EPERM): this process may not set memory "
+            f"policies; {POLICY_FIX}"
         )
         if detail:
             text += f" ({detail})"
         super().__init__(_errno.EPERM, text)
 
     def __reduce__(self):
-        return (type(self), (self.call, self.node))
+        return (type(self), (self.call, self.node, self.detail))
 
     def __str__(self):
         return self.args[1]
+
+
+class PlacementWarning(UserWarning):
+    """Placement went ahead without a memory policy: the kernel refused one (see the message).
+
+    Issued, never raised, where numamem degrades rather than lose the caller's work: an engine's
+    thread policy, ``policy="preferred"`` (pages placed by first touch from a thread bound to the
+    node's CPUs, where they went reported from ``move_pages`` when it is allowed), and ``on_node``
+    and the pools (chunks placed the same way, counted as unverified in ``pool_stats()``).
+    """
+
+
+def warn_placement(message: str) -> None:
+    """Issue a :class:`PlacementWarning` attributed to the caller's code, not numamem's.
+
+    The warning points at the first frame outside numamem (and ``contextlib``, for ``with
+    numamem.on_node(...)``), however deep inside numamem it is raised.
+    """
+    level = 2  # warn_placement's caller
+    frame = sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not (module == "numamem" or module.startswith("numamem.") or module == "contextlib"):
+            break
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, PlacementWarning, stacklevel=level)
 
 
 class PageSizeError(ValueError):
@@ -148,7 +208,7 @@ class NumaUnavailableError(OSError):
     """The kernel offers no NUMA memory policy interface (``get_mempolicy`` fails with ENOSYS)."""
 
 
-def oserror(err: int, call: str, detail: str = "") -> OSError:
+def oserror(err: int, call: str, detail: str = "", node=None) -> OSError:
     """Return the ``OSError`` (subclass chosen by errno) for a failed system call.
 
     Parameters
@@ -159,7 +219,18 @@ def oserror(err: int, call: str, detail: str = "") -> OSError:
         The call and its main arguments, e.g. ``"mbind(node=3)"``.
     detail : str, optional
         What numamem was doing, appended to the message.
+    node : int, list of int or None
+        The node(s) a policy call was for, named by a :class:`PolicyPermissionError`.
+
+    Returns
+    -------
+    OSError
+        :class:`PolicyPermissionError` for ``EPERM`` from a policy call (:data:`POLICY_CALLS`),
+        :class:`NumaUnavailableError` for ``ENOSYS``, else ``OSError`` (whose constructor picks
+        the errno's subclass, e.g. ``PermissionError`` for ``EPERM`` from any other call).
     """
+    if err == _errno.EPERM and call.startswith(POLICY_CALLS):
+        return PolicyPermissionError(call, node, detail)
     text = f"{call}: {os.strerror(err)}"
     if detail:
         text += f" ({detail})"
@@ -236,6 +307,8 @@ def from_place_result(result, node, requested, page_size, hugetlb=False, free=No
         found = dict(result.histogram)
         return shortage(f"{result.misplaced} page(s) landed elsewhere: {_histogram_text(found)}")
     if err == _errno.EPERM and step != "map":
+        # Every step after the mapping is part of placing on the node (populate included: it
+        # runs under the node's policy), so a refusal there is the policy's refusal.
         return PolicyPermissionError(call, node, what)
     if step == "map" and err == _errno.ENOMEM:
         return shortage(f"{call} failed: {os.strerror(err)}")

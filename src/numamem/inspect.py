@@ -90,7 +90,7 @@ def histogram(status: np.ndarray) -> dict[int, int]:
     """Count ``move_pages`` results: node id (or negative errno) -> pages, in ascending order.
 
     Counted with ``bincount``, never a sort: NumPy's argsort (behind ``np.unique``) returned
-    wrong orders inside the QEMU-emulated guests (see ``_pack.pyx:dense_ranks``), and these
+    wrong orders inside the QEMU-emulated guests (see ``planner/_greedy.pyx:dense_ranks``), and these
     counts are what an error message says about where the pages went.
     """
     status = np.asarray(status, dtype=np.int64).ravel()

@@ -29,7 +29,7 @@ def test_on_node_places_ufunc_outputs_temporaries_and_sorts(node):
     np.testing.assert_allclose(ordered, np.sort((source * 3.0 + 1.0) * (source * 3.0)))
 
 
-def test_two_threads_in_different_scopes_each_get_their_node(expected):
+def test_two_threads_in_different_scopes_each_get_their_node(expected, run_threads):
     nodes = [n["id"] for n in expected["nodes"] if n["mem_mib"]][:2]
     results = {}
     barrier = threading.Barrier(len(nodes))
@@ -41,11 +41,7 @@ def test_two_threads_in_different_scopes_each_get_their_node(expected):
             barrier.wait()
         results[node] = array
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in nodes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert not run_threads(worker, nodes, barrier=barrier).errors
     for node in nodes:
         _all_on(results[node], node, f"thread in on_node({node})")
 

@@ -43,28 +43,20 @@ def test_bind_thread_moves_cpus_and_first_touch(cpu_node, expected, policy):
 
 
 @pytest.mark.requires("two_cpu_nodes")
-def test_two_threads_bound_to_different_nodes_each_get_their_node(expected):
+def test_two_threads_bound_to_different_nodes_each_get_their_node(expected, run_threads):
     """Threads bound at the same time to different nodes do not share one binding."""
     cpu_nodes = [n["id"] for n in expected["nodes"] if n["cpus"] and n["mem_mib"]]
     assert len(cpu_nodes) >= 2
     barrier = threading.Barrier(len(cpu_nodes), timeout=120)
-    results, errors = {}, []
+    results = {}
 
     def work(node):
-        try:
-            with numamem.bind_thread(node):
-                barrier.wait()  # every thread is bound before any touches memory
-                results[node] = (os.sched_getaffinity(0), kc.first_touch_nodes())
-                barrier.wait()
-        except BaseException as exc:
-            errors.append(exc)
-            barrier.abort()
+        with numamem.bind_thread(node):
+            barrier.wait()  # every thread is bound before any touches memory
+            results[node] = (os.sched_getaffinity(0), kc.first_touch_nodes())
+            barrier.wait()
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in cpu_nodes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=180)
+    errors = run_threads(work, cpu_nodes, barrier=barrier, timeout=180).errors
     assert not errors, errors
     for node in cpu_nodes:
         cpus, touched = results[node]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from numamem.planner import _pack, packing
+from numamem.planner import _greedy, _skyline, packing
 from numamem.cli.pack import read_csv
 from numamem.planner.packing import PackResult, check, lower_bound, pack
 
@@ -148,7 +148,7 @@ def test_greedy_loop_places_validly(inst):
     lower, upper, size = (np.asarray(x, dtype=np.int64) for x in inst)
     keep = np.flatnonzero(size > 0)
     for best_fit in (True, False):
-        off = _pack.greedy(lower, upper, size, keep.astype(np.int64), best_fit)
+        off = _greedy.greedy(lower, upper, size, keep.astype(np.int64), best_fit)
         assert (off[keep] >= 0).all()
         assert (np.delete(off, keep) == -1).all()
         sub = off.copy()
@@ -288,16 +288,16 @@ def test_check_agrees_with_brute_force(inst, data):
 
 def test_skyline_search_rejects_inconsistent_input():
     with pytest.raises(ValueError):
-        _pack.SkylineSearch([0], [1], [0], [1], [0, 0], [], [0, 1], [0])   # size 0
+        _skyline.SkylineSearch([0], [1], [0], [1], [0, 0], [], [0, 1], [0])   # size 0
     with pytest.raises(ValueError):
-        _pack.SkylineSearch([1], [1], [0], [2], [0, 0], [], [0, 1], [0])   # span past sections
+        _skyline.SkylineSearch([1], [1], [0], [2], [0, 0], [], [0, 1], [0])   # span past sections
     with pytest.raises(ValueError, match="nbr_start"):
-        _pack.SkylineSearch([1, 1], [1, 1], [0, 0], [1, 1], [0, 5, 2], [1, 0], [0, 2], [0, 1])
+        _skyline.SkylineSearch([1, 1], [1, 1], [0, 0], [1, 1], [0, 5, 2], [1, 0], [0, 2], [0, 1])
     with pytest.raises(ValueError, match="sec_start"):
-        _pack.SkylineSearch([1, 1], [1, 1], [0, 0], [1, 1], [0, 1, 2], [1, 0], [1, 2], [0, 1])
+        _skyline.SkylineSearch([1, 1], [1, 1], [0, 0], [1, 1], [0, 1, 2], [1, 0], [1, 2], [0, 1])
     with pytest.raises(ValueError, match="section"):
-        _pack.SkylineSearch([1, 1], [1, 1], [0, 0], [1, 1], [0, 1, 2], [1, 0], [0, 2], [0, 0])
-    ok = _pack.SkylineSearch([1, 1], [1, 1], [0, 0], [1, 1], [0, 1, 2], [1, 0], [0, 2], [0, 1])
+        _skyline.SkylineSearch([1, 1], [1, 1], [0, 0], [1, 1], [0, 1, 2], [1, 0], [0, 2], [0, 0])
+    ok = _skyline.SkylineSearch([1, 1], [1, 1], [0, 0], [1, 1], [0, 1, 2], [1, 0], [0, 2], [0, 1])
     assert ok.solve(2, 100, float("inf"), 0)[0] == "ok"
     assert ok.solve(1, 100, float("inf"), 0)[0] == "infeasible"
     with pytest.raises(ValueError):

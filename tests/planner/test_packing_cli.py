@@ -179,7 +179,7 @@ def test_time_limit_is_honoured_on_a_large_instance(tmp_path):
 
 CHILD = """
 import sys, numpy as np
-from numamem.planner import _pack, packing
+from numamem.planner import _greedy, packing
 rng = np.random.default_rng(0)
 n, span, life, where = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 lo = rng.integers(0, span, n)
@@ -189,12 +189,12 @@ try:
     if where == "greedy":
         # say "ready" as the greedy loop starts (whichever entry point packing calls)
         for name in ("greedy", "greedy_until"):
-            f = getattr(_pack, name, None)
+            f = getattr(_greedy, name, None)
             if f is not None:
                 def announce(*args, _f=f):
                     print("ready", flush=True)
                     return _f(*args)
-                setattr(_pack, name, announce)
+                setattr(_greedy, name, announce)
         packing.pack(lo, up, sz, time_limit=1000)
     else:
         # one search attempt with no node budget and no deadline: only a signal ends it early

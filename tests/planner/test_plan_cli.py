@@ -109,7 +109,7 @@ def test_plan_bad_graph_files(capsys, tmp_path, text, message):
 def test_every_command_is_registered():
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    assert list(commands) == ["topology", "plan", "pack", "run", "bench"]
+    assert list(commands) == ["topology", "doctor", "plan", "pack", "run", "bench"]
 
 
 @pytest.mark.parametrize("text, nodes", [

@@ -164,6 +164,31 @@ CASES = [
     ("concat", [(1, 3, 4), (1, 5, 4)], {"axis": 1}, (1, 8, 4)),
     ("concat", [(1, 3), (2, 3)], {}, (3, 3)),
     ("embedding", [(2, 16), (30522, 768)], {}, (2, 16, 768)),
+    # ONNX-semantics ops (numamem.planner.ops_onnx)
+    ("conv", [(1, 3, 17, 15), (8, 3, 3, 3)], {"strides": [2, 1], "pads": [0, 1, 2, 1]}, (1, 8, 9, 15)),
+    ("conv", [(1, 8, 9, 15), (8, 4, 3, 3)], {"dilations": 2, "pads": 2, "group": 2}, (1, 8, 9, 15)),
+    ("maxpool", [(1, 8, 9, 15)], {"kernel": 3, "strides": 2, "pads": [1, 0, 1, 1], "ceil_mode": True}, (1, 8, 5, 8)),
+    ("maxpool", [(1, 1, 7, 7)], {"kernel": 2, "strides": 2, "pads": [0, 0, 1, 1], "ceil_mode": True}, (1, 1, 4, 4)),
+    ("avgpool", [(1, 8, 7, 13)], {"kernel": 3, "strides": [1, 2], "pads": [0, 2, 0, 1], "ceil_mode": True,
+                                  "count_include_pad": True}, (1, 8, 5, 8)),
+    ("lrn", [(1, 64, 55, 55)], {"size": 5, "alpha": 1e-4, "beta": 0.75, "bias": 2.0}, (1, 64, 55, 55)),
+    ("tanh", [(3, 4)], {}, (3, 4)),
+    ("erf", [(3, 4)], {}, (3, 4)),
+    ("sqrt", [(3, 4)], {}, (3, 4)),
+    ("exp", [(3, 4)], {}, (3, 4)),
+    ("gelu_erf", [(3, 4)], {}, (3, 4)),
+    ("clip", [(3, 4)], {"min": -1.0, "max": None}, (3, 4)),
+    ("sub", [(2, 7, 32), (2, 7, 1)], {}, (2, 7, 32)),
+    ("div", [(2, 7, 32), (1,)], {}, (2, 7, 32)),
+    ("pow", [(2, 7, 32), (1,)], {}, (2, 7, 32)),
+    ("reduce_mean", [(2, 7, 32)], {"axes": [-1]}, (2, 7, 1)),
+    ("reduce_mean", [(2, 7, 32)], {"axes": [0, 2], "keepdims": False}, (7,)),
+    ("slice", [(2, 32, 5, 8)], {"axis": 1, "start": 12, "stop": 32}, (2, 20, 5, 8)),
+    *[(op, [(3, 4)], {}, (3, 4)) for op in ("neg", "reciprocal", "abs", "log", "hard_swish")],
+    ("leaky_relu", [(3, 4)], {"alpha": 0.1}, (3, 4)),
+    ("hard_sigmoid", [(3, 4)], {"alpha": 0.2, "beta": 0.5}, (3, 4)),
+    ("max", [(2, 3, 4), (4,)], {}, (2, 3, 4)),
+    ("min", [(2, 1, 4), (3, 1)], {}, (2, 3, 4)),
 ]
 
 
@@ -252,8 +277,20 @@ def test_builder_every_op():
     n = b.layernorm(s, b.weight("ga", (4,)), b.weight("be", (4,)))
     ids = b.input("ids", (2, 5), dtype="int64")
     e = b.embedding(ids, b.weight("tab", (11, 4)))
+    # The ONNX-semantics ops have no builder methods; `layer` builds any op.
+    o = b.layer("conv", [x, b.weight("ow", (8, 2, 3, 3))], strides=2, pads=[0, 1, 1, 0], dilations=1, group=2)
+    o = b.layer("lrn", [b.layer("maxpool", [o], kernel=2, ceil_mode=True)], size=3)
+    o = b.layer("avgpool", [o], kernel=2, pads=[0, 0, 1, 1], count_include_pad=True)
+    for op in ("tanh", "erf", "sqrt", "exp", "gelu_erf", "neg", "reciprocal", "abs", "log", "hard_swish",
+               "leaky_relu", "hard_sigmoid"):
+        o = b.layer(op, [o])
+    o = b.layer("clip", [o], min=0.0, max=1.0)
+    for op in ("sub", "div", "pow", "max", "min"):
+        o = b.layer(op, [o, o])
+    o = b.layer("slice", [b.layer("reduce_mean", [o], axes=[1])], axis=2, start=0, stop=1)
     b.output(n)
     b.output(e)
+    b.output(o)
     g = b.build()
     assert {l.op for l in g.layers} == set(OPS)
     assert g.tensor(n).shape == (2, 4, 4) and g.tensor(e).shape == (2, 5, 4)

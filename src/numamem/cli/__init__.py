@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from numamem.cli import bench, pack, plan, run, topology
+from numamem.cli import bench, doctor, pack, plan, run, topology
 from numamem.cli._args import CommandError, positive_int
 
 __all__ = ["COMMANDS", "CommandError", "build_parser", "main", "positive_int"]
 
 #: The command modules, in help order.
-COMMANDS = (topology, plan, pack, run, bench)
+COMMANDS = (topology, doctor, plan, pack, run, bench)
 
 # Errors a user can cause with input or the machine's state; reported in one line.
 USER_ERRORS = (CommandError, ValueError, OSError, MemoryError)

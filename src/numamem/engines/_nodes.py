@@ -18,6 +18,7 @@ import numpy as np
 
 from numamem import _topology
 from numamem.arrays import empty
+from numamem.errors import PlacementWarning
 from numamem.inspect import placement
 from numamem.threads import THREAD_POLICIES, bind_thread
 
@@ -28,10 +29,6 @@ __all__ = ["NodeShare", "resolve_nodes", "split_counts", "NodeWorker", "run_on_a
 ARENA_ALIGN = 64
 #: How a weight arena may be placed: on the node (verified), preferably there, or by first touch.
 WEIGHT_POLICIES = ("bind", "preferred", "local")
-
-
-class PlacementWarning(UserWarning):
-    """The kernel refused a memory policy: the engine still runs, placement is first touch."""
 
 
 def require(module: str, extra: str):

@@ -10,7 +10,9 @@ graph), :mod:`~numamem.planner.traffic` (who reads what from where),
 (offsets with reuse), :mod:`~numamem.planner.check` (the independent checker),
 :mod:`~numamem.planner.report` (text tables), :mod:`~numamem.planner.plan` (the plan model),
 :mod:`~numamem.planner.planfile` (the ``numamem-plan/1`` format) and
-:mod:`~numamem.planner.planner` (:func:`plan`).
+:mod:`~numamem.planner.planner` (:func:`plan`). ONNX models come in through
+:mod:`~numamem.planner.onnx` (:func:`from_onnx`), with the ops of ONNX semantics in
+:mod:`~numamem.planner.ops_onnx`.
 
 Examples
 --------
@@ -26,6 +28,8 @@ Examples
 from numamem.planner.builder import GraphBuilder
 from numamem.planner.graph import Graph, GraphError, Layer, Tensor, load_graph
 from numamem.planner.ops import OPS, ShapeError, infer_shape
+from numamem.planner import ops_onnx as _ops_onnx  # registers the ONNX-semantics ops into OPS
+from numamem.planner.onnx import from_onnx, onnx_weights
 from numamem.planner.partition import CostModel
 from numamem.planner.plan import Arena, Block, LayerPlan, Plan, PlanError, Slice, TensorInfo
 # Last, on purpose: binding the function ``plan`` here hides the submodule of the same name
@@ -34,5 +38,6 @@ from numamem.planner.planner import plan
 
 __all__ = [
     "Arena", "Block", "CostModel", "Graph", "GraphBuilder", "GraphError", "Layer", "LayerPlan", "OPS",
-    "Plan", "PlanError", "ShapeError", "Slice", "Tensor", "TensorInfo", "infer_shape", "load_graph", "plan",
+    "Plan", "PlanError", "ShapeError", "Slice", "Tensor", "TensorInfo", "from_onnx", "infer_shape", "load_graph",
+    "onnx_weights", "plan",
 ]

@@ -1,7 +1,7 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, nonecheck=False
 """The overlap sweep behind :func:`numamem.planner.packing.check`, in C.
 
-Kept apart from the packer's loops (:mod:`numamem.planner._pack`) on purpose: the check is the
+Kept apart from the packer's loops (:mod:`numamem.planner._greedy`, :mod:`numamem.planner._skyline`) on purpose: the check is the
 independent witness of every packing, and shares no code with what it checks. It runs after
 every ``pack()``, so it must be fast: the Python loop it replaces took 1.6 s on 200,000 buffers.
 """
@@ -16,7 +16,7 @@ def first_overlap(const int64_t[::1] who, const signed char[::1] starts, const i
     """The first pair of live buffers that overlap in memory, met by a sweep over time.
 
     The sweep of :func:`numamem.planner.packing.check`, which shares no code with the packing
-    loops of :mod:`numamem.planner._pack`. The live buffers are kept as a set of ranks in (offset, index) order, in a
+    loops of :mod:`numamem.planner._greedy` and :mod:`numamem.planner._skyline`. The live buffers are kept as a set of ranks in (offset, index) order, in a
     Fenwick tree; a starting buffer is checked against its live neighbours in that order (the
     one below must end at or before its offset, the one above start at or after its end). That
     suffices while the live buffers are disjoint, which holds until the first overlap is found.

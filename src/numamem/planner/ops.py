@@ -324,6 +324,36 @@ OPS: dict[str, OpSpec] = {
 ELEMENTWISE = ("relu", "relu6", "gelu", "sigmoid")
 
 
+@dataclass(frozen=True)
+class OpRules:
+    """Every rule of one op in one object: shape, splittable axes, input regions and flops.
+
+    Ops added this way (:mod:`numamem.planner.ops_onnx`) keep all their rules together;
+    :func:`register` puts them in :data:`OPS` and the functions below dispatch to them.
+    ``splittable(in_shapes, out_shape, attrs, axis)``, ``regions(in_shapes, out_shape, attrs,
+    axis, lo, hi)`` and ``flops(in_shapes, out_shape, attrs)`` have the meaning of the module
+    functions of the same names.
+    """
+
+    spec: OpSpec
+    splittable: Callable[[Sequence[Shape], Shape, Mapping[str, object], int], bool]
+    regions: Callable[[Sequence[Shape], Shape, Mapping[str, object], int, int, int], list]
+    flops: Callable[[Sequence[Shape], Shape, Mapping[str, object]], int]
+
+
+#: The rules of the ops registered with :func:`register`, by name.
+RULES: dict[str, OpRules] = {}
+
+
+def register(rules: OpRules) -> None:
+    """Add an op with all its rules; an op name may be registered once."""
+    name = rules.spec.name
+    if name in OPS:
+        raise ValueError(f"op {name!r} is already defined")
+    OPS[name] = rules.spec
+    RULES[name] = rules
+
+
 def infer_shape(op: str, shapes: Sequence[Shape], attrs: Mapping[str, object]) -> Shape:
     """Return the output shape of ``op`` applied to operands of ``shapes`` with ``attrs``.
 
@@ -380,6 +410,8 @@ def flops(op: str, in_shapes: Sequence[Shape], out_shape: Shape, attrs: Mapping[
     Views (reshape, flatten) cost nothing; data movement (transpose, concat, embedding) counts one
     operation per element so the cost model still sees that they touch memory.
     """
+    if op in RULES:
+        return RULES[op].flops(in_shapes, out_shape, attrs)
     elems = math.prod(out_shape)
     if op == "dense":
         return 2 * in_shapes[0][-1] * elems + (elems if len(in_shapes) == 3 else 0)
@@ -413,6 +445,8 @@ def splittable(op: str, in_shapes: Sequence[Shape], out_shape: Shape, attrs: Map
     nd = len(out_shape)
     if not 0 <= axis < nd:
         return False
+    if op in RULES:
+        return RULES[op].splittable(in_shapes, out_shape, attrs, axis)
     if op in ("conv2d", "maxpool2d", "avgpool2d", "global_avgpool", "dense", "matmul", "embedding",
               "transpose", "concat", "batchnorm", "add", "mul") or op in ELEMENTWISE:
         return True
@@ -476,6 +510,8 @@ def input_regions(
     >>> input_regions("dense", [(8, 64), (64, 128)], (8, 128), {}, 1, 0, 64)
     [((0, 8), (0, 64)), ((0, 64), (0, 64))]
     """
+    if op in RULES:
+        return RULES[op].regions(in_shapes, out_shape, attrs, axis, lo, hi)
     nd = len(out_shape)
     x = in_shapes[0]
     if op == "dense":

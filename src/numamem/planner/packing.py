@@ -5,13 +5,13 @@ bytes. :func:`pack` returns offsets whose peak (highest ``offset + size``) is as
 get to the lower bound (the largest total size live at one time), in two stages:
 
 1. **Greedy portfolio.** Several fixed orderings (by size, area, lifetime length, conflicts,
-   start) each placed by best fit and by first fit (:func:`numamem.planner._pack.greedy`, a C
+   start) each placed by best fit and by first fit (:func:`numamem.planner._greedy.greedy`, a C
    loop; past :data:`GREEDY_FULL_PORTFOLIO_MAX` buffers only the ordering by size, since each run
    is quadratic). Greedy by size with best fit always runs first: the result is never worse
    (unless the time limit cuts that run short: the buffers it has not placed are then stacked).
 2. **Skyline search.** If the best greedy peak is above the lower bound, a branch and bound over
    canonical placements (the method of MiniMalloc, Moffitt, ASPLOS 2023;
-   :class:`numamem.planner._pack.SkylineSearch`) tries capacities between the lower bound and
+   :class:`numamem.planner._skyline.SkylineSearch`) tries capacities between the lower bound and
    the best peak so far, with node budgets that double every round, until it reaches the lower
    bound, proves a capacity infeasible all the way up, or runs out of time.
 
@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 import numpy as np
 
-from numamem.planner import _overlap, _pack
+from numamem.planner import _greedy, _overlap, _skyline
 
 __all__ = ["PackResult", "pack", "check", "lower_bound"]
 
@@ -268,7 +268,7 @@ def _pair_count(lo: np.ndarray, up: np.ndarray) -> int:
 
 
 def _build_search(lo: np.ndarray, up: np.ndarray, units: np.ndarray):
-    """Preprocess buffers (all of positive size) for :class:`_pack.SkylineSearch`.
+    """Preprocess buffers (all of positive size) for :class:`_skyline.SkylineSearch`.
 
     Returns None when the instance is past the search's size limits.
     """
@@ -318,7 +318,7 @@ def _build_search(lo: np.ndarray, up: np.ndarray, units: np.ndarray):
     nbr = dst[order]
     nbr_start = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(src, minlength=n), out=nbr_start[1:])
-    return _pack.SkylineSearch(units, up - lo, slo, shi, nbr_start, nbr, sec_start, sec_mem)
+    return _skyline.SkylineSearch(units, up - lo, slo, shi, nbr_start, nbr, sec_start, sec_mem)
 
 
 def _attempt(solver, cap: int, budget: int, deadline: float, heuristics):
@@ -350,7 +350,7 @@ def _search(solver, units, lb: int, best_peak: int, deadline: float):
     time on improving the best peak).
     """
     n = units.size
-    count = len(_pack.HEURISTICS)
+    count = len(_skyline.HEURISTICS)
     best = None
     method = ""
     proven_lb = lb               # nothing below this fits (proven)
@@ -370,7 +370,7 @@ def _search(solver, units, lb: int, best_peak: int, deadline: float):
             if outcome == "deadline":
                 return best, best_peak, method, True, False
             if outcome == "ok":
-                best, best_peak, method = offsets, _peak(offsets, units), _pack.HEURISTICS[h]
+                best, best_peak, method = offsets, _peak(offsets, units), _skyline.HEURISTICS[h]
             else:
                 lead = (lead + 1) % count
                 lo = cap + 1
@@ -383,7 +383,7 @@ def _search(solver, units, lb: int, best_peak: int, deadline: float):
         if outcome == "deadline":
             return best, best_peak, method, True, False
         if outcome == "ok":
-            best, best_peak, method = offsets, _peak(offsets, units), _pack.HEURISTICS[h]
+            best, best_peak, method = offsets, _peak(offsets, units), _skyline.HEURISTICS[h]
             break
         if outcome == "infeasible":
             proven_lb += 1
@@ -464,7 +464,7 @@ def pack(lower, upper, size, *, align: int = 1, time_limit: float | None = None)
             for best_fit in (True, False):
                 # Each greedy run is quadratic; past the deadline it stacks what it has not
                 # placed yet (valid, at once), so even the baseline honours the time limit.
-                off, placed = _pack.greedy_until(lo_l, up_l, un_l, order, best_fit, deadline)
+                off, placed = _greedy.greedy_until(lo_l, up_l, un_l, order, best_fit, deadline)
                 peak = _peak(off, un_l)
                 if best_peak < 0:
                     greedy_peak = peak

@@ -6,7 +6,7 @@ with these functions.
 
 Node lists are found with ``np.bincount``, never ``np.unique`` or a sort: inside the
 QEMU-emulated guests of the test tier, NumPy's sorting (behind ``unique``) was seen returning wrong
-orders (see ``_pack.pyx:dense_ranks``).
+orders (see ``planner/_greedy.pyx:dense_ranks``).
 """
 from __future__ import annotations
 

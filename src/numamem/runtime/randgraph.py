@@ -6,9 +6,9 @@ broadcasting), and are small enough for the reference's explicit loops and for a
 
 Examples
 --------
->>> from numamem.runtime.randgraph import OPS_COVERED, random_graph
+>>> from numamem.runtime.randgraph import KINDS, OPS_COVERED, random_graph
 >>> g = random_graph(0, "cnn")
->>> sorted({l.op for k in ("cnn", "transformer") for l in random_graph(0, k).layers}) == sorted(OPS_COVERED)
+>>> sorted({l.op for k in KINDS for l in random_graph(0, k).layers}) == sorted(OPS_COVERED)
 True
 """
 from __future__ import annotations
@@ -20,11 +20,15 @@ from numamem.planner.graph import Graph
 
 __all__ = ["KINDS", "OPS_COVERED", "random_graph"]
 
-KINDS = ("cnn", "transformer")
-#: Every op of the graph format; the two kinds of random graph use all of them between them.
+KINDS = ("cnn", "transformer", "onnx")
+#: Every op of the graph format; the kinds of random graph use all of them between them ("onnx":
+#: the ops with ONNX semantics of :mod:`numamem.planner.ops_onnx`).
 OPS_COVERED = ("add", "avgpool2d", "batchnorm", "concat", "conv2d", "dense", "embedding", "flatten", "gelu",
                "global_avgpool", "layernorm", "matmul", "maxpool2d", "mul", "relu", "relu6", "reshape",
-               "sigmoid", "softmax", "transpose")
+               "sigmoid", "softmax", "transpose",
+               "abs", "avgpool", "clip", "conv", "div", "erf", "exp", "gelu_erf", "hard_sigmoid", "hard_swish",
+               "leaky_relu", "log", "lrn", "max", "maxpool", "min", "neg", "pow", "reciprocal", "reduce_mean",
+               "slice", "sqrt", "sub", "tanh")
 
 _ACTS = (None, "relu", "relu6", "gelu")
 
@@ -98,13 +102,42 @@ def _transformer(rng: np.random.Generator, batch: int) -> Graph:
     return g.build()
 
 
+def _onnx(rng: np.random.Generator, batch: int) -> Graph:
+    """The ONNX-semantics ops: asymmetric pads, dilations, ceil-mode pools, and a chain of math
+    kept on positive values where the op needs them (sqrt, log, reciprocal, pow)."""
+    g = GraphBuilder("random_onnx")
+    c = int(rng.integers(2, 5))
+    x = g.input("x", (batch, c, int(rng.integers(8, 13)), int(rng.integers(8, 13))))
+    pads = [int(v) for v in rng.integers(0, 3, 4)]
+    y = g.layer("conv", [x, g.weight("c.w", (2 * c, 1, 3, 3)), g.weight("c.b", (2 * c,))],
+                strides=[int(v) for v in rng.integers(1, 3, 2)], pads=pads,
+                dilations=[int(v) for v in rng.integers(1, 3, 2)], group=c)
+    y = g.layer("lrn", [g.layer("hard_swish", [y])], size=3, alpha=1e-3, beta=0.75, bias=1.5)
+    ceil = bool(rng.integers(0, 2))
+    window = {"kernel": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1], "ceil_mode": ceil}
+    mp = g.layer("maxpool", [y], **window)
+    ap = g.layer("avgpool", [y], count_include_pad=bool(rng.integers(0, 2)), **window)
+    d = g.layer("sub", [g.layer("max", [mp, ap]), g.layer("min", [mp, ap])])
+    p = g.layer("exp", [g.layer("clip", [d], min=-3.0, max=3.0)])  # positive from here on
+    q = g.layer("div", [g.layer("sqrt", [p]), g.layer("reciprocal", [g.layer("abs", [g.layer("neg", [p])])])])
+    r = g.layer("pow", [p, g.weight("expo", (1,))])
+    t = g.layer("tanh", [g.layer("log", [g.add(q, r)])])
+    n = g.layer("hard_sigmoid", [g.layer("erf", [g.layer("leaky_relu", [t], alpha=0.2)])], alpha=0.3, beta=0.4)
+    gm = g.layer("gelu_erf", [n])
+    rm = g.layer("reduce_mean", [gm], axes=[2, 3], keepdims=True)
+    out = g.mul(g.layer("slice", [gm], axis=1, start=1, stop=2 * c),
+                g.layer("slice", [rm], axis=1, start=1, stop=2 * c))
+    g.output(out)
+    return g.build()
+
+
 def random_graph(seed: int, kind: str = "cnn", batch: int | None = None) -> Graph:
-    """A small random graph of ``kind`` (``"cnn"`` or ``"transformer"``) from ``seed``.
+    """A small random graph of ``kind`` (``"cnn"``, ``"transformer"`` or ``"onnx"``) from ``seed``.
 
     Parameters
     ----------
     seed : int
-    kind : {"cnn", "transformer"}
+    kind : {"cnn", "transformer", "onnx"}
     batch : int, optional
         Batch size (default: random, 1 to 5).
 
@@ -119,4 +152,6 @@ def random_graph(seed: int, kind: str = "cnn", batch: int | None = None) -> Grap
         return _cnn(rng, batch)
     if kind == "transformer":
         return _transformer(rng, batch)
+    if kind == "onnx":
+        return _onnx(rng, batch)
     raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")

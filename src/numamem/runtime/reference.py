@@ -262,6 +262,159 @@ def _op(op: str, xs: list[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
                 raise IndexError(f"embedding id {i} outside [0, {table.shape[0]})")
             y[idx] = table[i]
         return y
+    return _onnx_op(op, xs, attrs)
+
+
+# ----------------------------------------------------------------------- ONNX-semantics ops
+def _pads4(v: Any) -> tuple[int, int, int, int]:
+    if isinstance(v, (list, tuple)) and len(v) == 4:
+        return tuple(int(p) for p in v)  # type: ignore[return-value]
+    h, w = _pair(v)
+    return h, w, h, w
+
+
+def conv(x, w, b=None, strides=1, pads=0, dilations=1, group=1, activation_name=None):
+    """ONNX Conv in 2-D: pads ``[top, left, bottom, right]``, dilations, groups.
+
+    Returns
+    -------
+    ndarray, shape (N, O, OH, OW), float64
+    """
+    x, w = _f64(x), _f64(w)
+    sh, sw = _pair(strides)
+    dh, dw = _pair(dilations)
+    pt, pl, pb, pr = _pads4(pads)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    og = o // group
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    oh = (h + pt + pb - eh) // sh + 1
+    ow = (wd + pl + pr - ew) // sw + 1
+    y = np.zeros((n, o, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            win = xp[:, :, i * sh: i * sh + eh: dh, j * sw: j * sw + ew: dw]
+            for g in range(group):
+                y[:, g * og:(g + 1) * og, i, j] = np.einsum(
+                    "nckl,ockl->no", win[:, g * cg:(g + 1) * cg], w[g * og:(g + 1) * og])
+    if b is not None:
+        y = y + _f64(b)[:, None, None]
+    return activation(y, activation_name)
+
+
+def onnx_pool(x, kernel, strides=1, pads=0, ceil_mode=False, count_include_pad=False, kind="max"):
+    """ONNX MaxPool / AveragePool in 2-D as ONNX Runtime computes them.
+
+    Output positions are ``floor`` (or ``ceil``) of ``(H + pads - k) / s + 1``, dropping a last
+    window that would start past the input and its leading pad; the average divides by the
+    window's elements inside the input, or inside the padded input with ``count_include_pad``.
+
+    Returns
+    -------
+    ndarray, shape (N, C, OH, OW), float64
+    """
+    x = _f64(x)
+    kh, kw = _pair(kernel)
+    sh, sw = _pair(strides)
+    pt, pl, pb, pr = _pads4(pads)
+    H, W = x.shape[2:]
+
+    def n_out(size, k, s, a, b):
+        span = size + a + b - k
+        out = (-(-span // s) if ceil_mode else span // s) + 1
+        return out - 1 if ceil_mode and (out - 1) * s >= size + a else out
+
+    oh, ow = n_out(H, kh, sh, pt, pb), n_out(W, kw, sw, pl, pr)
+    y = np.zeros(x.shape[:2] + (oh, ow))
+    for i in range(oh):
+        h0 = i * sh - pt
+        for j in range(ow):
+            w0 = j * sw - pl
+            a, bb = max(h0, 0), min(h0 + kh, H)
+            c, d = max(w0, 0), min(w0 + kw, W)
+            win = x[:, :, a:bb, c:d]
+            if kind == "max":
+                y[:, :, i, j] = win.max(axis=(2, 3))
+            else:
+                if count_include_pad:
+                    cnt = (min(h0 + kh, H + pb) - h0) * (min(w0 + kw, W + pr) - w0)
+                else:
+                    cnt = (bb - a) * (d - c)
+                y[:, :, i, j] = win.sum(axis=(2, 3)) / cnt
+    return y
+
+
+def lrn(x, size, alpha=1e-4, beta=0.75, bias=1.0):
+    """ONNX LRN: ``x / (bias + alpha/size * sum of squares over a channel window)**beta``."""
+    x = _f64(x)
+    C = x.shape[1]
+    y = np.empty_like(x)
+    for ch in range(C):
+        lo, hi = max(0, ch - (size - 1) // 2), min(C - 1, ch + -(-(size - 1) // 2))
+        s = (x[:, lo:hi + 1] ** 2).sum(axis=1)
+        y[:, ch] = x[:, ch] / (bias + alpha / size * s) ** beta
+    return y
+
+
+_ERF = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x):
+    """The error function, element by element with :func:`math.erf` (float64)."""
+    return _ERF(_f64(x)).astype(np.float64)
+
+
+def _onnx_op(op: str, xs: list[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    if op == "conv":
+        return conv(xs[0], xs[1], xs[2] if len(xs) > 2 else None, attrs.get("strides", 1), attrs.get("pads", 0),
+                    attrs.get("dilations", 1), int(attrs.get("group", 1)), attrs.get("activation"))
+    if op in ("maxpool", "avgpool"):
+        return onnx_pool(xs[0], attrs["kernel"], attrs.get("strides", 1), attrs.get("pads", 0),
+                         bool(attrs.get("ceil_mode", False)), bool(attrs.get("count_include_pad", False)),
+                         "max" if op == "maxpool" else "avg")
+    if op == "lrn":
+        return lrn(xs[0], int(attrs["size"]), float(attrs.get("alpha", 1e-4)), float(attrs.get("beta", 0.75)),
+                   float(attrs.get("bias", 1.0)))
+    x = _f64(xs[0])
+    if op == "tanh":
+        return np.tanh(x)
+    if op == "erf":
+        return erf(x)
+    if op == "sqrt":
+        return np.sqrt(x)
+    if op == "exp":
+        return np.exp(x)
+    if op == "gelu_erf":
+        return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+    if op == "clip":
+        lo, hi = attrs.get("min"), attrs.get("max")
+        return np.minimum(np.maximum(x, -np.inf if lo is None else lo), np.inf if hi is None else hi)
+    if op == "neg":
+        return -x
+    if op == "reciprocal":
+        return 1.0 / x
+    if op == "abs":
+        return np.abs(x)
+    if op == "log":
+        return np.log(x)
+    if op == "leaky_relu":
+        return np.where(x >= 0, x, float(attrs.get("alpha", 0.01)) * x)
+    if op == "hard_sigmoid":
+        return np.maximum(0.0, np.minimum(1.0, float(attrs.get("alpha", 0.2)) * x + float(attrs.get("beta", 0.5))))
+    if op == "hard_swish":
+        return x * np.maximum(0.0, np.minimum(1.0, x / 6.0 + 0.5))
+    if op in ("sub", "div", "pow", "max", "min"):
+        y = _f64(xs[1])
+        return {"sub": np.subtract, "div": np.divide, "pow": np.power, "max": np.maximum, "min": np.minimum}[op](x, y)
+    if op == "reduce_mean":
+        axes = attrs.get("axes")
+        return x.mean(axis=None if axes is None else tuple(int(a) for a in axes),
+                      keepdims=bool(attrs.get("keepdims", True)))
+    if op == "slice":
+        idx = [slice(None)] * x.ndim
+        idx[int(attrs.get("axis", 0))] = slice(int(attrs["start"]), int(attrs["stop"]))
+        return x[tuple(idx)]
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -347,5 +500,5 @@ def reference_forward(graph_like: Any, weights: Mapping[str, Any], inputs: Mappi
     return env
 
 
-__all__ = ["activation", "apply", "conv2d", "dense", "layernorm", "matmul", "pool2d", "reference_forward",
-           "softmax"]
+__all__ = ["activation", "apply", "conv", "conv2d", "dense", "erf", "layernorm", "lrn", "matmul", "onnx_pool",
+           "pool2d", "reference_forward", "softmax"]

@@ -19,7 +19,7 @@ allocates nothing proportional to the data, except where :mod:`.layout` says. Er
 :class:`ValueError` (the planner's :class:`~numamem.planner.ops.ShapeError` for shapes and
 attributes), and :class:`IndexError` for embedding ids out of range. One module per op family,
 each stating its numerics and scratch: :mod:`.conv`, :mod:`.dense`, :mod:`.pool`, :mod:`.norm`,
-:mod:`.elementwise`, :mod:`.layout`. Kernels compute in the dtype of ``out``.
+:mod:`.elementwise`, :mod:`.layout`, and for the ONNX-semantics ops :mod:`.window` and :mod:`.mathops`. Kernels compute in the dtype of ``out``.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from numamem.planner import ops as _ops
 from numamem.planner.boxes import Box, Shape, Slice, cut, extent, full
-from numamem.runtime.kernels import conv, dense, elementwise, layout, norm, pool
+from numamem.runtime.kernels import conv, dense, elementwise, layout, mathops, norm, pool, window
 from numamem.runtime.kernels._common import Buffer, Ctx, no_scratch
 from numamem.runtime.kernels.elementwise import CHUNK_ELEMENTS
 
@@ -85,6 +85,17 @@ KERNELS: dict[str, Kernel] = {
         Kernel("transpose", layout.transpose, no_scratch),
         Kernel("concat", layout.concat, no_scratch),
         Kernel("embedding", layout.embedding, no_scratch),
+        # ONNX-semantics ops (numamem.planner.ops_onnx)
+        Kernel("conv", window.conv, window.conv_scratch, True),
+        Kernel("maxpool", window.pool, no_scratch),
+        Kernel("avgpool", window.pool, no_scratch),
+        Kernel("lrn", window.lrn, no_scratch),
+        *(Kernel(op, mathops.unary, no_scratch) for op in (
+            "tanh", "erf", "sqrt", "exp", "gelu_erf", "clip", "neg", "reciprocal", "abs", "log", "leaky_relu",
+            "hard_sigmoid", "hard_swish")),
+        *(Kernel(op, mathops.binary, no_scratch) for op in ("sub", "div", "pow", "max", "min")),
+        Kernel("reduce_mean", mathops.reduce_mean, no_scratch),
+        Kernel("slice", mathops.slice_, no_scratch),
     )
 }
 

@@ -1,29 +1,10 @@
-"""Type stubs of numamem.planner._pack (the packer's C loops)."""
+"""Type stubs of numamem.planner._skyline (the packer's exact search)."""
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 HEURISTICS: tuple[str, ...]
-
-def dense_ranks(values: npt.ArrayLike) -> np.ndarray: ...
-
-def greedy(
-    lower: npt.NDArray[np.int64],
-    upper: npt.NDArray[np.int64],
-    size: npt.NDArray[np.int64],
-    order: npt.NDArray[np.int64],
-    best_fit: bool,
-) -> npt.NDArray[np.int64]: ...
-
-def greedy_until(
-    lower: npt.NDArray[np.int64],
-    upper: npt.NDArray[np.int64],
-    size: npt.NDArray[np.int64],
-    order: npt.NDArray[np.int64],
-    best_fit: bool,
-    deadline: float,
-) -> tuple[npt.NDArray[np.int64], int]: ...
 
 class SkylineSearch:
     def __init__(

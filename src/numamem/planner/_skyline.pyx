@@ -1,247 +1,26 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, nonecheck=False
-"""C-level loops of the memory packer (see :mod:`numamem.planner.packing`).
+"""The exact search of the memory packer (see :mod:`numamem.planner.packing`), a measured hot loop.
 
-Two pieces live here because they are the measured hot loops:
-
-* :func:`greedy` places buffers one by one, in a given order, at the best-fitting (or first)
-  gap left by the already placed buffers that are live at the same time.
-* :class:`SkylineSearch` decides whether the buffers fit under a capacity with a depth-first
-  branch and bound over canonical "skyline" placements (the method of MiniMalloc, Moffitt,
-  ASPLOS 2023): buffers are placed in non-decreasing offset order, each exactly on top of the
-  placed buffers it overlaps in time, with section-sum inference, dominance pruning and dynamic
-  temporal decomposition.
+:class:`SkylineSearch` decides whether the buffers fit under a capacity with a depth-first branch
+and bound over canonical "skyline" placements (the method of MiniMalloc, Moffitt, ASPLOS 2023):
+buffers are placed in non-decreasing offset order, each exactly on top of the placed buffers it
+overlaps in time, with section-sum inference, dominance pruning and dynamic temporal
+decomposition. It runs after the greedy portfolio (:mod:`numamem.planner._greedy`), on
+capacities between the lower bound and the best greedy peak.
 
 Everything here works in *units* (sizes already divided by the alignment) and on validated,
 preprocessed arrays; the Python layer owns validation, alignment and the search schedule.
 """
 from libc.stdint cimport int64_t, INT64_MAX
-from libc.stdlib cimport malloc, free, realloc, qsort
-from libc.string cimport memmove
-from libc.math cimport INFINITY
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from libc.stdlib cimport malloc, free, qsort
+
+from numamem.planner._clock cimport interrupted, now, raise_pending
+from numamem.planner._skyline_items cimport (
+    OrderItem, PreItem, Vec, cmp_order, cmp_pre, sort_order, vec_reserve,
+)
 
 import numpy as np
 
-cdef extern from "Python.h":
-    # Declared without an exception spec: the loops below call it under ``with gil`` from
-    # noexcept code, and turn its -1 (a handler raised, e.g. KeyboardInterrupt on Ctrl-C) into a
-    # status the Python-level caller raises from.
-    int _check_signals "PyErr_CheckSignals" ()
-
-# Seconds between two looks for a pending signal (Ctrl-C) inside the long C loops: each look
-# takes the GIL, so not at every step, but often enough that Ctrl-C ends a pack promptly.
-cdef double _SIGNAL_EVERY = 0.02
-
-
-cdef inline double now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + 1e-9 * ts.tv_nsec
-
-
-cdef bint _interrupted() noexcept nogil:
-    """Run pending signal handlers; True when one raised (its exception is then set)."""
-    cdef int r
-    with gil:
-        r = _check_signals()
-    return r < 0
-
-
-cdef int _raise_pending() except -1:
-    """Propagate the exception :func:`_interrupted` left set."""
-    return -1
-
-
-def dense_ranks(values):
-    """Rank of each value among the distinct values (0 = smallest), as int64.
-
-    Written with a stable sort and ``searchsorted`` rather than ``np.unique(return_inverse=True)``:
-    that one uses NumPy's default (SIMD-dispatched) argsort, which returned wrong orders inside the
-    QEMU-emulated guests of the multi-node tier (54 of 160 random cases) while the stable sort
-    stayed correct; ranks must be exact or the packer places co-live buffers on top of each other.
-    """
-    values = np.asarray(values)
-    ordered = np.sort(values, kind="stable")
-    distinct = ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if ordered.size else ordered
-    return np.searchsorted(distinct, values).astype(np.int64)
-
-
-# Entries examined per branch-free filtering pass of the greedy scan.
-cdef enum:
-    _CHUNK = 512
-
-
-def greedy(const int64_t[::1] lower, const int64_t[::1] upper, const int64_t[::1] size,
-           const int64_t[::1] order, bint best_fit):
-    """Place buffers greedily in ``order``; return their offsets.
-
-    Parameters
-    ----------
-    lower, upper : int64 arrays
-        Half-open lifetimes ``[lower[i], upper[i])``.
-    size : int64 array
-        Sizes (in units; zero-size buffers should be left out of ``order``).
-    order : int64 array
-        The buffers to place, in placement order (distinct indices).
-    best_fit : bool
-        Take the smallest gap that fits (ties: the lowest); otherwise the lowest gap that fits.
-        A buffer that fits no gap goes on top of everything it overlaps.
-
-    Returns
-    -------
-    numpy.ndarray
-        int64 offsets, ``-1`` for buffers not in ``order``.
-
-    Raises
-    ------
-    KeyboardInterrupt
-        On Ctrl-C (the loop looks for signals every few milliseconds).
-    """
-    return greedy_until(lower, upper, size, order, best_fit, INFINITY)[0]
-
-
-def greedy_until(const int64_t[::1] lower, const int64_t[::1] upper, const int64_t[::1] size,
-                 const int64_t[::1] order, bint best_fit, double deadline):
-    """:func:`greedy` that stops searching gaps at ``deadline``.
-
-    The scan over placed buffers makes each placement cost up to the number placed before it,
-    so a large instance (200,000 buffers: about 40 s) cannot honour a time limit otherwise.
-    Past ``deadline`` (``time.monotonic()`` seconds) the remaining buffers of ``order`` are
-    stacked, in order, above everything placed: still a valid packing, at once.
-
-    Returns
-    -------
-    offsets : numpy.ndarray
-        As :func:`greedy`.
-    placed : int
-        How many buffers of ``order`` were placed by the gap search (``len(order)`` when the
-        deadline did not cut it).
-    """
-    cdef Py_ssize_t n = size.shape[0]
-    cdef Py_ssize_t m = order.shape[0]
-    if lower.shape[0] != n or upper.shape[0] != n:
-        raise ValueError("lower, upper and size must have the same length")
-    out = np.full(n, -1, dtype=np.int64)
-    if m == 0:
-        return out, 0
-    idx = np.asarray(order)
-    if idx.min() < 0 or idx.max() >= n:
-        raise ValueError("order holds an index that is not a buffer")
-    # (a sort, not np.unique: that one is hash based and 70x slower on large orders)
-    ordered = np.sort(idx)
-    if m > 1 and (ordered[1:] == ordered[:-1]).any():
-        raise ValueError("order holds an index twice")
-    # Times as int32 ranks: the scan below reads two of them per placed buffer, so halving
-    # their width halves the memory it streams through.
-    ranks = dense_ranks(np.concatenate([np.asarray(lower), np.asarray(upper)]))
-    cdef int[::1] rlo = np.ascontiguousarray(ranks[:n], dtype=np.intc)
-    cdef int[::1] rup = np.ascontiguousarray(ranks[n:], dtype=np.intc)
-    cdef int64_t[::1] off = out
-    cdef int[::1] plo = np.empty(m, dtype=np.intc)
-    cdef int[::1] pup = np.empty(m, dtype=np.intc)
-    cdef int64_t[::1] poff = np.empty(m, dtype=np.int64)
-    cdef int64_t[::1] pend = np.empty(m, dtype=np.int64)
-    cdef int[::1] hits = np.empty(_CHUNK, dtype=np.intc)
-    cdef Py_ssize_t placed
-    with nogil:
-        placed = _greedy(m, &rlo[0], &rup[0], &size[0], &order[0], best_fit, &off[0],
-                         &plo[0], &pup[0], &poff[0], &pend[0], &hits[0], deadline)
-    if placed < 0:
-        _raise_pending()
-    return out, int(placed)
-
-
-cdef Py_ssize_t _greedy(Py_ssize_t m, const int* lo, const int* up, const int64_t* sz,
-                        const int64_t* order, bint best_fit, int64_t* off,
-                        int* plo, int* pup, int64_t* poff, int64_t* pend, int* hits,
-                        double deadline) noexcept nogil:
-    # The placed buffers are kept sorted by offset (parallel arrays plo/pup/poff/pend), so one
-    # pass over them meets the overlapping buffers bottom-up and sees every gap between them
-    # (``top`` = highest end met so far). The pass goes chunk by chunk: a branch-free loop
-    # first collects the chunk's entries that overlap in time, then only those are examined.
-    # Returns how many buffers the pass placed before ``deadline`` (the rest are stacked on
-    # top), or -1 when a signal handler raised.
-    cdef Py_ssize_t k, j, c, h, nh, count = 0, a, b, mid, base
-    cdef int64_t i, s, top, gap, best_gap, best_off, o, highest = 0
-    cdef int l, u
-    cdef bint done
-    cdef double t, last_signal = now()
-    for k in range(m):
-        if (k & 15) == 0 and k > 0:
-            t = now()
-            if t >= deadline:
-                # Out of time: stack the rest above everything placed, in order.
-                for j in range(k, m):
-                    i = order[j]
-                    off[i] = highest
-                    highest += sz[i]
-                return k
-            if t - last_signal >= _SIGNAL_EVERY:
-                last_signal = t
-                if _interrupted():
-                    return -1
-        i = order[k]
-        l = lo[i]
-        u = up[i]
-        s = sz[i]
-        top = 0
-        best_off = -1
-        best_gap = INT64_MAX
-        done = False
-        base = 0
-        while base < count and not done:
-            c = count - base
-            if c > _CHUNK:
-                c = _CHUNK
-            nh = 0
-            for j in range(c):
-                hits[nh] = <int> j
-                nh += (plo[base + j] < u) & (l < pup[base + j])
-            for h in range(nh):
-                j = base + hits[h]
-                o = poff[j]
-                if o > top:
-                    gap = o - top
-                    if gap >= s and gap < best_gap:
-                        best_gap = gap
-                        best_off = top
-                        # The first fit, or a perfect fit, cannot be bettered.
-                        if not best_fit or gap == s:
-                            done = True
-                            break
-                if pend[j] > top:
-                    top = pend[j]
-            base += c
-        if best_off < 0:
-            best_off = top
-        off[i] = best_off
-        if best_off + s > highest:
-            highest = best_off + s
-        # Insert after every entry with offset <= best_off (binary search, then shift).
-        a = 0
-        b = count
-        while a < b:
-            mid = (a + b) >> 1
-            if poff[mid] <= best_off:
-                a = mid + 1
-            else:
-                b = mid
-        if a < count:
-            memmove(&plo[a + 1], &plo[a], (count - a) * sizeof(int))
-            memmove(&pup[a + 1], &pup[a], (count - a) * sizeof(int))
-            memmove(&poff[a + 1], &poff[a], (count - a) * sizeof(int64_t))
-            memmove(&pend[a + 1], &pend[a], (count - a) * sizeof(int64_t))
-        plo[a] = l
-        pup[a] = u
-        poff[a] = best_off
-        pend[a] = best_off + s
-        count += 1
-    return m
-
-
-# ---------------------------------------------------------------------------------------------
-# Branch and bound over skyline placements
-# ---------------------------------------------------------------------------------------------
 
 cdef enum:
     ST_OK = 0
@@ -254,84 +33,6 @@ cdef enum:
 cdef enum:
     LOG_MINOFF = 0
     LOG_FLOOR = 1
-
-# A growable stack of int64 values. Recursion levels push their scratch lists on it and pop
-# them on return; they keep *indices* into it, never pointers, because it may move on growth.
-cdef struct Vec:
-    int64_t* data
-    Py_ssize_t size
-    Py_ssize_t cap
-
-cdef struct OrderItem:
-    int64_t off
-    int64_t p
-
-cdef struct PreItem:
-    int64_t k1
-    int64_t k2
-    int64_t k3
-    int64_t b
-
-
-cdef inline int vec_reserve(Vec* v, Py_ssize_t extra) noexcept nogil:
-    cdef Py_ssize_t cap
-    cdef int64_t* data
-    if v.size + extra <= v.cap:
-        return 0
-    cap = 2 * v.cap
-    if cap < v.size + extra:
-        cap = v.size + extra
-    if cap < 4096:
-        cap = 4096
-    data = <int64_t*> realloc(v.data, cap * sizeof(int64_t))
-    if data == NULL:
-        return -1
-    v.data = data
-    v.cap = cap
-    return 0
-
-
-cdef int cmp_order(const void* a, const void* b) noexcept nogil:
-    cdef const OrderItem* x = <const OrderItem*> a
-    cdef const OrderItem* y = <const OrderItem*> b
-    if x.off != y.off:
-        return -1 if x.off < y.off else 1
-    if x.p != y.p:
-        return -1 if x.p < y.p else 1
-    return 0
-
-
-cdef void sort_order(OrderItem* items, Py_ssize_t count) noexcept nogil:
-    # Insertion sort for the short runs that dominate (no call per comparison), qsort beyond.
-    cdef Py_ssize_t i, j
-    cdef OrderItem x
-    if count > 24:
-        qsort(items, count, sizeof(OrderItem), cmp_order)
-        return
-    for i in range(1, count):
-        x = items[i]
-        j = i
-        while j > 0 and (items[j - 1].off > x.off or
-                         (items[j - 1].off == x.off and items[j - 1].p > x.p)):
-            items[j] = items[j - 1]
-            j -= 1
-        items[j] = x
-
-
-cdef int cmp_pre(const void* a, const void* b) noexcept nogil:
-    # Larger keys first; the buffer index breaks ties so the order is total (determinism).
-    cdef const PreItem* x = <const PreItem*> a
-    cdef const PreItem* y = <const PreItem*> b
-    if x.k1 != y.k1:
-        return -1 if x.k1 > y.k1 else 1
-    if x.k2 != y.k2:
-        return -1 if x.k2 > y.k2 else 1
-    if x.k3 != y.k3:
-        return -1 if x.k3 > y.k3 else 1
-    if x.b != y.b:
-        return -1 if x.b < y.b else 1
-    return 0
-
 
 # The static preorderings tried in turn (MiniMalloc's defaults): W = lifetime width,
 # A = area (size x width), T = largest section total the buffer takes part in.
@@ -502,7 +203,7 @@ cdef class SkylineSearch:
         if st == ST_NOMEM:
             raise MemoryError("skyline search: out of memory")
         if st == ST_INTERRUPTED:
-            _raise_pending()
+            raise_pending()
         names = {ST_OK: "ok", ST_NOTFOUND: "infeasible", ST_ABORTED: "budget",
                  ST_DEADLINE: "deadline"}
         offsets = np.array(self.solution, dtype=np.int64) if st == ST_OK else None
@@ -607,10 +308,8 @@ cdef class SkylineSearch:
             tnow = now()
             if tnow > self.deadline:
                 return ST_DEADLINE
-            if tnow - self.last_signal >= _SIGNAL_EVERY:
-                self.last_signal = tnow
-                if _interrupted():
-                    return ST_INTERRUPTED
+            if interrupted(tnow, &self.last_signal):
+                return ST_INTERRUPTED
         # The unplaced buffers of this partition, by (lowest feasible offset, preorder). The
         # previous list is already in that order; only entries whose offset rose since are out
         # of place, so those alone are sorted and merged back (cheaper than a full sort).
