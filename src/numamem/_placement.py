@@ -3,7 +3,8 @@
 For a strict placement (``policy="bind"``, the default) this is what keeps a process alive when a
 node is short of memory (ARCHITECTURE.md, invariant 4):
 
-1. compare the request with the node's free memory (or free huge pages) -> ``NodeMemoryError``;
+1. compare the request with the node's available memory (or free huge pages) and the
+   process's cgroup memory limit -> ``NodeMemoryError``;
 2. map, apply ``MPOL_PREFERRED`` for the node and pre-fault (``MADV_POPULATE_WRITE``). Under
    ``preferred`` a shortfall spills to other nodes instead of invoking the OOM killer, which is what
    ``MPOL_BIND`` does (seen in a guest: populate past a bound node's capacity was an OOM kill);
@@ -29,7 +30,7 @@ import itertools
 
 import numpy as np
 
-from numamem import _chunksource, _kernel, _place, _topology
+from numamem import _cgroup, _chunksource, _kernel, _place, _topology
 from numamem._blocksplit import BlockSpan, split_blocks
 from numamem._region import Region
 from numamem._request import HUGETLB_SIZES, POOL_ALIGN, POOL_MAX_BYTES, Request, nbytes_of, resolve_align
@@ -52,10 +53,17 @@ CAPACITY_CHECK_BYTES = _place.CAPACITY_CHECK
 
 
 def check_capacity(req: Request, spans, page_size: int, hugetlb: int) -> None:
-    """Refuse a request the node(s) cannot hold, before mapping anything."""
-    if req.policy not in ("bind", "preferred") or not req.populate:
-        if not hugetlb:
-            return
+    """Refuse a request the node(s) or the process's cgroup cannot hold, before mapping anything.
+
+    Pages that will be pre-faulted (``populate``) from :data:`CAPACITY_CHECK_BYTES` up are
+    compared with the tighter of two limits: the node's available memory (``MemFree`` plus
+    inactive file pages, :func:`numamem._topology.node_available_memory`) under ``bind``, and
+    under every policy the headroom the process's cgroup memory limit leaves
+    (:func:`numamem._cgroup.cgroup_memory`), since populating past it calls the cgroup's OOM
+    killer whatever the NUMA policy. hugetlbfs pages are compared with the node's free huge pages.
+    """
+    if not req.populate and not hugetlb:
+        return  # lazy placement: nothing is faulted in now
     need: dict[int, int] = {}
     if req.policy in ("bind", "preferred"):
         for span in spans:
@@ -75,13 +83,20 @@ def check_capacity(req: Request, spans, page_size: int, hugetlb: int) -> None:
             if nbytes > free:
                 raise HugePageError(node, nbytes, free, hugetlb)
         return
+    total = sum(-(-span.nbytes // page_size) * page_size for span in spans)
+    if total < CAPACITY_CHECK_BYTES:
+        return
+    limit = _cgroup.cgroup_memory()
+    if limit is not None and total > limit.headroom:
+        where = req.node if req.node is not None else (list(req.nodes) or None)
+        raise NodeMemoryError(where, total, limit.headroom, limit.describe())
     if req.policy == "bind":
         for node, nbytes in need.items():
             if nbytes < CAPACITY_CHECK_BYTES:
                 continue
-            free = _topology.node_free_memory(node)
-            if nbytes > free:
-                raise NodeMemoryError(node, nbytes, free)
+            available = _topology.node_available_memory(node)
+            if nbytes > available:
+                raise NodeMemoryError(node, nbytes, available, "free here counts MemFree plus inactive file pages")
 
 
 def _populate(region: Region, req: Request, hugetlb: int, offset: int = 0, length: int | None = None):

@@ -27,6 +27,8 @@ from numamem._chunksource cimport FakeSourceState
 from numamem._ndarray cimport BufferOwner
 from numamem._place cimport PLACE_PREFERRED, PLACE_STRICT, STEP_MAP, PlaceResult, result_object
 from numamem._place import STEPS
+from numamem import _topology
+import operator as _operator
 
 cdef extern from "numpy/arrayobject.h":
     ctypedef struct PyDataMemAllocator:
@@ -386,11 +388,27 @@ def _free_bytes(int node):
     return read
 
 
-def get_pool(int node, str policy="bind"):
-    """Return the process-wide kernel pool of ``node`` for ``policy`` (created on first use)."""
+def get_pool(node, str policy="bind"):
+    """Return the process-wide kernel pool of ``node`` for ``policy`` (created on first use).
+
+    Raises
+    ------
+    TypeError
+        If ``node`` is not an int node id (a bool or a float is not one).
+    ValueError
+        If this process may not place memory on ``node`` (no such node, no memory, outside the
+        cpuset), checked when its pool is first asked for, before anything is mapped.
+    """
+    if isinstance(node, bool):
+        raise TypeError(f"node must be an int node id, not {node!r}")
+    try:
+        node = _operator.index(node)
+    except TypeError:
+        raise TypeError(f"node must be an int node id, not {node!r}") from None
     key = (node, policy)
     pool = _POOLS.get(key)
     if pool is None:
+        _topology.topology(refresh=False).check_memory_node(node, "node")
         pool = _POOLS.setdefault(key, Pool(node, policy))
     return pool
 

@@ -192,10 +192,10 @@ def sysfs_distances(node: int) -> list[int]:
 
 
 def sysfs_meminfo(node: int) -> dict[str, int]:
-    """``MemTotal``/``MemFree``/... of a node in bytes (sysfs gives kB)."""
+    """``MemTotal``/``MemFree``/``Inactive(file)``/... of a node in bytes (sysfs gives kB)."""
     out = {}
     for line in (SYSFS_NODES / f"node{node}" / "meminfo").read_text().splitlines():
-        m = re.match(r"Node \d+ (\w+):\s+(\d+)(?: kB)?", line)
+        m = re.match(r"Node \d+ ([\w()]+):\s+(\d+)(?: kB)?", line)
         if m:
             value = int(m.group(2))
             out[m.group(1)] = value * 1024 if line.rstrip().endswith("kB") else value

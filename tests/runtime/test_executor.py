@@ -306,3 +306,58 @@ def test_groups_of_a_memory_only_node_compute_on_the_nearest_cpu_node(fake_topol
     assert [gr.workers for gr in groups] == [max(1, cpus // 2)] * 2
     with pytest.raises(ValueError, match="workers must be >= 1"):
         resolve_groups(p, {0: node0, 1: cxl}, {0: 0})
+
+
+def test_running_before_load_weights_is_refused():
+    # Issue 12 item 9: the planned arena is uninitialised until load_weights, and a run silently
+    # returned zeros; the baselines failed with a KeyError naming a weight.
+    g = random_graph(0, "cnn")
+    ws, xs = random_tensors(g, 0)
+    p = plan(g, nodes=[0, 1])
+    for mode in MODES:
+        with make_executor(mode, p, g, node_map={0: 0, 1: 0}) as ex:
+            with pytest.raises(ValueError, match=r"weights are not loaded: call load_weights\(\)"):
+                ex.run(xs)
+            ex.set_inputs(xs)
+            with pytest.raises(ValueError, match="load_weights"):
+                ex.step()
+            bad = dict(ws)
+            del bad[g.weights[0]]
+            with pytest.raises(ValueError, match="is missing"):
+                ex.load_weights(bad)
+            with pytest.raises(ValueError, match="load_weights"):  # a refused load loads nothing
+                ex.step()
+            ex.load_weights(ws)
+            ref = reference_forward(g, ws, xs)
+            out = ex.run(xs)
+            assert all(rel_err(out[n], ref[n]) < RTOL for n in g.outputs)
+
+
+def test_a_graph_without_weights_runs_without_load_weights():
+    b = GraphBuilder("noweights")
+    b.output(b.layer("relu", [b.input("x", (4, 8))]))
+    g = b.build()
+    x = np.arange(-16, 16, dtype=np.float32).reshape(4, 8)
+    for mode in MODES:
+        with make_executor(mode, plan(g, nodes=[0]), g) as ex:
+            (y,) = ex.run({"x": x}).values()
+            np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+def test_outputs_before_a_step_are_refused():
+    # The class of item 9: outputs() before any step returned the arena's zeros (planned) or
+    # nothing at all (baselines), without an error.
+    g = random_graph(1, "cnn")
+    ws, xs = random_tensors(g, 1)
+    p = plan(g, nodes=[0])
+    for mode in MODES:
+        ex = make_executor(mode, p, g)
+        with ex:
+            ex.load_weights(ws)
+            ex.set_inputs(xs)
+            with pytest.raises(ValueError, match=r"no outputs: call step\(\) or run\(\) first"):
+                ex.outputs()
+            ex.step()
+            assert set(ex.outputs()) == set(g.outputs)
+        with pytest.raises(ValueError, match="executor is closed"):
+            ex.outputs()

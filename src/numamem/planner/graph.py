@@ -25,6 +25,33 @@ from numamem._jsonfile import dump_json
 
 FORMAT = "numamem-graph/1"
 ROLES = ("input", "weight", "output")
+#: Deepest nesting of lists and objects a graph document may have: a graph needs four (document,
+#: tensor list, tensor, shape) and an attribute value two more (a pair of pairs at most).
+MAX_DEPTH = 32
+
+
+def too_deep(data: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``data`` nests lists and dicts more than ``limit`` levels deep.
+
+    Checked iteratively before a parsed document is read, so that a hostile one cannot exhaust
+    Python's recursion, here or in the ``repr`` of an error message (plan files use it too).
+
+    >>> too_deep({"a": [[1]]}, 3), too_deep({"a": [[1]]}, 2)
+    (False, True)
+    """
+    stack = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((v, depth + 1) for v in children)
+    return False
 
 
 class GraphError(ValueError):
@@ -338,9 +365,18 @@ class Graph:
 
     @classmethod
     def from_dict(cls, data: Any) -> "Graph":
-        """Build and validate a graph from a parsed ``numamem-graph/1`` object."""
+        """Build and validate a graph from a parsed ``numamem-graph/1`` object.
+
+        Raises
+        ------
+        GraphError
+            If ``data`` is not a valid graph, including one nested more than :data:`MAX_DEPTH`
+            levels deep.
+        """
         if not isinstance(data, dict):
             raise GraphError("graph: the JSON document must be an object")
+        if too_deep(data):
+            raise GraphError(f"graph: nested too deeply to be a graph (more than {MAX_DEPTH} levels)")
         fmt = data.get("format")
         if fmt != FORMAT:
             raise GraphError(f"graph: format must be {FORMAT!r}, got {fmt!r}")
@@ -388,6 +424,9 @@ class Graph:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise GraphError(f"graph: bad JSON: {exc}") from None
+        except RecursionError:
+            # json.loads recurses once per nesting level: a hostile document must not be a traceback
+            raise GraphError(f"graph: JSON nested too deeply to be a graph (more than {MAX_DEPTH} levels)") from None
         return cls.from_dict(data)
 
     def __eq__(self, other: object) -> bool:
@@ -418,6 +457,3 @@ def load_graph(path: str | os.PathLike) -> Graph:
         return Graph.from_json(text)
     except GraphError as exc:
         raise GraphError(f"{os.fspath(path)}: {exc}") from None
-    except RecursionError:
-        # json.loads recurses once per nesting level: a hostile file must not be a traceback
-        raise GraphError(f"{os.fspath(path)}: JSON nested too deeply to be a graph") from None

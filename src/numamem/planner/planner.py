@@ -33,7 +33,11 @@ from numamem.planner.packing import pack
 from numamem.planner.partition import CostModel, Partitioner
 from numamem.planner.plan import Arena, Block, LayerPlan, Plan, TensorInfo
 
-__all__ = ["plan"]
+__all__ = ["MAX_NODES", "plan"]
+
+#: Linux numbers at most 1024 NUMA nodes (MAX_NUMNODES with the largest CONFIG_NODES_SHIFT, 10).
+#: A plan may describe nodes this machine lacks, but only nodes a Linux machine could have.
+MAX_NODES = 1024
 
 
 def _lower_bound(blocks: Sequence[Block], sizes: Sequence[int], steps: int) -> int:
@@ -55,11 +59,15 @@ def _check_nodes(nodes: Sequence[int] | int) -> list[int]:
     if isinstance(nodes, (int, np.integer)):
         if nodes < 1:
             raise ValueError(f"node count must be >= 1, got {nodes}")
+        if nodes > MAX_NODES:
+            raise ValueError(f"node count must be at most {MAX_NODES} (the most NUMA nodes Linux has), got {nodes}")
         return list(range(int(nodes)))
     out = []
     for n in nodes:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"node ids must be non-negative ints, got {n!r}")
+        if n >= MAX_NODES:
+            raise ValueError(f"node id {n} is past the last one Linux numbers ({MAX_NODES - 1})")
         out.append(int(n))
     if not out:
         raise ValueError("nodes must not be empty")
@@ -180,7 +188,22 @@ def plan(
         if replicate_bytes < 0:
             raise ValueError(f"replicate_bytes must be >= 0, got {replicate_bytes}")
         cost = dataclasses.replace(cost, replicate_bytes=int(replicate_bytes))
+    try:
+        return _build_plan(graph, node_ids, page_size, batch_axis_only, distances, bandwidth, alignment, cost,
+                           time_limit)
+    except MemoryError as exc:
+        if exc.args:  # NumPy's (and any other with a message) already say what they could not allocate
+            raise
+        raise MemoryError(
+            f"out of memory planning graph {graph.name!r} over {len(node_ids)} nodes: a plan grows with "
+            f"nodes x layers, and with nodes² for each layer whose nodes all read from each other "
+            f"(its remote_pairs); plan over fewer nodes"
+        ) from exc
 
+
+def _build_plan(graph: Graph, node_ids: list[int], page_size: int, batch_axis_only: bool, distances: Any,
+                bandwidth: Any, alignment: int, cost: CostModel, time_limit: float | None) -> Plan:
+    """:func:`plan` after its arguments are checked."""
     part = Partitioner(graph, node_ids, distances=distances, bandwidth=bandwidth,
                        batch_axis_only=batch_axis_only, cost=cost)
     choices = part.run()
@@ -207,8 +230,11 @@ def plan(
     arenas: list[Arena] = []
     notes = {}
     base = 0
+    by_node: dict[int, list[Block]] = {n: [] for n in node_ids}
+    for b in blocks:
+        by_node[b.node].append(b)
     for n in node_ids:
-        mine = [b for b in blocks if b.node == n]
+        mine = by_node[n]
         notes[str(n)], peak = _pack_node(mine, steps, page_size, alignment, time_limit)
         size = round_up(peak, page_size)
         arenas.append(Arena(
@@ -223,13 +249,13 @@ def plan(
         layers.append(LayerPlan(
             name=layer.name, step=step, axis=c.axis, local_bytes=c.local_bytes, remote_bytes=c.remote_bytes,
             op=layer.op, nodes=[n for n, _ in c.parts], flops=c.flops, cost_s=c.cost,
-            remote_pairs=[[s, d, b] for (s, d), b in sorted(c.remote_pairs.items())],
+            remote_pairs=[[s, d, b] for s in sorted(c.remote_pairs) for d, b in sorted(c.remote_pairs[s].items())],
         ))
     tensors = {n: TensorInfo(t.shape, graph.itemsize(n), t.role, live[n]) for n, t in graph.tensors.items()}
     info = {
         "batch_axis_only": batch_axis_only,
-        "distances": [[part.distance[a, b] for b in node_ids] for a in node_ids],
-        "bandwidth": [[part.bandwidth[a, b] for b in node_ids] for a in node_ids],
+        "distances": part.distance.to_lists(),
+        "bandwidth": part.bandwidth.to_lists(),
         "bandwidth_measured": bandwidth is not None,
         "cost_model": asdict(cost),
         "packing": notes,

@@ -30,8 +30,11 @@ local:
 """
 from __future__ import annotations
 
+import math
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TypeVar
+from functools import cached_property
+from typing import TYPE_CHECKING, Callable, Collection, Mapping, Sequence, TypeVar
 
 from numamem.planner.boxes import Box, full, overlap, volume
 from numamem.planner.ops import input_regions
@@ -42,17 +45,79 @@ if TYPE_CHECKING:  # annotations only: the graph module is not needed at run tim
 T = TypeVar("T")
 
 
-def replica_source(holders: Sequence[T], reader: T) -> T:
+def replica_source(holders: Collection[T], reader: T) -> T:
     """The replica a reader on ``reader`` reads: the one on its own node, else the first.
 
-    ``holders`` lists the nodes (or groups) holding a full replica, in plan order.
+    ``holders`` lists the nodes (or groups) holding a full replica, in plan order: a sequence, or
+    a dict keyed by them (``dict.fromkeys(nodes)``: ordered like the list, with a membership test
+    that does not grow with the node count).
 
     >>> replica_source([0, 1], 1)
     1
-    >>> replica_source([0, 1], 2)
+    >>> replica_source(dict.fromkeys([0, 1]), 2)
     0
     """
-    return reader if reader in holders else holders[0]
+    return reader if reader in holders else next(iter(holders))
+
+
+@dataclass(frozen=True)
+class _Tiling:
+    """Parts of a layout that differ along one axis only, in disjoint ranges, sorted by start.
+
+    Lets :func:`reads_from` visit only the parts a box meets (found by bisection) instead of every
+    part: with one part per node, a node's reads would otherwise cost O(nodes) each and a layer's
+    O(nodes²) even when every node reads only its neighbours.
+    """
+
+    axis: int
+    starts: list[int]
+    stops: list[int]
+    order: list[int]  # part index of each sorted range
+    sorted_by_index: bool
+
+    @classmethod
+    def of(cls, parts: Sequence[tuple[int, Box]]) -> "_Tiling | None":
+        """The tiling of ``parts``, or None when they are not one (then every part is visited)."""
+        if len(parts) < 2:
+            return None
+        first = parts[0][1]
+        rank = len(first)
+        axes = set()
+        for _, box in parts:
+            if len(box) != rank:
+                return None
+            axes.update(k for k in range(rank) if box[k] != first[k])
+            if len(axes) > 1:
+                return None
+        if len(axes) != 1:
+            return None
+        axis = axes.pop()
+        order = sorted(range(len(parts)), key=lambda i: parts[i][1][axis])
+        starts = [parts[i][1][axis][0] for i in order]
+        stops = [parts[i][1][axis][1] for i in order]
+        if any(stops[i] > starts[i + 1] for i in range(len(order) - 1)):
+            return None  # overlapping ranges: bisection would miss parts
+        return cls(axis, starts, stops, order, order == sorted(order))
+
+    def overlaps(self, parts: Sequence[tuple[int, Box]], box: Box) -> list[tuple[int, int]]:
+        """``(part index, elements shared with box)`` of the parts that meet ``box``, in part order.
+
+        The parts agree on every other axis, so their product over those axes is taken once and
+        only the range along the tiling axis is intersected per part (what :func:`overlap` gives).
+        """
+        axis = self.axis
+        lo, hi = box[axis]
+        # Stops are sorted too (ranges are disjoint): parts [i0, i1) are those with stop > lo
+        # and start < hi.
+        i0, i1 = bisect_right(self.stops, lo), bisect_left(self.starts, hi)
+        if i0 >= i1:
+            return []
+        common = parts[self.order[i0]][1]
+        rest = math.prod(max(0, min(h1, h2) - max(l1, l2))
+                         for k, ((l1, h1), (l2, h2)) in enumerate(zip(common, box)) if k != axis)
+        hits = [(i, max(0, min(hi, self.stops[j]) - max(lo, self.starts[j])) * rest)
+                for j, i in zip(range(i0, i1), self.order[i0:i1])]
+        return hits if self.sorted_by_index else sorted(hits)
 
 
 @dataclass(frozen=True)
@@ -75,6 +140,17 @@ class Layout:
         """True when distinct blocks of the tensor sit on more than one node."""
         return not self.replicated and len({n for n, _ in self.parts}) > 1
 
+    # Cached on the instance (a frozen dataclass still has a __dict__): the partitioner queries
+    # one layout once per reading node.
+    @cached_property
+    def holders(self) -> dict[int, None]:
+        """Nodes of the parts as an ordered dict (for :func:`replica_source`)."""
+        return dict.fromkeys(n for n, _ in self.parts)
+
+    @cached_property
+    def _tiling(self) -> _Tiling | None:
+        return None if self.replicated or len(self.parts) < 2 else _Tiling.of(self.parts)
+
 
 def reads_from(layout: Layout, box: Box, node: int) -> dict[int, int]:
     """Elements of ``box`` that ``node`` reads from each node under ``layout``.
@@ -86,11 +162,17 @@ def reads_from(layout: Layout, box: Box, node: int) -> dict[int, int]:
     {0: 2, 1: 2}
     """
     if layout.replicated:
-        return {replica_source(layout.nodes, node): volume(box)}
+        return {replica_source(layout.holders, node): volume(box)}
     out: dict[int, int] = {}
-    for m, part in layout.parts:
-        v = overlap(part, box)
+    parts = layout.parts
+    tiling = layout._tiling
+    if tiling is not None and len(box) == len(parts[0][1]):
+        hits = tiling.overlaps(parts, box)
+    else:
+        hits = [(i, overlap(part, box)) for i, (_, part) in enumerate(parts)]
+    for i, v in hits:
         if v:
+            m = parts[i][0]
             out[m] = out.get(m, 0) + v
     return out
 

@@ -131,7 +131,9 @@ class ExecutorBase(abc.ABC):
     """What every mode's executor shares: the graph, the groups and their worker team, step
     guards, timing counters, one step per call of :meth:`run`, :meth:`report`, and use as a
     context manager. Subclasses provide ``load_weights``, ``set_inputs``, ``step``, ``outputs``,
-    ``traffic``, ``pages`` and ``report``."""
+    ``traffic``, ``pages`` and ``report``; ``load_weights`` calls :meth:`_weights_done` once the
+    weights are in, ``step`` starts with :meth:`_check_runnable` and ends with :meth:`_step_done`,
+    and ``outputs`` starts with :meth:`_check_outputs`."""
 
     mode: str
 
@@ -144,6 +146,10 @@ class ExecutorBase(abc.ABC):
         self.plan, self.graph = plan, graph
         self.groups = resolve_groups(plan, node_map, workers)
         self._inputs: dict[str, np.ndarray] | None = None
+        # Until load_weights succeeds, the planned arena holds whatever the memory held (zeros,
+        # from fresh pages) and the baselines hold no weights: running then is refused.
+        self._weights_loaded = not graph.weights
+        self._stepped = False  # outputs exist (a step ran to its end since the last one began)
         self.layer_seconds: list[float] = [0.0] * len(graph.layers)
         self.cpu_seconds = 0.0
 
@@ -151,11 +157,29 @@ class ExecutorBase(abc.ABC):
         self._team = WorkerTeam([g.cpu_node for g in self.groups], [g.workers for g in self.groups], policy=policy)
         weakref.finalize(self, self._team.close)  # an executor dropped without close() stops its threads
 
+    def _weights_done(self) -> None:
+        """Record that every weight is in the mode's memory (steps may run)."""
+        self._weights_loaded = True
+
     def _check_runnable(self) -> None:
         if self._closed:
             raise ValueError("executor is closed")
         if self._inputs is None:
             raise ValueError("no inputs: call set_inputs() first")
+        if not self._weights_loaded:
+            raise ValueError(f"weights are not loaded: call load_weights() first (graph {self.graph.name!r} has "
+                             f"{len(self.graph.weights)} weights)")
+        self._stepped = False  # a step begins: the last one's outputs are being overwritten
+
+    def _step_done(self) -> None:
+        """Record that a step ran to its end (its outputs may be read)."""
+        self._stepped = True
+
+    def _check_outputs(self) -> None:
+        if self._closed:
+            raise ValueError("executor is closed")
+        if not self._stepped:
+            raise ValueError("no outputs: call step() or run() first (a step that failed leaves none)")
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Set the inputs, run one step and return the graph outputs (fresh arrays)."""

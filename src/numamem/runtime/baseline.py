@@ -90,6 +90,7 @@ class BaselineExecutor(ExecutorBase):
     def load_weights(self, weights: Mapping[str, Any]) -> None:
         """Copy the weights in from the calling (loading) thread: first-touch or interleaved memory."""
         self._weights = self._copy_in(check_tensors(self.graph, weights, self.graph.weights, "weight"))
+        self._weights_done()
 
     def set_inputs(self, inputs: Mapping[str, Any]) -> None:
         """Give the graph inputs (copied once into the mode's memory by the calling thread)."""
@@ -103,6 +104,11 @@ class BaselineExecutor(ExecutorBase):
         float
             Wall time in seconds (the CPU seconds of the workers and the calling thread are left
             in :attr:`cpu_seconds`, the per-layer wall times in :attr:`layer_seconds`).
+
+        Raises
+        ------
+        ValueError
+            Before :meth:`set_inputs` or :meth:`load_weights`.
         """
         self._check_runnable()
         env = dict(self._weights)
@@ -126,6 +132,7 @@ class BaselineExecutor(ExecutorBase):
             self.cpu_seconds = cpu + time.thread_time() - c0
         self.layer_seconds = layer_t
         self._outputs = {n: env[n] for n in self.graph.outputs}
+        self._step_done()
         return elapsed
 
     def _run_layer(self, step: int, layer: Layer, env: dict[str, np.ndarray], account: bool) -> float:
@@ -161,7 +168,8 @@ class BaselineExecutor(ExecutorBase):
         return cpu
 
     def outputs(self) -> dict[str, np.ndarray]:
-        """The graph outputs of the last step (copies)."""
+        """The graph outputs of the last step (copies); ValueError before a step has run to its end."""
+        self._check_outputs()
         return {n: np.array(a) for n, a in self._outputs.items()}
 
     def traffic(self) -> dict[str, Any]:

@@ -237,6 +237,7 @@ class Executor(ExecutorBase):
                 np.copyto(copy_job.dst, copy_job.src)
 
         self._team.run(copy)
+        self._weights_done()
 
     def set_inputs(self, inputs: Mapping[str, Any]) -> None:
         """Give the graph inputs of the next :meth:`step` calls (copied in at each step).
@@ -317,6 +318,11 @@ class Executor(ExecutorBase):
         left in :attr:`layer_seconds`, the CPU seconds of the workers and the calling thread in
         :attr:`cpu_seconds`. ``account`` changes nothing here: the planned mode's reads are fixed
         by the program, and :meth:`traffic` measures them at any time.
+
+        Raises
+        ------
+        ValueError
+            Before :meth:`set_inputs`, or before :meth:`load_weights` (the arena holds no weights).
         """
         self._check_runnable()
         self._progress = [-2] * len(self.groups)
@@ -339,10 +345,18 @@ class Executor(ExecutorBase):
                 first[task.step] = min(first.get(task.step, t_start), t_start)
                 last[task.step] = max(last.get(task.step, t_end), t_end)
         self.layer_seconds = [last[i] - first[i] if i in first else 0.0 for i in range(len(self.graph.layers))]
+        self._step_done()
         return elapsed
 
     def outputs(self) -> dict[str, np.ndarray]:
-        """The graph outputs of the last step, assembled from their blocks into new arrays."""
+        """The graph outputs of the last step, assembled from their blocks into new arrays.
+
+        Raises
+        ------
+        ValueError
+            Before a step has run to its end (the arena holds no outputs), or once closed.
+        """
+        self._check_outputs()
         out = {}
         for name in self.graph.outputs:
             full = np.empty(self.graph.tensors[name].shape, self.graph.tensor_dtype(name))
