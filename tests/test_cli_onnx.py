@@ -160,6 +160,41 @@ def test_truncated_file_is_one_line(tmp_path, capsys):
 
 def test_run_light_squeezenet(capsys):
     path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", "light_squeezenet.onnx")
-    assert main(["run", path, "--iters", "1", "--mode", "planned"]) == 0
+    assert main(["run", path, "--iters", "1"]) == 0
     out = capsys.readouterr().out
-    assert "squeezenet" in out and "correctness: every mode within" in out
+    assert "squeezenet" in out and "correctness: every mode within" in out and "onnxruntime: " in out
+
+
+def test_run_onnx_compares_with_onnxruntime(tmp_path, capsys):
+    path, _ = _cnn(tmp_path)
+    report = tmp_path / "r.json"
+    assert main(["run", path, "--batch", "2", "--nodes", "0", "--workers", "2", "--iters", "2",
+                 "--mode", "planned,first-touch", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime:" in out and "intra-op threads" in out and "planned is" in out
+    ort = json.loads(report.read_text())["onnxruntime"]
+    assert ort["threads"] == 2 and len(ort["seconds"]) == 2 and ort["ok"] and ort["max_rel_err"] < 1e-4
+    planned = json.loads(report.read_text())["modes"]["planned"]["median_s"]
+    assert ort["planned_vs_onnxruntime"] == pytest.approx(ort["median_s"] / planned)
+
+
+def test_run_onnx_without_onnxruntime_notes_it(tmp_path, capsys, monkeypatch):
+    import numamem.engines.ort_baseline as ob
+
+    def missing(module, extra):
+        raise ImportError(f"{module} is not installed; install it with `pip install numamem[{extra}]`")
+
+    monkeypatch.setattr(ob, "require", missing)
+    path, _ = _cnn(tmp_path)
+    report = tmp_path / "r.json"
+    assert main(["run", path, "--batch", "1", "--nodes", "0", "--iters", "1", "--mode", "planned",
+                 "--json", str(report)]) == 0
+    assert "onnxruntime: not compared (onnxruntime is not installed" in capsys.readouterr().out
+    assert json.loads(report.read_text())["onnxruntime"] == {
+        "skipped": "onnxruntime is not installed; install it with `pip install numamem[onnxruntime]`"}
+
+
+def test_run_graph_file_has_no_onnxruntime_entry(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    assert main(["run", "mlp", "--nodes", "0", "--iters", "1", "--mode", "planned", "--json", str(report), "-q"]) == 0
+    assert "onnxruntime" not in json.loads(report.read_text())

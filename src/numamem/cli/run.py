@@ -101,6 +101,16 @@ def _onnx_input_names(path: str) -> set[str]:
     return {i.name for i in m.graph.input}
 
 
+def _ort_baseline(args: argparse.Namespace, values: dict[str, np.ndarray] | None):
+    """ONNX Runtime on the same model, weights and inputs, for an ONNX model (else None)."""
+    if not is_onnx(args.graph) or args.weights:
+        # with --weights the model's own weights are not what numamem runs on
+        return None
+    from numamem.engines.ort_baseline import OnnxRuntimeBaseline
+
+    return OnnxRuntimeBaseline(args.graph, values)
+
+
 def _onnx_weights(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """The weights of the ONNX model ``args.graph`` as numamem's graph names them, and the values
     given to its ``ConstantOfShape`` weight placeholders (random from ``--seed``; None without any).
@@ -152,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = runner.run_graph(
         graph, nodes, modes, iters=args.iters, seed=args.seed, weights=weights, inputs=inputs,
         workers=args.workers, bandwidth=bandwidth, independent_reference=reference,
-        progress=Progress("numamem run"), keep_outputs=bool(args.outputs),
+        progress=Progress("numamem run"), keep_outputs=bool(args.outputs), baseline=_ort_baseline(args, values),
     )
     if args.outputs:
         first = report["_outputs"][modes[0]]
