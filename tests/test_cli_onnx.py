@@ -198,3 +198,12 @@ def test_run_graph_file_has_no_onnxruntime_entry(tmp_path, capsys):
     report = tmp_path / "r.json"
     assert main(["run", "mlp", "--nodes", "0", "--iters", "1", "--mode", "planned", "--json", str(report), "-q"]) == 0
     assert "onnxruntime" not in json.loads(report.read_text())
+
+
+def test_run_onnx_unreadable_inputs_are_one_line(tmp_path, capsys):
+    path, _ = _cnn(tmp_path)
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.float32))
+    _one_line_error(capsys, ["run", path, "--batch", "1", "--inputs", str(tmp_path / "x.npy")], "a .npy file")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    _one_line_error(capsys, ["run", path, "--batch", "1", "--inputs", str(tmp_path / "bad.npz")],
+                    "not a readable .npz file")
