@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 __all__ = [
-    "CommandError", "MAX_NODES", "NodeMatrix", "add_graph_args", "add_nodes_arg", "check_writable", "node_count",
-    "parse_nodes", "positive_float", "positive_int", "read_json", "read_matrix", "resolve_graph", "resolve_nodes",
+    "CommandError", "MAX_NODES", "NodeMatrix", "add_graph_args", "add_nodes_arg", "check_writable", "import_onnx",
+    "input_shape", "is_onnx", "node_count", "parse_nodes", "positive_float", "positive_int", "read_json", "read_matrix", "resolve_graph", "resolve_nodes",
 ]
 
 
@@ -54,10 +54,38 @@ def positive_float(text: str) -> float:
 
 # ----------------------------------------------------------------------------- shared options
 def add_graph_args(parser: argparse.ArgumentParser) -> None:
-    """Declare ``GRAPH``, ``--batch`` and ``--seq-len`` (read by :func:`resolve_graph`)."""
-    parser.add_argument("graph", metavar="GRAPH", help="built-in model name or numamem-graph/1 file")
-    parser.add_argument("--batch", type=positive_int, help="batch size of a built-in model (default 1)")
+    """Declare ``GRAPH``, ``--batch``, ``--seq-len`` and ``--input-shape`` (read by :func:`resolve_graph`)."""
+    parser.add_argument("graph", metavar="GRAPH", help="built-in model name, numamem-graph/1 file or .onnx model")
+    parser.add_argument("--batch", type=positive_int,
+                        help="batch size of a built-in model (default 1), or the symbolic dimension 0 of "
+                        "an ONNX model's inputs")
     parser.add_argument("--seq-len", type=positive_int, help="sequence length of bert_base (default 128)")
+    parser.add_argument("--input-shape", type=input_shape, action="append", metavar="NAME=AxBxC",
+                        help="whole shape of an ONNX model's input, such as data=1x3x224x224 (repeatable)")
+
+
+def input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """argparse type of ``--input-shape``: ``NAME=AxBxC`` as ``(name, (A, B, C))``.
+
+    The name is everything before the last ``=`` (ONNX names may hold ``=``); each dimension is
+    a whole number of at least 1.
+
+    >>> input_shape("data=1x3x224x224")
+    ('data', (1, 3, 224, 224))
+    """
+    name, eq, dims = text.rpartition("=")
+    if not eq or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=AxBxC (an input name, '=', dimensions joined by x), got {text!r}")
+    parts = dims.lower().split("x")
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: the shape {dims!r} must be positive whole numbers joined by "
+                                         "x, such as 1x3x224x224")
+    return name, tuple(int(p) for p in parts)
+
+
+def is_onnx(spec: str) -> bool:
+    """Whether the graph argument ``spec`` names an ONNX model file (by its ``.onnx`` suffix)."""
+    return spec.lower().endswith(".onnx")
 
 
 #: Linux numbers at most 1024 NUMA nodes (MAX_NUMNODES with the largest CONFIG_NODES_SHIFT, 10).
@@ -154,16 +182,30 @@ def resolve_nodes(args: argparse.Namespace) -> list[int] | None:
 
 
 # ----------------------------------------------------------------------------- graphs
-def resolve_graph(spec: str, batch: int | None = None, seq_len: int | None = None):
-    """A built-in model name (with ``batch``/``seq_len``) or a ``numamem-graph/1`` file.
+def resolve_graph(spec: str, batch: int | None = None, seq_len: int | None = None,
+                  input_shapes: "list[tuple[str, tuple[int, ...]]] | None" = None):
+    """A built-in model name (with ``batch``/``seq_len``), a ``numamem-graph/1`` file or an ONNX
+    model (a path ending in ``.onnx``, with ``batch``/``input_shapes``).
 
     Returns
     -------
     numamem.planner.Graph
+
+    Raises
+    ------
+    ValueError
+        For an option that does not apply to ``spec``, or (an
+        :class:`~numamem.planner.onnx.OnnxImportError`) an ONNX model the importer refuses.
     """
     import numamem.models as models
     from numamem.planner.graph import load_graph
 
+    if is_onnx(spec):
+        graph = import_onnx(spec, batch, seq_len, input_shapes)
+        _check_size(graph, spec)
+        return graph
+    if input_shapes:
+        raise ValueError(f"--input-shape applies to ONNX models (.onnx files), not {spec!r}")
     key = spec.strip().lower().replace("-", "_")
     if key in models.names():
         kwargs: dict[str, Any] = {}
@@ -178,10 +220,42 @@ def resolve_graph(spec: str, batch: int | None = None, seq_len: int | None = Non
     if not os.path.exists(spec):
         raise ValueError(f"{spec!r} is neither a built-in model ({', '.join(models.names())}) nor a file")
     if batch is not None or seq_len is not None:
-        raise ValueError("--batch and --seq-len apply to built-in models; a graph file fixes its shapes")
+        raise ValueError("--batch and --seq-len apply to built-in models and ONNX models; a graph file fixes its shapes")
     graph = load_graph(spec)
     _check_size(graph, spec)
     return graph
+
+
+def onnx_shapes(input_shapes: "list[tuple[str, tuple[int, ...]]] | None") -> dict[str, tuple[int, ...]] | None:
+    """``--input-shape`` values as the importer's ``input_shapes`` (an input named twice is refused)."""
+    if not input_shapes:
+        return None
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in input_shapes:
+        if name in out:
+            raise ValueError(f"--input-shape: input {name!r} is given twice")
+        out[name] = shape
+    return out
+
+
+def import_onnx(spec: str, batch: int | None, seq_len: int | None,
+                input_shapes: "list[tuple[str, tuple[int, ...]]] | None"):
+    """:func:`numamem.planner.from_onnx` of the file ``spec``, with the command's options.
+
+    A missing file is an ``OSError`` naming it; the importer's refusals are ``ValueError`` exceptions
+    (:class:`~numamem.planner.onnx.OnnxImportError`) that name the input, dimension, node or op.
+    """
+    if seq_len is not None:
+        raise ValueError("--seq-len applies to the built-in bert_base; give an ONNX model's shapes with "
+                         "--input-shape NAME=AxBxC or --batch")
+    if not os.path.isfile(spec):
+        raise ValueError(f"{spec!r}: no such ONNX file")
+    try:
+        from numamem.planner import from_onnx
+
+        return from_onnx(spec, input_shapes=onnx_shapes(input_shapes), batch=batch)
+    except ImportError as exc:  # the onnx package is an extra: say so in one line
+        raise CommandError(f"{spec}: importing an ONNX model needs the onnx package ({exc})") from None
 
 
 #: Bytes that sizes and offsets of plans and packings can count (int64).

@@ -18,7 +18,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     check_writable(args.json, "--json")
     check_writable(args.export_graph, "--export-graph")
-    graph = resolve_graph(args.graph, args.batch, args.seq_len)
+    graph = resolve_graph(args.graph, args.batch, args.seq_len, args.input_shape)
     nodes = resolve_nodes(args)
     if nodes is None:
         nodes = list(range(DEFAULT_NODE_COUNT))

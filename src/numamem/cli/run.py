@@ -12,8 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from numamem.cli._args import (
-    CommandError, add_graph_args, add_nodes_arg, check_writable, parse_nodes, positive_int, read_matrix,
-    resolve_graph, resolve_nodes,
+    CommandError, add_graph_args, add_nodes_arg, check_writable, is_onnx, onnx_shapes, parse_nodes, positive_int,
+    read_matrix, resolve_graph, resolve_nodes,
 )
 from numamem.cli._progress import Progress
 
@@ -70,6 +70,63 @@ def _bandwidth(path: str | None, nodes: Sequence[int]) -> dict | None:
     return read_matrix(path, "bandwidth", target, hint=hint).bench_result()
 
 
+def _shapes_of_inputs(args: argparse.Namespace) -> list[tuple[str, tuple[int, ...]]]:
+    """``--input-shape`` completed with the shapes of the ``--inputs`` arrays that are inputs of
+    the ONNX model, so that a model with symbolic dimensions runs on a file of inputs without
+    restating their shapes. An unreadable file or other names are left for
+    :func:`numamem.runtime.runner.load_npz` to refuse, in its own words."""
+    given = list(args.input_shape or [])
+    named = {n for n, _ in given}
+    inputs = _onnx_input_names(args.graph)
+    try:
+        with open(args.inputs, "rb") as fh:
+            f = np.load(fh, allow_pickle=False)
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                return given
+            with f:
+                shapes = {k: tuple(f[k].shape) for k in f.files if k in inputs and k not in named}
+    except (ValueError, EOFError, zipfile.BadZipFile):
+        return given
+    return given + list(shapes.items())
+
+
+def _onnx_input_names(path: str) -> set[str]:
+    """The names of the graph inputs of the ONNX file ``path`` (empty when it cannot be read)."""
+    try:
+        from numamem.planner.onnx import load_model
+
+        m, _where = load_model(path, values=False)
+    except (ValueError, OSError, ImportError):
+        return set()
+    return {i.name for i in m.graph.input}
+
+
+def _ort_baseline(args: argparse.Namespace, values: dict[str, np.ndarray] | None):
+    """ONNX Runtime on the same model, weights and inputs, for an ONNX model (else None)."""
+    if not is_onnx(args.graph) or args.weights:
+        # with --weights the model's own weights are not what numamem runs on
+        return None
+    from numamem.engines.ort_baseline import OnnxRuntimeBaseline
+
+    return OnnxRuntimeBaseline(args.graph, values)
+
+
+def _onnx_weights(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """The weights of the ONNX model ``args.graph`` as numamem's graph names them, and the values
+    given to its ``ConstantOfShape`` weight placeholders (random from ``--seed``; None without any).
+
+    A model whose weights are placeholders (as ONNX's light model zoo ships) would otherwise run
+    on zeros or ones; :func:`~numamem.planner.onnx.placeholder_values` gives values of a sensible
+    scale, so that the outputs mean something and the float64 comparison is not vacuous.
+    """
+    from numamem.planner import onnx_weights
+    from numamem.planner.onnx import placeholder_values
+
+    values = placeholder_values(args.graph, args.seed) or None
+    weights = onnx_weights(args.graph, input_shapes=onnx_shapes(args.input_shape), batch=args.batch, values=values)
+    return weights, values
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run ``numamem run``."""
     if args.engine != "numamem":
@@ -80,21 +137,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     outputs = _outputs_path(args)
     check_writable(args.json, "--json")
     check_writable(outputs, "--outputs")
-    graph = resolve_graph(args.graph, args.batch, args.seq_len)
+    check_writable(args.export_graph, "--export-graph")
+    if args.inputs and is_onnx(args.graph):
+        args.input_shape = _shapes_of_inputs(args)
+    graph = resolve_graph(args.graph, args.batch, args.seq_len, args.input_shape)
+    if args.export_graph:
+        graph.to_json(args.export_graph)
     nodes = resolve_nodes(args)
     if nodes is None:
         from numamem._topology import topology
 
         nodes = topology().memory_nodes()
     modes = _modes(args.mode or DEFAULT_MODES["numamem"], MODES, "numamem")
-    weights = runner.load_npz(args.weights, graph, graph.weights, "weight") if args.weights else None
+    values = None
+    if args.weights:
+        weights = runner.load_npz(args.weights, graph, graph.weights, "weight")
+    elif is_onnx(args.graph):
+        weights, values = _onnx_weights(args)
+    else:
+        weights = None
     inputs = runner.load_npz(args.inputs, graph, graph.inputs, "input") if args.inputs else None
     bandwidth = _bandwidth(args.bandwidth, nodes)
     reference = {"auto": None, "independent": True, "kernels": False}[args.reference or "auto"]
     report = runner.run_graph(
         graph, nodes, modes, iters=args.iters, seed=args.seed, weights=weights, inputs=inputs,
         workers=args.workers, bandwidth=bandwidth, independent_reference=reference,
-        progress=Progress("numamem run"), keep_outputs=bool(args.outputs),
+        progress=Progress("numamem run"), keep_outputs=bool(args.outputs), baseline=_ort_baseline(args, values),
     )
     if args.outputs:
         first = report["_outputs"][modes[0]]
@@ -227,7 +295,8 @@ def _onnx_feeds(path: str, spec: str, inputs: dict[str, tuple[np.dtype, list[int
 def _run_engine(args: argparse.Namespace) -> int:
     """``numamem run --engine onnxruntime|torch``: modes ``default`` and ``per-node``."""
     engine = args.engine
-    for option, given in (("--reference", args.reference), ("--layers", args.layers)):
+    for option, given in (("--reference", args.reference), ("--layers", args.layers),
+                          ("--input-shape", args.input_shape), ("--export-graph", args.export_graph)):
         if given:
             raise CommandError(f"{option} applies to --engine numamem only (the engines compare each mode's "
                                "outputs with the first mode's)")
@@ -341,6 +410,8 @@ def add_command(subparsers: Any) -> None:
     rp.add_argument("--inputs", metavar="X.npz", help="inputs by tensor name (default: random)")
     rp.add_argument("--outputs", metavar="Y.npz", help="write the first mode's outputs")
     rp.add_argument("--json", metavar="OUT", help="write the report (numamem-run/1)")
+    rp.add_argument("--export-graph", metavar="OUT",
+                    help="write the graph run (numamem-graph/1), such as an imported ONNX model; --engine numamem only")
     rp.add_argument("--workers", type=workers_per_node, metavar="N",
                     help=f"worker threads per node, at most {MAX_WORKERS} (default: the node's CPUs)")
     rp.add_argument("--bandwidth", metavar="FILE",

@@ -317,6 +317,40 @@ def _mode_entry(ex: Any, set_up: Mapping[str, Any], timings: _Timings, outputs: 
     return entry
 
 
+def _start_baseline(baseline: Any, executors: dict[str, Any], xs: Mapping[str, np.ndarray],
+                    set_up: Mapping[str, Any], warmup: int, report: dict[str, Any],
+                    say: Callable[[str], None]) -> bool:
+    """Start ``baseline`` with as many threads as the planned mode (else the first) has workers,
+    warm it up and add it to ``executors``; False (and a note in the report) if it is missing."""
+    first = "planned" if "planned" in set_up else next(iter(set_up))
+    threads = sum(set_up[first]["workers"].values())
+    say(f"{baseline.name}: setting up")
+    try:
+        ex = baseline.start(xs, threads)
+    except ImportError as exc:
+        report[baseline.name] = {"skipped": str(exc)}
+        return False
+    executors[baseline.name] = ex  # closed with the modes'
+    for _ in range(warmup):
+        ex.step()
+    return True
+
+
+def _baseline_entry(name: str, ex: Any, timings: _Timings, ref: Mapping[str, np.ndarray],
+                    modes: Mapping[str, Any]) -> dict[str, Any]:
+    """The report entry of a baseline engine: its median, threads, error and ratio to planned."""
+    outputs = ex.outputs()
+    errs = {n: _rel_err(outputs[n], ref[n]) for n in ref if n in outputs}
+    median = float(np.median(timings.seconds))
+    planned = modes.get("planned", {}).get("median_s")
+    entry = {"median_s": median, "seconds": timings.seconds, "threads": ex.threads,
+             "median_cpu_s": float(np.median(timings.cpu_seconds)), "rel_err": errs,
+             "max_rel_err": max(errs.values()) if errs else 0.0,
+             f"planned_vs_{name}": median / planned if planned else None}
+    entry["ok"] = entry["max_rel_err"] <= RTOL
+    return entry
+
+
 def _estimate(report: Mapping[str, Any], graph: Graph, p: Plan, nodes: Sequence[int], modes: Sequence[str],
               bandwidth: Any, plan_options: Mapping[str, Any]) -> dict[str, Any]:
     """The speed-up estimate: from the run's measured traffic on two or more nodes, else modelled."""
@@ -357,7 +391,7 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
               inputs: Mapping[str, np.ndarray] | None = None, *, warmup: int = 1, workers: Any = None,
               bandwidth: Any = None, independent_reference: bool | None = None,
               progress: Callable[[str], None] | None = None, plan_options: Mapping[str, Any] | None = None,
-              keep_outputs: bool = False) -> dict[str, Any]:
+              keep_outputs: bool = False, baseline: Any = None) -> dict[str, Any]:
     """Run ``graph`` in every mode of ``modes`` on the same inputs; return a ``numamem-run/1`` report.
 
     Parameters
@@ -387,6 +421,14 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
         Extra keyword arguments of :func:`numamem.planner.plan`.
     keep_outputs : bool
         Put each mode's outputs under ``report["_outputs"][mode]`` (not JSON; for ``--outputs``).
+    baseline : object, optional
+        Another engine on the same model, such as
+        :class:`numamem.engines.ort_baseline.OnnxRuntimeBaseline`: its ``start(inputs, threads)``
+        (given as many threads as the first mode has workers) returns an object whose ``step()``
+        is timed in the same round-robin loop as the modes and whose ``outputs()`` are checked
+        against the reference. The report gets ``report[baseline.name]`` with its median, threads
+        and ``planned_vs_<name>`` (its median / planned's; > 1 is numamem faster), or
+        ``{"skipped": why}`` when ``start`` raises ``ImportError``. It does not change ``ok``.
 
     Returns
     -------
@@ -444,11 +486,17 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
                 ex.step(account=(i == 0))  # the first warm-up measures traffic and pages
             set_up[mode] = {"peak_rss_bytes": max(0, _proc_status().get("VmHWM", 0) - rss0),
                             "workers": {str(g.plan_node): g.workers for g in ex.groups}}
-        timings = _timed_rounds(executors, modes, iters, say)
+        timed = list(modes)
+        if baseline is not None and _start_baseline(baseline, executors, xs, set_up, warmup, report, say):
+            timed.append(baseline.name)
+        timings = _timed_rounds(executors, timed, iters, say)
         for mode in modes:
             outputs_of[mode] = executors[mode].outputs()
             report["modes"][mode] = _mode_entry(executors[mode], set_up[mode], timings[mode],
                                                 outputs_of[mode], ref)
+        if len(timed) > len(modes):
+            report[baseline.name] = _baseline_entry(baseline.name, executors[baseline.name],
+                                                    timings[baseline.name], ref, report["modes"])
     finally:
         for ex in executors.values():
             ex.close()
@@ -519,6 +567,16 @@ def format_report(report: Mapping[str, Any], *, layers: bool = False) -> str:
                      f"compute) to {est['no_overlap']:.2f}x (not overlapping) on a multi-socket machine; "
                      f"memory-bound limit {est['memory_bound_limit']:.2f}x")
         lines.append(f"  basis: {est['basis']}")
+    base = report.get("onnxruntime")
+    if base:
+        if "skipped" in base:
+            lines.append(f"onnxruntime: not compared ({base['skipped']})")
+        else:
+            ratio = base.get("planned_vs_onnxruntime")
+            vs = (f"; planned is {ratio:.2f}x ONNX Runtime's speed (its median / planned's, same run, inputs "
+                  "and threads)") if ratio else ""
+            lines.append(f"onnxruntime: {base['median_s'] * 1e3:.2f} ms per iteration with {base['threads']} "
+                         f"intra-op threads{vs}; max rel err {base['max_rel_err']:.2e}")
     ref = report["reference"]
     if report["ok"]:
         lines.append(f"correctness: every mode within {ref['rtol']:g} of {ref['basis']}")
