@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from numamem._fast import fast_path
 from numamem._placement import allocate
 from numamem._request import DEFAULT_ALIGN, Request, check_dtype, check_order, check_shape, request
 from numamem.inspect import owner, request_of
@@ -24,6 +25,7 @@ __all__ = [
 ]
 
 
+@fast_path(zero=False)
 def empty(shape, dtype=float, order="C", *, node=None, nodes=None, axis=None, policy="bind",
           align=DEFAULT_ALIGN, pages="auto", populate=None) -> np.ndarray:
     """Return a new array, without initialising entries, in memory placed as asked.
@@ -79,6 +81,8 @@ def empty(shape, dtype=float, order="C", *, node=None, nodes=None, axis=None, po
     >>> set(numamem.page_nodes(a)) == {0}
     True
     """
+    # The common call (a small array of a request met before) never gets here: @fast_path
+    # serves it in one Cython call (numamem._fast). This is the general path.
     return _create(shape, dtype, order, node, nodes, axis, policy, align, pages, populate, zero=False)
 
 
@@ -90,6 +94,7 @@ def _create(shape, dtype, order, node, nodes, axis, policy, align, pages, popula
     return allocate(shape, dtype, order, req, zero)
 
 
+@fast_path(zero=True)
 def zeros(shape, dtype=float, order="C", *, node=None, nodes=None, axis=None, policy="bind",
           align=DEFAULT_ALIGN, pages="auto", populate=None) -> np.ndarray:
     """Return a new array of zeros placed as asked (see :func:`empty` for the keywords).
