@@ -48,7 +48,7 @@ cdef size_t _POOL_MAX = _request.POOL_MAX_BYTES
 # np.empty's time). An identical object of an exact builtin type has the same value, so a hit
 # here is a hit in the memo; the entry is still checked against the topology snapshot.
 cdef object _last_node = None, _last_align = None, _last_pages = None, _last_policy = None
-cdef tuple _last_entry = None
+cdef tuple _last_entry = (None,)
 cdef object _last_dtype = None
 cdef cnp.dtype _last_descr = None
 
@@ -114,17 +114,18 @@ cdef object _pooled_array(shape, dtype, order, node, nodes, axis, policy, align,
             or type(align) is not int or type(pages) is not str or type(policy) is not str):
         return None
     global _last_node, _last_align, _last_pages, _last_policy, _last_entry, _last_dtype, _last_descr
-    if node is _last_node and align is _last_align and pages is _last_pages and policy is _last_policy:
+    snapshot = PyDict_GetItemWithError(_TOPOLOGY, "_cached")
+    if snapshot == NULL:
+        return None
+    if (node is _last_node and align is _last_align and pages is _last_pages and policy is _last_policy
+            and <object>snapshot is _last_entry[0]):
         entry = _last_entry
     else:
         hit = PyDict_GetItemWithError(_MEMO, (node, align, pages, policy))
-        if hit == NULL:
+        if hit == NULL or <object>snapshot is not (<tuple>hit)[0]:
             return None
         entry = <tuple>hit
         _last_node, _last_align, _last_pages, _last_policy, _last_entry = node, align, pages, policy, entry
-    snapshot = PyDict_GetItemWithError(_TOPOLOGY, "_cached")
-    if snapshot == NULL or <object>snapshot is not entry[0]:
-        return None
     pool = entry[2]
     if pool is None:
         return None
