@@ -19,10 +19,14 @@ cdef class BufferOwner:
 
 cdef class Export:
     # The owner this export counts in (None while a subclass holds the memory itself, see
-    # numamem._pool.PoolExport).
+    # numamem._pool.PoolExport). Subclasses release it in their __dealloc__.
     cdef BufferOwner _owner
 
     cdef BufferOwner owner_object(self)
+
+
+cdef class OwnerExport(Export):
+    pass
 
 
 cdef Export export_of(BufferOwner owner)

@@ -124,9 +124,9 @@ cdef class BufferOwner:
 
 # Exports are made and dropped once per array: a free list spares the allocator, and an export
 # holds no reference that could close a cycle (its owner holds none back), so the garbage collector
-# need not track it.
+# need not track it. Each concrete export has exactly one __dealloc__ (Cython saves and restores
+# the exception state around each one, a cost paid per array).
 @cython.no_gc
-@cython.freelist(64)
 cdef class Export:
     """The ``.base`` of every array numamem builds: one counted export of its owner.
 
@@ -135,10 +135,6 @@ cdef class Export:
     hence the export, alive. Not picklable (memory is not data): pickling an array copies its
     values, never its base.
     """
-
-    def __dealloc__(self):
-        if self._owner is not None:
-            self._owner._exports -= 1
 
     cdef BufferOwner owner_object(self):
         return self._owner
@@ -155,9 +151,19 @@ cdef class Export:
         return f"<numamem export of {self.owner_object()!r}>"
 
 
+@cython.no_gc
+@cython.freelist(64)
+cdef class OwnerExport(Export):
+    """An :class:`Export` of an owner that exists (a Region, a PoolAllocation)."""
+
+    def __dealloc__(self):
+        if self._owner is not None:
+            self._owner._exports -= 1
+
+
 cdef Export export_of(BufferOwner owner):
     """A new export of ``owner`` (counted until the export is gone)."""
-    cdef Export export = Export.__new__(Export)
+    cdef OwnerExport export = OwnerExport.__new__(OwnerExport)
     export._owner = owner
     owner._exports += 1
     return export
@@ -168,7 +174,7 @@ cdef object array_over(Export base, char *data, int nd, cnp.npy_intp *dims, cnp.
     cdef int flags = cnp.NPY_ARRAY_WRITEABLE | (cnp.NPY_ARRAY_F_CONTIGUOUS if fortran else 0)
     Py_INCREF(descr)  # stolen by PyArray_NewFromDescr
     cdef PyObject *raw = PyArray_NewFromDescr(
-        <PyTypeObject *>np.ndarray, <cnp.PyArray_Descr *>descr, nd, dims, NULL, data, flags, NULL)
+        <PyTypeObject *>cnp.ndarray, <cnp.PyArray_Descr *>descr, nd, dims, NULL, data, flags, NULL)
     cdef cnp.ndarray array = <cnp.ndarray>raw
     Py_DECREF(array)  # the cast above took its own reference; drop the one returned
     Py_INCREF(base)  # stolen by PyArray_SetBaseObject

@@ -473,9 +473,11 @@ cdef class PoolExport(Export):
         return self._owner
 
     def __dealloc__(self):
-        # The owner never made: the block goes back here, while _pool (hence the pool) is alive.
-        if self._owner is None and self._address != NULL:
-            arena_free(self._address)
+        # Runs before _pool is cleared, so the pool is alive while its block goes back.
+        if self._owner is not None:
+            self._owner._exports -= 1  # the owner frees the block (close or dealloc)
+        elif self._address != NULL:
+            arena_free(self._address)  # the owner never made: the block goes back here
             self._address = NULL
 
 
