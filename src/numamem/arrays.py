@@ -1,9 +1,13 @@
 """NumPy arrays on chosen NUMA nodes, with verified placement, alignment and page sizes.
 
 Every creator here returns a plain :class:`numpy.ndarray` whose memory has a numamem owner
-(:func:`numamem.owner`): ``arr.base`` is a ``memoryview`` of a :class:`~numamem._region.Region` (a
-mapping of its own) or of a :class:`~numamem._pool.PoolAllocation` (a block of a node's pool, for
-small arrays). This module is the thin public layer; the work is done below it:
+(:func:`numamem.owner`): ``arr.base`` is an export (:class:`~numamem._ndarray.Export`) of a
+:class:`~numamem._region.Region` (a mapping of its own) or of a :class:`~numamem._pool.PoolAllocation`
+(a block of a node's pool, for small arrays). This module is the thin public layer; the work is done
+below it:
+
+- :mod:`numamem._fast` serves the common call of ``empty``/``zeros`` (a small array, a request met
+  before) in one Cython call, and hands every other call to the functions here;
 
 - :mod:`numamem._request` checks every argument before anything is mapped (``Request``);
 - :mod:`numamem._placement` chooses the page kind, checks capacity and runs the strict sequence
@@ -64,8 +68,8 @@ def empty(shape, dtype=float, order="C", *, node=None, nodes=None, axis=None, po
     Returns
     -------
     numpy.ndarray
-        Its ``.base`` is a memoryview of the owning :class:`~numamem._region.Region` or
-        :class:`~numamem._pool.PoolAllocation` (:func:`numamem.owner`).
+        Its ``.base`` is an export (``.base.obj``) of the owning :class:`~numamem._region.Region`
+        or :class:`~numamem._pool.PoolAllocation` (:func:`numamem.owner`).
 
     Raises
     ------
