@@ -843,6 +843,17 @@ def test_fast_path_leaves_every_other_call_to_the_general_path(node0, call):
     assert call(node0) is None
 
 
+def test_fast_path_converts_a_changing_dtype_like_each_time(node0):
+    class DtypeLike:  # NumPy converts any object with a .dtype attribute; this one changes
+        dtype = np.dtype(np.float32)
+
+    like = DtypeLike()
+    numamem.empty(4, like, node=node0)
+    assert numamem.empty(4, like, node=node0).dtype == np.float32
+    like.dtype = np.dtype(np.int16)
+    assert numamem.empty(4, like, node=node0).dtype == np.int16
+
+
 def test_fast_path_refusals_are_the_general_paths(node0):
     numamem.empty(8, node=node0)
     with pytest.raises(ValueError, match="negative"):

@@ -95,6 +95,14 @@ _KWDEFAULTS = {"node": None, "nodes": None, "axis": None, "policy": "bind", "ali
                "pages": "auto", "populate": None}
 
 
+cdef bint _converts_alike(dtype):
+    # Whether ``dtype`` means the same descriptor every time it is converted, so that the same
+    # object may skip the conversion: a dtype, a dtype string, NumPy's scalar types and the
+    # builtins NumPy maps to them. Not any object with a ``.dtype`` attribute, which may change.
+    return (isinstance(dtype, (cnp.dtype, str))
+            or (isinstance(dtype, type) and (issubclass(dtype, cnp.generic) or dtype in (float, int, complex, bool))))
+
+
 cdef object _pooled_array(shape, dtype, order, node, nodes, axis, policy, align, pages, populate, bint zero):
     # Parameters are those of numamem.empty (zero: clear it, for zeros). Returns an array whose
     # .base is a PoolExport of a block of the request's pool, with its memory, alignment and node
@@ -172,7 +180,8 @@ cdef object _pooled_array(shape, dtype, order, node, nodes, axis, policy, align,
             return None  # the general path names the argument
         descr = <cnp.dtype>raw_descr
         Py_DECREF(descr)  # the converter's reference; the cast above holds one
-        _last_dtype, _last_descr = dtype, descr
+        if _converts_alike(dtype):
+            _last_dtype, _last_descr = dtype, descr
     if (cnp.PyDataType_FLAGS(descr) & NPY_ITEM_REFCOUNT or cnp.PyDataType_HASSUBARRAY(descr)
             or cnp.PyDataType_ELSIZE(descr) == 0):
         return None  # refused or reshaped by the general path (check_dtype)
