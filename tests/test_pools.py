@@ -811,6 +811,25 @@ def test_fast_path_array_outlives_its_owner_and_close_refuses_under_views(node0)
     assert pool.stats()["in_use"] == before  # not freed twice
 
 
+@pytest.mark.parametrize("kw", [{}, dict(pages="4k")])
+def test_arrays_can_be_made_writeable_again(node0, kw):
+    # NumPy asks the base for a writable buffer (a memoryview base had one; an export lends its owner's).
+    a = numamem.empty(8, np.uint8, node=node0, **kw)
+    a = numamem.empty(8, np.uint8, node=node0, **kw)
+    a.setflags(write=False)
+    a.setflags(write=True)
+    a[:] = 5
+    own = numamem.owner(a)
+    assert own.exports == 1
+    view = memoryview(a.base)
+    assert own.exports == 2 and view.obj is own and bytes(view) == b"\x05" * 8
+    view.release()
+    assert own.exports == 1
+    del a
+    gc.collect()
+    assert own.exports == 0
+
+
 def test_fast_path_pickles_values_not_memory(node0):
     a = _fast_array(numamem.zeros, (4, 5), np.int32, node=node0)
     a[:] = np.arange(20).reshape(4, 5)

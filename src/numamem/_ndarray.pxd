@@ -15,6 +15,7 @@ cdef class BufferOwner:
     cdef void _set_memory(self, char *address, size_t size)
     cdef int _check_open(self) except -1
     cdef int _check_no_exports(self) except -1
+    cdef int _export(self, Py_buffer *buffer, int flags) except -1
 
 
 cdef class Export:

@@ -63,6 +63,10 @@ cdef class BufferOwner:
         return 0
 
     def __getbuffer__(self, Py_buffer *buffer, int flags):
+        self._export(buffer, flags)
+
+    cdef int _export(self, Py_buffer *buffer, int flags) except -1:
+        # One buffer export of the owner (counted; released by __releasebuffer__).
         self._check_open()
         buffer.buf = self._address
         buffer.obj = self
@@ -76,6 +80,7 @@ cdef class BufferOwner:
         buffer.suboffsets = NULL
         buffer.internal = NULL
         self._exports += 1
+        return 0
 
     def __releasebuffer__(self, Py_buffer *buffer):
         self._exports -= 1
@@ -143,6 +148,12 @@ cdef class Export:
     def obj(self):
         """The owner of the memory (a :class:`~numamem._region.Region` or :class:`~numamem._pool.PoolAllocation`)."""
         return self.owner_object()
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        # NumPy asks an array's base for a writable buffer when the array is made writeable again
+        # (ndarray.setflags(write=True)); lend the owner's, as a memoryview base did. The buffer's
+        # obj is the owner, so the owner counts and releases it.
+        self.owner_object()._export(buffer, flags)
 
     def __reduce__(self):
         raise TypeError(f"cannot pickle {type(self).__name__}: it stands for memory, not data")
