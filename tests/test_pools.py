@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
+import weakref
 import ctypes
 import errno
 import gc
@@ -698,3 +700,195 @@ def test_stress_threads_random_sizes_cross_thread_frees(node0, stress, run_threa
     gc.collect()
     assert not errors, errors[0]
     assert pool.stats()["in_use"] == before
+
+
+# ---- the creators' fast path (issue 15 item 2) ------------------------------------------------------
+from numamem import _fast, _topology  # noqa: E402
+from numamem._pool import PoolExport  # noqa: E402
+
+FAST_SIZES = [64, 1000, 1 << 10, 16 << 10, 64 << 10, 1 << 20]
+
+
+def _fast_array(maker, *args, **kw):
+    """The second call of a spelling: the first fills the request memo, the second is the fast path's."""
+    maker(*args, **kw)
+    array = maker(*args, **kw)
+    assert isinstance(array.base, PoolExport), "not served by the fast path"
+    return array
+
+
+@pytest.mark.parametrize("nbytes", FAST_SIZES)
+@pytest.mark.parametrize("maker", [numamem.empty, numamem.zeros])
+def test_fast_path_keeps_node_alignment_and_owner(node0, maker, nbytes):
+    a = _fast_array(maker, nbytes, np.uint8, node=node0)
+    assert a.shape == (nbytes,) and a.dtype == np.uint8 and a.flags.writeable and a.flags.c_contiguous
+    assert a.ctypes.data % 64 == 0
+    own = numamem.owner(a)
+    assert isinstance(own, _pool.PoolAllocation) and numamem.owner(a[1:][::2]) is own
+    assert own.pool is _pool.get_pool(node0) and own.address == a.ctypes.data and own.nbytes == nbytes
+    assert own.exports == 1 and a.base.obj is own
+    assert own.info["request"].node == node0 and own.info["shape"] == (nbytes,)
+    info = numamem.placement(a)
+    assert info.bytes_per_node == {node0: nbytes} and info.policy == "bind" and info.requested["node"] == node0
+    assert set(numamem.page_nodes(a).tolist()) == {node0}
+
+
+def test_fast_path_shapes_dtypes_and_orders(node0):
+    for shape, dtype, order in [((3, 4), np.float32, "C"), ((3, 4), np.float64, "F"), ((), np.int16, "C"),
+                                ((2, 0, 5), "u2", "C"), (7, np.dtype([("x", "f4"), ("y", "i8")]), "C")]:
+        a = _fast_array(numamem.zeros, shape, dtype, order, node=node0)
+        b = np.zeros(shape, dtype, order)
+        assert a.shape == b.shape and a.dtype == b.dtype and (a.strides == b.strides or not a.size)
+        assert a.flags.f_contiguous == b.flags.f_contiguous and not a.tobytes().strip(b"\0")
+
+
+@pytest.mark.parametrize("nbytes", [64, 777, 16 << 10, 64 << 10, 300 << 10])
+def test_fast_path_zeros_are_zero_after_reuse(node0, nbytes):
+    numamem.zeros(nbytes, np.uint8, node=node0)
+    for _ in range(5):
+        dirty = numamem.empty(nbytes, np.uint8, node=node0)
+        dirty[:] = 255
+        address = dirty.ctypes.data
+        del dirty
+        clean = numamem.zeros(nbytes, np.uint8, node=node0)
+        assert isinstance(clean.base, PoolExport) and not clean.any()
+    assert clean.ctypes.data == address  # the recycled block, cleared
+
+
+def test_fast_path_block_returned_once_without_an_owner(node0):
+    pool = _pool.get_pool(node0)
+    _fast_array(numamem.empty, 4000, np.uint8, node=node0)
+    gc.collect()
+    before = pool.stats()["in_use"]
+    arrays = [numamem.empty(4000, np.uint8, node=node0) for _ in range(10)]
+    views = [a[::3][1:] for a in arrays]  # views of views keep the array, hence the block
+    del arrays
+    assert pool.stats()["in_use"] == before + 10 * 4096
+    for v in views:
+        v[:] = 7
+    del views, v
+    assert pool.stats()["in_use"] == before
+
+
+def test_fast_path_array_outlives_its_owner_and_close_refuses_under_views(node0):
+    pool = _pool.get_pool(node0)
+    _fast_array(numamem.empty, 100, np.float64, node=node0)
+    gc.collect()
+    before = pool.stats()["in_use"]
+    a = numamem.ones(100, node=node0)  # ones -> empty: the fast path
+    a[:] = np.arange(100)
+    own = numamem.owner(a)
+    view = a[10:20][::2]
+    del a
+    with pytest.raises(BufferError, match="still use it"):
+        own.close()
+    own_ref = weakref.ref(own)
+    del own
+    gc.collect()
+    assert own_ref() is not None  # the view's export keeps the owner
+    np.testing.assert_array_equal(view, [10, 12, 14, 16, 18])
+    own = own_ref()
+    del view
+    gc.collect()
+    assert own.exports == 0
+    own.close()
+    own.close()
+    assert own.closed and pool.stats()["in_use"] == before
+    del own
+    gc.collect()
+    assert pool.stats()["in_use"] == before  # not freed twice
+
+
+@pytest.mark.parametrize("kw", [{}, dict(pages="4k")])
+def test_arrays_can_be_made_writeable_again(node0, kw):
+    # NumPy asks the base for a writable buffer (a memoryview base had one; an export lends its owner's).
+    a = numamem.empty(8, np.uint8, node=node0, **kw)
+    a = numamem.empty(8, np.uint8, node=node0, **kw)
+    a.setflags(write=False)
+    a.setflags(write=True)
+    a[:] = 5
+    own = numamem.owner(a)
+    assert own.exports == 1
+    view = memoryview(a.base)
+    assert own.exports == 2 and view.obj is own and bytes(view) == b"\x05" * 8
+    view.release()
+    assert own.exports == 1
+    del a
+    gc.collect()
+    assert own.exports == 0
+
+
+def test_fast_path_pickles_values_not_memory(node0):
+    a = _fast_array(numamem.zeros, (4, 5), np.int32, node=node0)
+    a[:] = np.arange(20).reshape(4, 5)
+    copied = pickle.loads(pickle.dumps(a))
+    np.testing.assert_array_equal(copied, a)
+    assert numamem.owner(copied) is None
+    with pytest.raises(TypeError, match="cannot pickle"):
+        pickle.dumps(a.base)
+
+
+@pytest.mark.parametrize("call", [
+    lambda n: _fast.pooled_array([8], np.uint8, "C", n, None, None, "bind", 64, "auto", None, False),
+    lambda n: _fast.pooled_array(8, np.uint8, "c", n, None, None, "bind", 64, "auto", None, False),
+    lambda n: _fast.pooled_array(8, np.uint8, "C", n, None, None, "bind", 64, "auto", True, False),
+    lambda n: _fast.pooled_array(-1, np.uint8, "C", n, None, None, "bind", 64, "auto", None, False),
+    lambda n: _fast.pooled_array(2**70, np.uint8, "C", n, None, None, "bind", 64, "auto", None, False),
+    lambda n: _fast.pooled_array((2**40, 2**40), np.uint8, "C", n, None, None, "bind", 64, "auto", None, False),
+    lambda n: _fast.pooled_array(8, object, "C", n, None, None, "bind", 64, "auto", None, False),
+    lambda n: _fast.pooled_array(8, "S", "C", n, None, None, "bind", 64, "auto", None, False),
+    lambda n: _fast.pooled_array(8, ("f8", (2,)), "C", n, None, None, "bind", 64, "auto", None, False),
+    lambda n: _fast.pooled_array(8, "no such dtype", "C", n, None, None, "bind", 64, "auto", None, False),
+    lambda n: _fast.pooled_array((1 << 20) + 1, np.uint8, "C", n, None, None, "bind", 64, "auto", None, False),
+    lambda n: _fast.pooled_array(8, np.uint8, "C", n, None, None, "bind", 64, "4k", None, False),
+    lambda n: _fast.pooled_array(8, np.uint8, "C", True, None, None, "bind", 64, "auto", None, False),
+])
+def test_fast_path_leaves_every_other_call_to_the_general_path(node0, call):
+    for kw in (dict(pages="4k"), {}):
+        numamem.empty(8, np.uint8, node=node0, **kw)  # memoise both requests
+    assert _fast.pooled_array(8, np.uint8, "C", node0, None, None, "bind", 64, "auto", None, False) is not None
+    assert call(node0) is None
+
+
+def test_fast_path_converts_a_changing_dtype_like_each_time(node0):
+    class DtypeLike:  # NumPy converts any object with a .dtype attribute; this one changes
+        dtype = np.dtype(np.float32)
+
+    like = DtypeLike()
+    numamem.empty(4, like, node=node0)
+    assert numamem.empty(4, like, node=node0).dtype == np.float32
+    like.dtype = np.dtype(np.int16)
+    assert numamem.empty(4, like, node=node0).dtype == np.int16
+
+
+def test_fast_path_refusals_are_the_general_paths(node0):
+    numamem.empty(8, node=node0)
+    with pytest.raises(ValueError, match="negative"):
+        numamem.empty(-1, node=node0)
+    with pytest.raises(TypeError, match="Python objects"):
+        numamem.zeros(3, object, node=node0)
+    with pytest.raises(TypeError, match="not a NumPy dtype"):
+        numamem.empty(3, "no such dtype", node=node0)
+    with pytest.raises(ValueError, match="order"):
+        numamem.empty(3, order="X", node=node0)
+    assert numamem.empty(3, "S", node=node0).dtype == np.dtype("S1")
+
+
+def test_fast_path_follows_the_topology_snapshot(node0):
+    numamem.empty(8, node=node0)
+    args = (8, np.uint8, "C", node0, None, None, "bind", 64, "auto", None, False)
+    assert _fast.pooled_array(*args) is not None
+    _topology.topology(refresh=True)  # a new snapshot: requests are validated again
+    assert _fast.pooled_array(*args) is None
+    numamem.empty(8, node=node0)
+    assert _fast.pooled_array(*args) is not None
+
+
+def test_fast_path_decorator_checks_the_signature():
+    def creator(shape, dtype=float, order="C", *, node=None, nodes=None, axis=None, policy="bind",
+                align=32, pages="auto", populate=None):
+        return None
+
+    with pytest.raises(TypeError, match="defaults differ"):
+        _fast.fast_path(False)(creator)
+    assert numamem.empty.__wrapped__.__name__ == "empty" and "uninitialised" not in numamem.empty.__doc__[:0]

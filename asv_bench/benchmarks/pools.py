@@ -12,7 +12,8 @@ The figures asked for by the pools issue:
   default allocator: peak memory over peak live bytes, and memory still held after the workload.
 
 * :class:`SmallAllocationRatio`, :class:`TemporariesChainRatio` -- the same two comparisons as
-  ratios measured in one process, candidate and baseline alternating (``track_*``): asv times each
+  ratios measured in one process (and ``numamem.zeros`` over ``np.zeros``; issue 15 target for
+  ``empty``/``zeros`` of 64 B to 64 KiB: at most 1.5), candidate and baseline alternating (``track_*``): asv times each
   parameter in its own process, and on a shared machine the load drifts between those processes
   by more than the differences measured here (see docs/performance.md).
 
@@ -44,6 +45,13 @@ def _loop_np_empty(nbytes, node):
     return time.perf_counter() - start
 
 
+def _loop_np_zeros(nbytes, node):
+    start = time.perf_counter()
+    for _ in range(INNER):
+        np.zeros(nbytes, np.uint8)
+    return time.perf_counter() - start
+
+
 def _loop_on_node(nbytes, node):
     with numamem.on_node(node):
         start = time.perf_counter()
@@ -56,6 +64,13 @@ def _loop_numamem_empty(nbytes, node):
     start = time.perf_counter()
     for _ in range(INNER):
         numamem.empty(nbytes, np.uint8, node=node)
+    return time.perf_counter() - start
+
+
+def _loop_numamem_zeros(nbytes, node):
+    start = time.perf_counter()
+    for _ in range(INNER):
+        numamem.zeros(nbytes, np.uint8, node=node)
     return time.perf_counter() - start
 
 
@@ -123,7 +138,7 @@ class SmallAllocation:
 
 
 class SmallAllocationRatio:
-    """The same comparison as :class:`SmallAllocation` as same-process ratios (time / np.empty)."""
+    """The same comparison as :class:`SmallAllocation` as same-process ratios (time / np.empty), and zeros."""
 
     params = [SMALL_SIZES]
     param_names = ["nbytes"]
@@ -140,6 +155,12 @@ class SmallAllocationRatio:
         return same_process_ratio(_loop_numamem_empty, _loop_np_empty, nbytes, node0())
 
     track_numamem_empty_over_np_empty.unit = "ratio"
+
+    def track_numamem_zeros_over_np_zeros(self, nbytes):
+        """``numamem.zeros(node=k)`` over ``np.zeros`` (pool blocks are recycled, so cleared each time)."""
+        return same_process_ratio(_loop_numamem_zeros, _loop_np_zeros, nbytes, node0())
+
+    track_numamem_zeros_over_np_zeros.unit = "ratio"
 
 
 class ScopeOverhead:

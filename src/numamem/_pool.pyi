@@ -1,9 +1,10 @@
-from numamem._ndarray import BufferOwner
+from numamem._ndarray import BufferOwner, Export
 from typing import Any, SupportsIndex
 
 SMALL_MAX: int
 MIDDLE_MAX: int
 CHUNK_BYTES: int
+BLOCK_ALIGN: int
 
 def class_sizes() -> list[int]: ...
 def pool_count() -> int: ...
@@ -41,3 +42,7 @@ class PoolAllocation(BufferOwner):
     def close(self) -> None: ...
     @property
     def page_size(self) -> int: ...
+
+class PoolExport(Export):
+    @property
+    def obj(self) -> PoolAllocation: ...

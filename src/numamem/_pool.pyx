@@ -24,7 +24,7 @@ from numamem._arena cimport (
 from numamem._arena import class_sizes
 from numamem._registry import pool_count
 from numamem._chunksource cimport FakeSourceState
-from numamem._ndarray cimport BufferOwner
+from numamem._ndarray cimport BufferOwner, Export, array_over
 from numamem._place cimport PLACE_PREFERRED, PLACE_STRICT, STEP_MAP, PlaceResult, result_object
 from numamem._place import STEPS
 from numamem import _topology
@@ -48,10 +48,14 @@ cimport numpy as cnp
 cnp.import_array()
 
 SMALL_MAX = GRANULE
+cdef size_t SMALL_BLOCK = GRANULE
+#: Alignment of every block a pool hands out (size classes are multiples of it; runs and direct
+#: mappings start on granule or page boundaries).
+BLOCK_ALIGN = 64
 MIDDLE_MAX = RUN_MAX * GRANULE
 CHUNK_BYTES = CHUNK_SIZE
 
-__all__ = ["Pool", "PoolAllocation", "FakeSource", "fake_source", "get_pool", "pools", "class_sizes",
+__all__ = ["Pool", "PoolAllocation", "PoolExport", "FakeSource", "fake_source", "get_pool", "pools", "class_sizes",
            "pool_count", "set_handler", "get_handler"]
 
 
@@ -195,12 +199,6 @@ cdef class Pool:
     and every array NumPy allocated through its handler are gone; addresses from its
     :meth:`malloc` are invalid from then on.
     """
-    cdef NodePool *_pool
-    cdef readonly int node
-    cdef readonly str policy
-    cdef readonly str source
-    cdef object _capsule
-
     def __cinit__(self, int node, str policy="bind", source="kernel", long fake_chunk_limit=-1):
         cdef FakeSource fake = None
         cdef PoolHandler *owner
@@ -296,7 +294,7 @@ cdef class Pool:
         if answer != CHECK_OK:
             raise ValueError(f"free({address:#x}): the address {_CHECK_MESSAGES[answer]}")
 
-    cdef int _check(self, uintptr_t address, str call) except -1:
+    cdef int _check(self, size_t address, str call) except -1:
         cdef int answer
         with nogil:
             answer = arena_check(self._pool, <void *>address)
@@ -427,7 +425,6 @@ cdef class PoolAllocation(BufferOwner):
     Exports its bytes through the buffer protocol like :class:`numamem.Region`; returns the block to
     its pool exactly once, when the last export and reference are gone (or at ``close()``).
     """
-    cdef readonly Pool pool
 
     @staticmethod
     cdef PoolAllocation _create(Pool pool, size_t size, bint zero):
@@ -466,6 +463,71 @@ cdef class PoolAllocation(BufferOwner):
 
     def __repr__(self):
         return f"<numamem.PoolAllocation {self._size} bytes node={self.pool.node} {self.pool.policy}>"
+
+
+# The creators' fast path (numamem._fast) makes one of these per array, and no PoolAllocation
+# until someone asks for the owner (numamem.owner, placement, close): most small arrays are
+# temporaries nobody inspects, and an owner with its info dict costs more than the array itself.
+@cython.no_gc
+@cython.freelist(64)
+cdef class PoolExport(Export):
+    """The ``.base`` of a pooled array from the creators: holds its block until the owner is asked for.
+
+    ``obj`` then makes the :class:`PoolAllocation` that adopts the block (once; the same owner
+    every time after), and this export counts in its ``exports`` as any other export does.
+    """
+
+    cdef BufferOwner owner_object(self):
+        cdef PoolAllocation owner
+        if self._owner is None:
+            owner = PoolAllocation.__new__(PoolAllocation)
+            owner._set_memory(self._address, self._size)
+            owner.pool = self._pool
+            owner.info = {"request": self._request, "pages": "auto", "alignment": BLOCK_ALIGN,
+                          "shape": (self._shape,) if type(self._shape) is int else self._shape}
+            owner._exports = 1  # this export
+            self._owner = owner
+            self._address = NULL  # the owner frees it now
+        return self._owner
+
+    def __dealloc__(self):
+        # Runs before _pool is cleared, so the pool is alive while its block goes back.
+        if self._owner is not None:
+            self._owner._exports -= 1  # the owner frees the block (close or dealloc)
+        elif self._address != NULL:
+            arena_free(self._address)  # the owner never made: the block goes back here
+            self._address = NULL
+
+
+cdef object pool_array(Pool pool, object request, object shape, size_t nbytes, int nd,
+                       cnp.npy_intp *dims, cnp.dtype descr, bint fortran, bint zero):
+    """A new array over a block of ``pool`` (zeroed if ``zero``): the creators' fast path.
+
+    The caller has checked everything: ``dims`` (``nd`` of them) and ``descr`` describe exactly
+    ``nbytes`` bytes of plain data, and ``request`` is the validated request the pool serves.
+    """
+    cdef void *memory
+    cdef PlaceResult why
+    cdef PoolExport base
+    if nbytes <= SMALL_BLOCK:
+        # A size-class block, with the GIL held: releasing and retaking it would cost a third of
+        # np.empty's whole time on every array, to spare other threads the rare moments (one
+        # per 2 MiB chunk mapped) when the pool maps and places a chunk.
+        memory = arena_alloc(pool._pool, nbytes, &why)
+    else:
+        with nogil:
+            memory = arena_alloc(pool._pool, nbytes, &why)
+    if memory == NULL:
+        pool._raise_failed(nbytes, &why)
+    if zero:
+        memset(memory, 0, nbytes)  # blocks are recycled (invariant 5)
+    base = PoolExport.__new__(PoolExport)
+    base._pool = pool
+    base._address = <char *>memory
+    base._size = nbytes
+    base._request = request
+    base._shape = shape
+    return array_over(base, <char *>memory, nd, dims, descr, fortran)
 
 
 def set_handler(handler):

@@ -2,8 +2,8 @@
 """The owner of numamem memory: one ``mmap``'d, aligned range.
 
 A :class:`Region` maps anonymous memory, lets the layer above apply policies and advice to it,
-and exports it through the buffer protocol. Every array numamem returns is built on a buffer export
-of its region, so the array's ``.base`` is a ``memoryview`` whose ``.obj`` is the region: the export
+and exports it through the buffer protocol. Every array numamem returns is built on an export of its
+region, so the array's ``.base`` is an ``Export`` (numamem._ndarray) whose ``.obj`` is the region: the export
 keeps the mapping alive for as long as any view exists, ``close()`` refuses (``BufferError``) while
 one does, and the mapping is unmapped exactly once — by ``close()`` or by the last reference going.
 """

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from numamem import _topology
-from numamem._pool import get_pool
+from numamem._pool import BLOCK_ALIGN, get_pool
 
 __all__ = [
     "POLICIES", "PAGE_KINDS", "HUGETLB_SIZES", "POOL_MAX_BYTES", "POOL_ALIGN", "DEFAULT_ALIGN",
@@ -28,7 +28,7 @@ HUGETLB_SIZES = {"2M": 2 * 2**20, "1G": 2**30}
 # Arrays up to this size come from the node's pool (see pools.py) when nothing about the request
 # needs a mapping of its own: no block split, default page kind, alignment the pool guarantees.
 POOL_MAX_BYTES = 1 << 20
-POOL_ALIGN = 64
+POOL_ALIGN = BLOCK_ALIGN
 DEFAULT_ALIGN = 64
 
 
@@ -178,8 +178,9 @@ def request(node, nodes, axis, policy, align, pages, populate) -> Request:
             return cached[1]
         req = validate_request(node, nodes, axis, policy, align, pages, populate)
         if len(_SIMPLE_CACHE) > 256:
-            _SIMPLE_CACHE.clear()
-        _SIMPLE_CACHE[key] = (topo, req)
+            _SIMPLE_CACHE.clear()  # cleared, never rebound: numamem._fast reads this dict
+        # (snapshot, request, pool): the creators' fast path (numamem._fast) takes the pool from here.
+        _SIMPLE_CACHE[key] = (topo, req, req.pool)
         return req
     if nodes is not None and not isinstance(nodes, (tuple, int, np.integer)):
         try:

@@ -1,9 +1,13 @@
 """NumPy arrays on chosen NUMA nodes, with verified placement, alignment and page sizes.
 
 Every creator here returns a plain :class:`numpy.ndarray` whose memory has a numamem owner
-(:func:`numamem.owner`): ``arr.base`` is a ``memoryview`` of a :class:`~numamem._region.Region` (a
-mapping of its own) or of a :class:`~numamem._pool.PoolAllocation` (a block of a node's pool, for
-small arrays). This module is the thin public layer; the work is done below it:
+(:func:`numamem.owner`): ``arr.base`` is an export (:class:`~numamem._ndarray.Export`) of a
+:class:`~numamem._region.Region` (a mapping of its own) or of a :class:`~numamem._pool.PoolAllocation`
+(a block of a node's pool, for small arrays). This module is the thin public layer; the work is done
+below it:
+
+- :mod:`numamem._fast` serves the common call of ``empty``/``zeros`` (a small array, a request met
+  before) in one Cython call, and hands every other call to the functions here;
 
 - :mod:`numamem._request` checks every argument before anything is mapped (``Request``);
 - :mod:`numamem._placement` chooses the page kind, checks capacity and runs the strict sequence
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from numamem._fast import fast_path
 from numamem._placement import allocate
 from numamem._request import DEFAULT_ALIGN, Request, check_dtype, check_order, check_shape, request
 from numamem.inspect import owner, request_of
@@ -24,6 +29,7 @@ __all__ = [
 ]
 
 
+@fast_path(zero=False)
 def empty(shape, dtype=float, order="C", *, node=None, nodes=None, axis=None, policy="bind",
           align=DEFAULT_ALIGN, pages="auto", populate=None) -> np.ndarray:
     """Return a new array, without initialising entries, in memory placed as asked.
@@ -62,8 +68,8 @@ def empty(shape, dtype=float, order="C", *, node=None, nodes=None, axis=None, po
     Returns
     -------
     numpy.ndarray
-        Its ``.base`` is a memoryview of the owning :class:`~numamem._region.Region` or
-        :class:`~numamem._pool.PoolAllocation` (:func:`numamem.owner`).
+        Its ``.base`` is an export (``.base.obj``) of the owning :class:`~numamem._region.Region`
+        or :class:`~numamem._pool.PoolAllocation` (:func:`numamem.owner`).
 
     Raises
     ------
@@ -79,6 +85,8 @@ def empty(shape, dtype=float, order="C", *, node=None, nodes=None, axis=None, po
     >>> set(numamem.page_nodes(a)) == {0}
     True
     """
+    # The common call (a small array of a request met before) never gets here: @fast_path
+    # serves it in one Cython call (numamem._fast). This is the general path.
     return _create(shape, dtype, order, node, nodes, axis, policy, align, pages, populate, zero=False)
 
 
@@ -90,6 +98,7 @@ def _create(shape, dtype, order, node, nodes, axis, policy, align, pages, popula
     return allocate(shape, dtype, order, req, zero)
 
 
+@fast_path(zero=True)
 def zeros(shape, dtype=float, order="C", *, node=None, nodes=None, axis=None, policy="bind",
           align=DEFAULT_ALIGN, pages="auto", populate=None) -> np.ndarray:
     """Return a new array of zeros placed as asked (see :func:`empty` for the keywords).

@@ -15,6 +15,7 @@ import numpy as np
 from numpy._core.multiarray import get_handler_name
 
 from numamem import _kernel, _pool, _topology
+from numamem._ndarray import Export
 from numamem._pool import Pool, PoolAllocation
 from numamem._region import Region
 from numamem._request import POOL_ALIGN, Request, node_id
@@ -36,13 +37,13 @@ def owner(array) -> Region | PoolAllocation | Pool | None:
     a node's pool, for small arrays of the creators), or the node's :class:`~numamem.pools.Pool`
     itself for an array NumPy allocated inside :func:`numamem.on_node` (NumPy owns such an array
     and gives its block back to the pool when it frees it). Follows the ``.base`` chain (ndarray
-    views, then the memoryview export of the owner).
+    views, then the :class:`~numamem._ndarray.Export` or memoryview of the owner).
     """
     obj = array
     while obj is not None:
         if isinstance(obj, (Region, PoolAllocation)):
             return obj
-        if isinstance(obj, memoryview):
+        if isinstance(obj, (Export, memoryview)):
             obj = obj.obj
             continue
         base = getattr(obj, "base", None)
