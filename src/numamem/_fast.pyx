@@ -135,7 +135,9 @@ cdef object _pooled_array(shape, dtype, order, node, nodes, axis, policy, align,
         entry = <tuple>hit
         _last_node, _last_align, _last_pages, _last_policy, _last_entry = node, align, pages, policy, entry
     pool = entry[2]
-    if pool is None:
+    # Strict pools only: a "preferred" pool may have fallen back to first touch where the kernel
+    # refuses mbind, and the general path (_placement.allocate) is where that is warned about.
+    if pool is None or (<Pool>pool).policy != "bind":
         return None
     if type(order) is not str:
         return None
