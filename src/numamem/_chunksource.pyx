@@ -26,12 +26,12 @@ from libc.string cimport memcpy, memset
 from posix.unistd cimport _SC_PAGESIZE, sysconf
 
 from numamem._libnuma cimport (
-    MAP_ANONYMOUS, MAP_PRIVATE, bitmask, move_pages, munmap, numa_allocate_cpumask, numa_bitmask_isbitset,
+    MAP_ANONYMOUS, MAP_PRIVATE, bitmask, munmap, numa_allocate_cpumask, numa_bitmask_isbitset,
     numa_bitmask_nbytes, numa_free_cpumask, numa_node_to_cpus,
 )
 from numamem._place cimport (
-    HIST_SLOTS, PLACE_PREFERRED, PLACE_STRICT, STEP_MAP, STEP_PREFER, PlaceOps, PlaceResult, check_capacity,
-    fault_ops, kernel_ops, map_aligned, place_on_node, populate_range, result_object,
+    PLACE_PREFERRED, PLACE_STRICT, STEP_MAP, STEP_PREFER, PlaceOps, PlaceResult, check_capacity,
+    fault_ops, kernel_ops, map_aligned, page_histogram, place_on_node, populate_range, result_object,
 )
 
 cdef extern from "<stdlib.h>" nogil:
@@ -108,39 +108,15 @@ cdef void *_touch_job(void *arg) noexcept nogil:
 
 
 cdef int _where_pages_are(char *base, size_t length, size_t page_size, int node, PlaceResult *out) noexcept nogil:
-    """Histogram of the range's pages by node from ``move_pages`` (query mode); 0, or its errno."""
-    cdef void *addresses[QUERY_BATCH]
-    cdef int status[QUERY_BATCH]
-    cdef size_t pages = (length + page_size - 1) // page_size
-    cdef size_t done = 0, count, i
-    cdef int j
-    out.pages = 0
-    out.misplaced = 0
-    out.hist_len = 0
-    out.hist_other = 0
-    while done < pages:
-        count = pages - done if pages - done < QUERY_BATCH else QUERY_BATCH
-        for i in range(count):
-            addresses[i] = base + (done + i) * page_size
-        if move_pages(0, count, addresses, NULL, status, 0) < 0:
-            return errno
-        for i in range(count):
-            out.pages += 1
-            if status[i] != node:
-                out.misplaced += 1
-            for j in range(out.hist_len):
-                if out.hist_value[j] == status[i]:
-                    out.hist_count[j] += 1
-                    break
-            else:
-                if out.hist_len < HIST_SLOTS:
-                    out.hist_value[out.hist_len] = status[i]
-                    out.hist_count[out.hist_len] = 1
-                    out.hist_len += 1
-                else:
-                    out.hist_other += 1
-        done += count
-    return 0
+    """Histogram of the range's pages by node from ``move_pages`` (query mode); 0, or its errno.
+
+    The placement routine's own histogram (one loop for both); a refused query is not a failed
+    placement here, so the step it records is cleared.
+    """
+    if page_histogram(kernel_ops(), base, length, page_size, node, out) == 0:
+        return 0
+    out.step = 0
+    return out.err
 
 
 cdef int touch_on_node(char *base, size_t length, int node, size_t page_size, PlaceResult *out,

@@ -72,6 +72,8 @@ cdef const PlaceOps *injected_ops() noexcept nogil
 cdef char *map_aligned(size_t length, size_t align, int flags, size_t page_size, int *err) noexcept nogil
 cdef int populate_range(const PlaceOps *ops, char *base, size_t length, size_t page_size,
                         PlaceResult *out) noexcept nogil
+cdef int page_histogram(const PlaceOps *ops, char *base, size_t length, size_t page_size, int node,
+                        PlaceResult *out) noexcept nogil
 cdef int place_on_node(char *base, size_t length, int node, int mode, size_t page_size,
                        const PlaceOps *ops, PlaceResult *out) noexcept nogil
 cdef object result_object(PlaceResult *result, int node)

@@ -312,7 +312,7 @@ cdef inline void _count(PlaceResult *out, int value, int node) noexcept nogil:
         out.hist_other += 1
 
 
-cdef int _histogram(const PlaceOps *ops, char *base, size_t length, size_t page_size, int node,
+cdef int page_histogram(const PlaceOps *ops, char *base, size_t length, size_t page_size, int node,
                     PlaceResult *out) noexcept nogil:
     """Where every page of the range is; 0, or -1 with the move_pages errno in ``out``."""
     cdef void *addresses[QUERY_BATCH]
@@ -371,7 +371,7 @@ cdef int _verify(const PlaceOps *ops, char *base, size_t length, size_t page_siz
         out.checked += count
         for i in range(count):
             if status[i] != node:
-                if _histogram(ops, base, length, page_size, node, out) != 0:
+                if page_histogram(ops, base, length, page_size, node, out) != 0:
                     return -1
                 # The histogram is the kernel's word; the first answer already proved one page off.
                 if out.misplaced == 0:
@@ -422,7 +422,7 @@ cdef int place_on_node(char *base, size_t length, int node, int mode, size_t pag
             out.step = STEP_BIND
             return -1
         # EIO: the kernel's strict walk found a page off the node between the samples.
-        if _histogram(ops, base, length, page_size, node, out) != 0:
+        if page_histogram(ops, base, length, page_size, node, out) != 0:
             return -1
         out.step = STEP_MISPLACED
         return -1
