@@ -136,6 +136,32 @@ def expected(request):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def no_numa_balancing():
+    """Automatic NUMA balancing off in the guest while the tier runs (put back afterwards).
+
+    The Debian kernel turns it on for NUMA machines. Its scanner marks the PTEs of memory under
+    the default policy as NUMA hints, and on this 6.1 kernel ``move_pages`` then reports such
+    pages as absent (-ENOENT) until they are touched again; it may also migrate them. Strictly
+    bound memory is not scanned, but first-touch memory (the preferred fallback's) is, which made
+    its guest tests see pages vanish or move between the touch and the witness's look. Tests of
+    where first touch puts pages need the kernel not to move them; ``numamem doctor`` tells users
+    when balancing is on.
+    """
+    path = "/proc/sys/kernel/numa_balancing"
+    try:
+        with open(path) as f:
+            saved = f.read().strip()
+        with open(path, "w") as f:
+            f.write("0")
+    except OSError:  # no such knob (kernel without NUMA balancing): nothing to turn off
+        yield
+        return
+    yield
+    with open(path, "w") as f:
+        f.write(saved)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def guest(request):
     """Fail every test unless this really is the multi-node guest that was promised.
 
