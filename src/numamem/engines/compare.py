@@ -103,13 +103,8 @@ def _ort_modes(model, modes, nodes, threads_per_node, feeds, batch, seed, prepac
                 if feeds is None:
                     feeds = eo.random_feeds(ns.sessions[0], batch, seed)
                 ns.warm_up(feeds)
-                pl = ns.placement()
-                out[mode] = _Mode(
-                    run=lambda ns=ns, x=feeds: ns.run(None, x), close=ns.close,
-                    weights_per_node=_sum_nodes(s["weights_bytes_per_node"] for s in pl["sessions"]),
-                    weights_basis="the placed initializers of every session (move_pages)",
-                    threads={str(s["node"]): s["threads"] for s in pl["sessions"]},
-                    sessions=pl["sessions"], build_bytes=delta(pl["process"]["built"], pl["process"]["before"]))
+                out[mode] = _per_node_mode(ns, lambda ns=ns, x=feeds: ns.run(None, x),
+                                           "the placed initializers of every session (move_pages)")
     except BaseException:
         for m in out.values():
             m.close()
@@ -181,13 +176,8 @@ def _torch_modes(model, modes, nodes, threads_per_node, feeds, seed, weights):
             else:
                 nr = et.NodeReplicas(module, nodes, threads_per_node)
                 nr.warm_up(*xs)
-                pl = nr.placement()
-                out[mode] = _Mode(
-                    run=lambda nr=nr: _torch_outputs(nr(*xs)), close=nr.close,
-                    weights_per_node=_sum_nodes(s["weights_bytes_per_node"] for s in pl["sessions"]),
-                    weights_basis="the placed parameters and buffers of every replica (move_pages)",
-                    threads={str(s["node"]): s["threads"] for s in pl["sessions"]},
-                    sessions=pl["sessions"], build_bytes=delta(pl["process"]["built"], pl["process"]["before"]))
+                out[mode] = _per_node_mode(nr, lambda nr=nr: _torch_outputs(nr(*xs)),
+                                           "the placed parameters and buffers of every replica (move_pages)")
     except BaseException:
         for m in out.values():
             m.close()
@@ -196,6 +186,17 @@ def _torch_modes(model, modes, nodes, threads_per_node, feeds, seed, weights):
         with torch.inference_mode():
             output_names = [f"output{i}" for i in range(len(_torch_outputs(module(*xs))))]
     return _Prepared(out, name, xs, int(xs[0].shape[0]), weight_bytes, output_names)
+
+
+def _per_node_mode(runner, run, weights_basis: str) -> _Mode:
+    """The ``per-node`` mode of either engine: ``runner`` is a NodeSessions or a NodeReplicas,
+    whose ``placement()`` reports the same fields for both."""
+    pl = runner.placement()
+    return _Mode(run=run, close=runner.close,
+                 weights_per_node=_sum_nodes(s["weights_bytes_per_node"] for s in pl["sessions"]),
+                 weights_basis=weights_basis,
+                 threads={str(s["node"]): s["threads"] for s in pl["sessions"]},
+                 sessions=pl["sessions"], build_bytes=delta(pl["process"]["built"], pl["process"]["before"]))
 
 
 def _sum_nodes(dicts) -> dict[int, int]:
