@@ -5,11 +5,16 @@ large populated array went past the cgroup's limit, and the memory cgroup's OOM 
 exception, ended the process; ``preferred``/``interleave``/``local`` with populate were never
 checked. The cgroup and meminfo readers are driven here with fabricated trees.
 """
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import numamem
-from numamem import _cgroup, _topology
+from numamem import _cgroup, _place, _topology
 from numamem.errors import NodeMemoryError
 
 MiB = 1 << 20
@@ -75,12 +80,33 @@ def test_node_available_memory_counts_free_and_inactive_file_pages(tmp_path):
 
 
 @pytest.fixture
-def limited(tmp_path, monkeypatch):
+def limits():
+    """Point the capacity check (``numamem._place.use_limits``) at fabricated trees; restored after."""
+    previous = []
+
+    def use(**roots):
+        before = _place.use_limits(**roots)
+        if not previous:
+            previous.append(before)
+
+    yield use
+    if previous:
+        _place.use_limits(*previous[0])
+
+
+@pytest.fixture
+def limited(tmp_path, limits):
     """The process in a fabricated cgroup leaving 8 MiB of headroom."""
     proc, fs = _v2(tmp_path, limits={"box": (108 * MiB, 100 * MiB)}, own="/box")
-    monkeypatch.setattr(_cgroup, "PROC_SELF_CGROUP", str(proc))
-    monkeypatch.setattr(_cgroup, "CGROUP_FS", str(fs))
+    limits(proc_self_cgroup=proc, cgroup_fs=fs)
     return fs / "box"
+
+
+def _node_meminfo(root, node, free_kib, inactive_file_kib=0):
+    d = root / "devices/system/node" / f"node{node}"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "meminfo").write_text(f"Node {node} MemTotal:  99999999 kB\nNode {node} MemFree:  {free_kib} kB\n"
+                               f"Node {node} Inactive(file):  {inactive_file_kib} kB\n")
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(policy="preferred", populate=True),
@@ -104,11 +130,148 @@ def test_lazy_placement_is_not_checked(limited, node0):
     assert a.nbytes == 16 * MiB
 
 
-def test_bind_is_checked_against_the_nodes_available_memory(monkeypatch, node0, mapping_counter):
-    monkeypatch.setattr(_topology, "node_available_memory", lambda node, sysfs_root=None: 5 * MiB)
+def test_bind_is_checked_against_the_nodes_available_memory(tmp_path, limits, node0, mapping_counter):
+    _node_meminfo(tmp_path, node0, 3 * 1024, 2 * 1024)  # 5 MiB available
+    limits(sysfs=tmp_path)
     with pytest.raises(NodeMemoryError, match="MemFree plus inactive file pages") as info:
         numamem.empty(8 * MiB, np.uint8, node=node0)
     assert info.value.node == node0 and info.value.free == 5 * MiB
     assert mapping_counter() == (0, 0)
     # preferred spills to other nodes by definition: the node's memory is no limit for it
     assert numamem.empty(8 * MiB, np.uint8, node=node0, policy="preferred", populate=True).nbytes == 8 * MiB
+
+
+# ---- the pools' kernel chunk source: the same rule, in C (item 14: "pool chunks are never checked")
+@pytest.mark.parametrize("policy", ["bind", "preferred"])
+def test_a_pool_mapping_beyond_the_cgroup_headroom_is_refused_before_mapping(limited, node0, policy):
+    pool = numamem.pools.get_pool(node0, policy)
+    pool.release()
+    mapped = pool.stats()["mapped"]
+    with pytest.raises(NodeMemoryError, match=r"the cgroup memory limit leaves 8388608 bytes \(memory.max") as info:
+        pool.malloc(16 * MiB)
+    assert str(limited) in str(info.value) and "checked before mapping" in str(info.value)
+    assert info.value.free == 8 * MiB and info.value.node == node0 and info.value.requested == 16 * MiB
+    assert pool.stats()["mapped"] == mapped
+    pool.free(pool.malloc(6 * MiB))  # within the headroom
+
+
+@pytest.mark.parametrize("policy", ["bind", "preferred"])
+def test_an_array_beyond_the_cgroup_headroom_inside_on_node_raises(limited, node0, policy):
+    pool = numamem.pools.get_pool(node0, policy)
+    pool.release()
+    mapped = pool.stats()["mapped"]
+    with numamem.on_node(node0, policy):
+        with pytest.raises(MemoryError):  # NumPy's: it owns the failing call
+            np.ones(16 * MiB, np.uint8)
+        assert pool.stats()["mapped"] == mapped  # refused before mapping
+        a = np.ones(6 * MiB, np.uint8)  # within the headroom
+    assert a.sum() == 6 * MiB
+
+
+def test_a_bind_pool_mapping_beyond_the_nodes_available_memory_is_refused(tmp_path, limits, node0):
+    _node_meminfo(tmp_path, node0, 3 * 1024, 2 * 1024)  # 5 MiB available
+    limits(sysfs=tmp_path)
+    pool = numamem.pools.get_pool(node0)
+    with pytest.raises(NodeMemoryError, match="MemFree plus inactive file pages; checked before mapping") as info:
+        pool.malloc(8 * MiB)
+    assert info.value.free == 5 * MiB and info.value.node == node0
+    # preferred spills to other nodes by definition: the node's memory is no limit for it
+    preferred = numamem.pools.get_pool(node0, "preferred")
+    preferred.free(preferred.malloc(8 * MiB))
+
+
+def test_requests_below_the_threshold_read_no_limit(tmp_path, limits, node0):
+    # The fast path pays nothing: below CAPACITY_CHECK no file is read, even with no headroom left.
+    proc, fs = _v2(tmp_path, limits={"box": (100 * MiB, 100 * MiB)}, own="/box")
+    limits(proc_self_cgroup=proc, cgroup_fs=fs)
+    assert _place.capacity(_place.CAPACITY_CHECK - 1) is None
+    assert _place.capacity(_place.CAPACITY_CHECK).limit == "cgroup"
+    pool = numamem.pools.get_pool(node0)
+    pool.free(pool.malloc(3 * MiB))
+
+
+# ---- a real memory cgroup: an exception, not the memory cgroup's OOM killer --------------------
+CHILD = """
+import sys
+import numpy as np
+import numamem
+
+node, want = int(sys.argv[1]), int(sys.argv[2])
+try:
+    with numamem.on_node(node):
+        np.ones(want, np.uint8)
+except MemoryError:
+    print("on_node: MemoryError")
+for policy in ("bind", "preferred"):
+    try:
+        numamem.pools.get_pool(node, policy).malloc(want)
+    except numamem.NodeMemoryError as exc:
+        print(f"{policy} pool:", exc)
+    try:
+        numamem.ones(want, np.uint8, node=node, policy=policy, populate=True)
+    except numamem.NodeMemoryError as exc:
+        print(f"{policy} array:", exc)
+with numamem.on_node(node):
+    small = np.ones(1 << 20, np.uint8)  # the process lives on, and the pools serve it
+print("alive", int(small.sum()))
+"""
+
+
+def _child_memory_cgroup(name):
+    """Make a child of this process's memory cgroup: (directory, procs file), or a reason it cannot be had.
+
+    cgroup v2 when the memory controller is enabled for this cgroup's children, else v1's memory
+    hierarchy (hybrid hosts); either needs root.
+    """
+    if os.geteuid() != 0:
+        return None, "not root"
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError as exc:
+        return None, f"/proc/self/cgroup: {exc}"
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            here = Path(_cgroup.CGROUP_FS, path.lstrip("/"))
+            try:
+                enabled = (here / "cgroup.subtree_control").read_text().split()
+            except OSError:
+                enabled = []
+            if "memory" in enabled:
+                candidates.append((here / name, "memory.max"))
+        elif "memory" in controllers.split(","):
+            candidates.append((Path(_cgroup.CGROUP_FS, "memory", path.lstrip("/"), name), "memory.limit_in_bytes"))
+    for directory, limit_file in candidates:
+        try:
+            directory.mkdir()
+        except OSError:
+            continue
+        return (directory, limit_file), None
+    return None, "no memory cgroup can be made here (no v2 delegation of the memory controller, no v1 hierarchy)"
+
+
+def test_a_real_memory_cgroup_gives_exceptions_not_an_oom_kill(node0):
+    made, reason = _child_memory_cgroup(f"numamem-test-{os.getpid()}")
+    if made is None:
+        pytest.skip(f"a memory-limited cgroup cannot be created: {reason}")
+    directory, limit_file = made
+    try:
+        (directory / limit_file).write_text(str(192 * MiB))
+        if (directory / "memory.swap.max").exists():
+            (directory / "memory.swap.max").write_text("0")
+
+        def enter():  # in the child, before Python starts: it resolves its cgroup at import
+            (directory / "cgroup.procs").write_text(str(os.getpid()))
+
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        done = subprocess.run([sys.executable, "-c", CHILD, str(node0), str(256 * MiB)], preexec_fn=enter,
+                              env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        directory.rmdir()
+    assert done.returncode == 0, f"child ended with {done.returncode} (-9: the OOM killer)\n{done.stdout}{done.stderr}"
+    lines = done.stdout.splitlines()
+    assert lines[0] == "on_node: MemoryError" and lines[-1] == f"alive {MiB}", done.stdout
+    for what in ("bind pool", "preferred pool", "bind array", "preferred array"):
+        (line,) = [x for x in lines if x.startswith(what + ":")]
+        assert "the cgroup memory limit leaves" in line and str(directory) in line, line

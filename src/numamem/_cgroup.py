@@ -14,13 +14,17 @@ cgroup's page cache, which it would reclaim before an OOM kill: the headroom is 
 
 The roots are parameters so tests can fabricate a tree (as :func:`numamem._topology.read_topology`
 takes a sysfs root).
+
+The capacity check itself is C (``numamem._place.check_capacity``, run by arrays and the pools'
+chunk source alike, without Python): :func:`limit_files` resolves once which files it reads, and
+``numamem._place.use_limits`` hands them to it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CgroupMemory", "cgroup_memory"]
+__all__ = ["CgroupMemory", "cgroup_memory", "limit_files"]
 
 PROC_SELF_CGROUP = "/proc/self/cgroup"
 CGROUP_FS = "/sys/fs/cgroup"
@@ -112,6 +116,26 @@ def _limited_dirs(proc_self_cgroup: Path, cgroup_fs: Path) -> tuple[int, list[st
     return version, found
 
 
+def _file_names(version: int) -> tuple[str, str]:
+    return ("memory.limit_in_bytes", "memory.usage_in_bytes") if version == 1 else ("memory.max", "memory.current")
+
+
+def limit_files(proc_self_cgroup: str | Path | None = None,
+                cgroup_fs: str | Path | None = None) -> tuple[int, list[tuple[str, str, str]]]:
+    """The cgroups whose limit can stop this process, innermost first, and the files to read.
+
+    Returns
+    -------
+    version : int
+        1 or 2 (0 when the process's cgroup is unknown).
+    files : list of (directory, limit file, usage file)
+        Only cgroups that set a finite limit now (a limit set later is seen after the next call).
+    """
+    version, directories = _limited_dirs(Path(proc_self_cgroup or PROC_SELF_CGROUP), Path(cgroup_fs or CGROUP_FS))
+    limit_name, usage_name = _file_names(version)
+    return version, [(d, str(Path(d, limit_name)), str(Path(d, usage_name))) for d in directories]
+
+
 # Which cgroups limit the process is resolved once per (roots): a walk over the cgroup tree costs
 # about 0.2 ms, more than a 4 MiB allocation can afford; usage (and the limits found) are read
 # at every check. A limit set on a cgroup after the first check is seen after ``refresh=True``.
@@ -137,7 +161,7 @@ def cgroup_memory(proc_self_cgroup: str | Path | None = None, cgroup_fs: str | P
     if chain is None or refresh:
         chain = _resolved[key] = _limited_dirs(Path(key[0]), Path(key[1]))
     version, directories = chain
-    files = ("memory.limit_in_bytes", "memory.usage_in_bytes") if version == 1 else ("memory.max", "memory.current")
+    files = _file_names(version)
     tightest = None
     for directory in directories:
         limit, usage = _read_int(Path(directory, files[0])), _read_int(Path(directory, files[1]))

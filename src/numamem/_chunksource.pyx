@@ -166,9 +166,9 @@ cdef int touch_on_node(char *base, size_t length, int node, size_t page_size, Pl
 cdef char *_kernel_map(void *ctx, size_t length, int node, int mode, PlaceResult *out) noexcept nogil:
     cdef int err = 0
     cdef char *base
-    # A large strict mapping is refused before anything is mapped when the node lacks the memory,
-    # as numamem.empty's are (the same threshold).
-    if mode == PLACE_STRICT and check_capacity(length, node, out) != 0:
+    # A large mapping is refused before anything is mapped when it exceeds the cgroup's headroom
+    # or, strict, the node's available memory: the rule numamem.empty's follow (numamem._place).
+    if check_capacity(length, node if mode == PLACE_STRICT else -1, out) != 0:
         return NULL
     base = map_aligned(length, CHUNK_SIZE, MAP_PRIVATE | MAP_ANONYMOUS, BASE_PAGE, &err)
     if base == NULL:

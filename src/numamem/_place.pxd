@@ -9,7 +9,7 @@ cdef enum:
     STEP_VERIFY = 4       # move_pages itself failed (never a capacity problem)
     STEP_BIND = 5         # mbind(MPOL_BIND[, MPOL_MF_STRICT]) or the lazy policy's mbind failed
     STEP_MISPLACED = 6    # pages were found off the node (by move_pages or by the strict walk's EIO)
-    STEP_CAPACITY = 7     # the node's free memory was short before anything was mapped
+    STEP_CAPACITY = 7     # the node's available memory or the cgroup's headroom was short, before mapping
 
 # What to do (the `mode` argument of place_on_node).
 cdef enum:
@@ -17,6 +17,12 @@ cdef enum:
     PLACE_PREFERRED = 2       # preferred, populate
     PLACE_BIND_LAZY = 3       # bind only; pages are placed when first touched
     PLACE_PREFERRED_LAZY = 4  # preferred only
+
+# Which limit a capacity check found short (PlaceResult.limit).
+cdef enum:
+    LIMIT_NONE = 0
+    LIMIT_NODE = 1            # the node's MemFree plus Inactive(file)
+    LIMIT_CGROUP = 2          # the headroom of the process's memory cgroup (limit - usage)
 
 # How the pages were faulted in.
 cdef enum:
@@ -44,6 +50,12 @@ ctypedef struct PlaceResult:
     int hist_value[HIST_SLOTS]     # a node id, or a negative errno move_pages gave for a page
     size_t hist_count[HIST_SLOTS]
     size_t hist_other     # pages whose value did not fit the slots
+    int limit             # LIMIT_*: for STEP_CAPACITY, which limit was short
+    long long available   # for STEP_CAPACITY, the bytes that limit leaves
+    long long cg_limit    # for LIMIT_CGROUP: the cgroup's limit and usage, and its directory
+    long long cg_usage
+    const char *cg_dir
+    int cg_version
 
 # The three calls the routine makes, as pointers, so a fake (or a fault-injecting) table can
 # stand in for the kernel in tests on a one-node machine.
@@ -63,6 +75,8 @@ ctypedef struct Faults:
     int misplace_last     # 1: the last page of each move_pages query is reported off the node
     int node              # the node the fake reports for pages it does not misplace
 
+cdef long long node_available(int node) noexcept nogil
+cdef long long cgroup_headroom(PlaceResult *out) noexcept nogil
 cdef int check_capacity(size_t length, int node, PlaceResult *out) noexcept nogil
 cdef int mask_words() noexcept nogil
 cdef int node_mask(int node, unsigned long *mask, unsigned long *maxnode) noexcept nogil

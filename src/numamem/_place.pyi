@@ -1,3 +1,4 @@
+import os
 from typing import Any
 
 STEP_NAMES: dict[int, str]
@@ -13,10 +14,17 @@ class PlaceOutcome:
     checked: int
     misplaced: int
     histogram: dict[int | str, int]
+    limit: str | None
+    available: int | None
+    capacity_detail: str
     @property
     def errno(self) -> int: ...
     @property
     def ok(self) -> bool: ...
+
+def use_limits(sysfs: str | os.PathLike[str] | None = ..., proc_self_cgroup: str | os.PathLike[str] | None = ...,
+               cgroup_fs: str | os.PathLike[str] | None = ...) -> tuple[str, str, str] | None: ...
+def capacity(length: int, node: int = ...) -> PlaceOutcome | None: ...
 
 class injected:
     def __init__(self, step: str | None = ..., errno: int = ..., misplace_every: int = ...,

@@ -30,12 +30,14 @@ import itertools
 
 import numpy as np
 
-from numamem import _cgroup, _chunksource, _kernel, _place, _topology
+from numamem import _chunksource, _kernel, _topology
+from numamem._place import CAPACITY_CHECK, capacity as _capacity_shortfall
 from numamem._blocksplit import BlockSpan, split_blocks
 from numamem._region import Region
 from numamem._request import HUGETLB_SIZES, POOL_ALIGN, POOL_MAX_BYTES, Request, nbytes_of, resolve_align
 from numamem.errors import (
-    POLICY_FIX, HugePageError, NodeMemoryError, PageSizeError, PolicyPermissionError, warn_placement,
+    POLICY_FIX, HugePageError, NodeMemoryError, PageSizeError, PolicyPermissionError, from_place_result,
+    warn_placement,
 )
 from numamem.pools import warn_pool_fallback
 
@@ -49,17 +51,17 @@ _stagger_slots = itertools.count()
 # check (pages are populated under MPOL_PREFERRED and verified, so a full node is an exception,
 # never an OOM kill). Above it the check fails fast instead of spilling, then unmapping, a lot.
 # One threshold for arrays and the pools' chunk source (numamem._place).
-CAPACITY_CHECK_BYTES = _place.CAPACITY_CHECK
+CAPACITY_CHECK_BYTES = CAPACITY_CHECK
 
 
 def check_capacity(req: Request, spans, page_size: int, hugetlb: int) -> None:
     """Refuse a request the node(s) or the process's cgroup cannot hold, before mapping anything.
 
     Pages that will be pre-faulted (``populate``) from :data:`CAPACITY_CHECK_BYTES` up are
-    compared with the tighter of two limits: the node's available memory (``MemFree`` plus
-    inactive file pages, :func:`numamem._topology.node_available_memory`) under ``bind``, and
-    under every policy the headroom the process's cgroup memory limit leaves
-    (:func:`numamem._cgroup.cgroup_memory`), since populating past it calls the cgroup's OOM
+    compared with the tighter of two limits by the one capacity check (``numamem._place.capacity``,
+    which the pools' chunk source runs too): the node's available memory (``MemFree`` plus
+    inactive file pages) under ``bind``, and under every policy the headroom the process's cgroup
+    memory limit leaves (:mod:`numamem._cgroup`), since populating past it calls the cgroup's OOM
     killer whatever the NUMA policy. hugetlbfs pages are compared with the node's free huge pages.
     """
     if not req.populate and not hugetlb:
@@ -84,19 +86,17 @@ def check_capacity(req: Request, spans, page_size: int, hugetlb: int) -> None:
                 raise HugePageError(node, nbytes, free, hugetlb)
         return
     total = sum(-(-span.nbytes // page_size) * page_size for span in spans)
-    if total < CAPACITY_CHECK_BYTES:
-        return
-    limit = _cgroup.cgroup_memory()
-    if limit is not None and total > limit.headroom:
-        where = req.node if req.node is not None else (list(req.nodes) or None)
-        raise NodeMemoryError(where, total, limit.headroom, limit.describe())
-    if req.policy == "bind":
+    # The rule is the C check's (numamem._place.check_capacity), the pools' chunk source's too:
+    # the whole request against the cgroup's headroom, each node's share under bind against it.
+    where = req.node if req.node is not None else (list(req.nodes) or None)
+    outcome, requested = _capacity_shortfall(total), total
+    if outcome is None and req.policy == "bind":
         for node, nbytes in need.items():
-            if nbytes < CAPACITY_CHECK_BYTES:
-                continue
-            available = _topology.node_available_memory(node)
-            if nbytes > available:
-                raise NodeMemoryError(node, nbytes, available, "free here counts MemFree plus inactive file pages")
+            outcome, where, requested = _capacity_shortfall(nbytes, node), node, nbytes
+            if outcome is not None:
+                break
+    if outcome is not None:
+        raise from_place_result(outcome, where, requested, page_size)
 
 
 def _populate(region: Region, req: Request, hugetlb: int, offset: int = 0, length: int | None = None):

@@ -295,14 +295,17 @@ def from_place_result(result, node, requested, page_size, hugetlb=False, free=No
     suffix = f" ({what})" if what else ""
 
     def shortage(detail):
-        available = free() if callable(free) else free
+        available = result.available if getattr(result, "available", None) is not None else (
+            free() if callable(free) else free)
         pages = dict(result.histogram) or None
         if hugetlb:
             return HugePageError(node, requested, available, page_size, detail + suffix, pages)
         return NodeMemoryError(node, requested, available, detail + suffix, pages)
 
     if step == "capacity":
-        return shortage("checked before mapping")
+        # The check names the limit that was short (the node's memory or the cgroup's headroom).
+        limit = getattr(result, "capacity_detail", "")
+        return shortage(f"{limit}; checked before mapping" if limit else "checked before mapping")
     if step == "misplaced":
         found = dict(result.histogram)
         return shortage(f"{result.misplaced} page(s) landed elsewhere: {_histogram_text(found)}")
