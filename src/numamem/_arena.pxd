@@ -88,6 +88,7 @@ cdef int arena_free(void *ptr) noexcept nogil
 cdef int arena_check(NodePool *pool, void *ptr) noexcept nogil
 cdef int arena_free_checked(NodePool *pool, void *ptr) noexcept nogil
 cdef size_t arena_usable_size(void *ptr) noexcept nogil
+cdef NodePool *arena_pool_of(void *ptr) noexcept nogil
 cdef size_t arena_release(NodePool *pool) noexcept nogil
 cdef void arena_lock(NodePool *pool) noexcept nogil
 cdef void arena_unlock(NodePool *pool) noexcept nogil

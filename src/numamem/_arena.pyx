@@ -35,7 +35,9 @@ from libc.string cimport memcpy, memset
 from posix.unistd cimport _SC_PAGESIZE, sysconf
 
 from numamem._chunksource cimport fake_source_init, kernel_source
-from numamem._registry cimport directory_lookup, directory_set, registry_add, registry_remove
+from numamem._registry cimport (
+    directory_lock, directory_lookup, directory_set, directory_unlock, registry_add, registry_remove,
+)
 from numamem._place cimport POPULATED_TOUCH, STEP_MAP, PlaceResult
 
 cdef extern from "<pthread.h>" nogil:
@@ -99,6 +101,22 @@ cdef inline Chunk *_lookup(void *ptr) noexcept nogil:
 
 cdef inline int _register(Chunk *chunk, bint add) noexcept nogil:
     return directory_set(chunk.base, chunk.length, chunk if add else NULL)
+
+
+cdef NodePool *arena_pool_of(void *ptr) noexcept nogil:
+    """The pool whose chunk or direct mapping holds ``ptr``, or NULL for other memory.
+
+    Any address may be asked about (``numamem.owner``): the record is read under the directory's
+    lock, and an address in the last 2 MiB slot of a direct mapping but past its end is not the pool's.
+    """
+    cdef Chunk *chunk
+    cdef NodePool *pool = NULL
+    directory_lock()
+    chunk = _lookup(ptr)
+    if chunk != NULL and chunk.base <= <char *>ptr < chunk.base + chunk.length:
+        pool = <NodePool *>chunk.pool
+    directory_unlock()
+    return pool
 
 
 # ---- pools -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ cdef class Pool:
     cdef readonly str policy
     cdef readonly str source
     cdef object _capsule
+    cdef object __weakref__
 
     cdef int _check(self, size_t address, str call) except -1
     cdef int _raise_failed(self, size_t size, PlaceResult *why) except -1

@@ -9,7 +9,8 @@ fake pool, a pool made directly) frees its chunks and its registry slot once the
 gone, while pools shared through :func:`get_pool` live as long as the process.
 """
 cimport cython
-from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid, PyCapsule_New
+from cpython.ref cimport PyObject
 from libc.errno cimport ENOMEM
 from libc.stdint cimport uint8_t, uintptr_t
 from libc.stdlib cimport calloc as c_calloc, free as c_free
@@ -18,7 +19,7 @@ from libc.string cimport memset, strncpy
 from numamem._arena cimport (
     CHECK_FOREIGN, CHECK_INTERIOR, CHECK_NOT_LIVE, CHECK_OK, CHECK_OTHER_POOL, CHUNK_SIZE, GRANULE,
     MAX_POOLS, RUN_MAX, Chunk, NodePool, arena_alloc, arena_check, arena_create,
-    arena_destroy, arena_free, arena_free_checked, arena_lock, arena_realloc, arena_release,
+    arena_destroy, arena_free, arena_free_checked, arena_lock, arena_pool_of, arena_realloc, arena_release,
     arena_unlock, arena_usable_size,
 )
 from numamem._arena import class_sizes
@@ -29,6 +30,7 @@ from numamem._place cimport PLACE_PREFERRED, PLACE_STRICT, STEP_MAP, PlaceResult
 from numamem._place import STEPS
 from numamem import _topology
 import operator as _operator
+import weakref as _weakref
 
 cdef extern from "numpy/arrayobject.h":
     ctypedef struct PyDataMemAllocator:
@@ -43,6 +45,7 @@ cdef extern from "numpy/arrayobject.h":
         PyDataMemAllocator allocator
     object PyDataMem_SetHandler(object handler)
     object PyDataMem_GetHandler()
+    PyObject *PyArray_HANDLER(cnp.PyArrayObject *array)
 
 cimport numpy as cnp
 cnp.import_array()
@@ -56,7 +59,7 @@ MIDDLE_MAX = RUN_MAX * GRANULE
 CHUNK_BYTES = CHUNK_SIZE
 
 __all__ = ["Pool", "PoolAllocation", "PoolExport", "FakeSource", "fake_source", "get_pool", "pools", "class_sizes",
-           "pool_count", "set_handler", "get_handler"]
+           "pool_count", "set_handler", "get_handler", "pool_of"]
 
 
 # ---- NEP 49 handler functions ---------------------------------------------------------------
@@ -169,6 +172,10 @@ def fake_source(long limit=-1, step=None, int errno=0, long misplace_every=0, bi
 
 # ---- Python layer ------------------------------------------------------------------------------
 cdef dict _POOLS = {}
+# Every live Pool object by the address of its C pool, for pool_of (which finds the C pool).
+_BY_ARENA = _weakref.WeakValueDictionary()
+# Passed as `source` by pool_of: a Pool object over a C pool that exists already.
+cdef object _ADOPT = object()
 
 _CHECK_MESSAGES = {
     CHECK_FOREIGN: "was not allocated by a numamem pool",
@@ -202,6 +209,8 @@ cdef class Pool:
     def __cinit__(self, int node, str policy="bind", source="kernel", long fake_chunk_limit=-1):
         cdef FakeSource fake = None
         cdef PoolHandler *owner
+        if source is _ADOPT:
+            return  # pool_of fills it in
         if policy not in ("bind", "preferred"):
             raise ValueError(f"pool policy must be 'bind' or 'preferred', not {policy!r}")
         if isinstance(source, FakeSource):
@@ -235,6 +244,7 @@ cdef class Pool:
         owner.handler.allocator.realloc = _handler_realloc
         owner.handler.allocator.free = _handler_free
         self._capsule = PyCapsule_New(&owner.handler, "mem_handler", _destroy_handler)
+        _BY_ARENA[<uintptr_t>owner.pool] = self
 
     def malloc(self, size_t size):
         """Allocate ``size`` bytes; return the address (an int).
@@ -414,6 +424,42 @@ def get_pool(node, str policy="bind"):
 def pools():
     """All process-wide kernel pools made so far, as ``{(node, policy): Pool}``."""
     return dict(_POOLS)
+
+
+def pool_of(cnp.ndarray array):
+    """The :class:`Pool` whose memory holds ``array``'s data (the pools' address directory), or None.
+
+    Any pool, whatever its source, shared or not. When the pool's object is gone while NumPy arrays
+    keep its C pool alive (they hold its handler), a new :class:`Pool` object over that handler
+    stands for it from then on.
+    """
+    cdef void *data = cnp.PyArray_DATA(array)
+    cdef NodePool *arena
+    cdef PyObject *handler
+    cdef PoolHandler *record
+    cdef Pool pool
+    with nogil:
+        arena = arena_pool_of(data)
+    if arena == NULL:
+        return None
+    found = _BY_ARENA.get(<uintptr_t>arena)
+    if found is not None:
+        return found
+    # Only the array's own handler can keep the C pool alive for a new object.
+    handler = PyArray_HANDLER(<cnp.PyArrayObject *>array)
+    if handler == NULL or not PyCapsule_IsValid(<object>handler, "mem_handler"):
+        return None
+    record = <PoolHandler *>PyCapsule_GetPointer(<object>handler, "mem_handler")
+    if record.handler.allocator.malloc != _handler_malloc or record.pool != arena:
+        return None
+    pool = Pool.__new__(Pool, arena.node, "bind", _ADOPT)
+    pool._pool = arena
+    pool.node = arena.node
+    pool.policy = "bind" if arena.mode == PLACE_STRICT else "preferred"
+    pool.source = "kernel" if arena.source.ctx == NULL else "fake"
+    pool._capsule = <object>handler
+    _BY_ARENA[<uintptr_t>arena] = pool
+    return pool
 
 
 # The block must go back while its pool is certainly alive: the garbage collector must not clear

@@ -12,3 +12,5 @@ cdef void registry_remove(pthread_mutex_t *lock) noexcept nogil
 cdef int registry_count() noexcept nogil
 cdef void *directory_lookup(void *ptr) noexcept nogil
 cdef int directory_set(char *base, size_t length, void *record) noexcept nogil
+cdef void directory_lock() noexcept nogil
+cdef void directory_unlock() noexcept nogil

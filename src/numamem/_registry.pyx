@@ -103,6 +103,19 @@ cdef void *directory_lookup(void *ptr) noexcept nogil:
     return table[index & (DIR_SIZE - 1)]
 
 
+cdef void directory_lock() noexcept nogil:
+    """Hold the directory still: records read meanwhile cannot be unregistered (and then freed).
+
+    For a lookup of an address nothing keeps alive (``numamem._arena.arena_pool_of``); a free
+    needs none, since the block it frees keeps its chunk registered.
+    """
+    pthread_mutex_lock(&DIRECTORY_LOCK)
+
+
+cdef void directory_unlock() noexcept nogil:
+    pthread_mutex_unlock(&DIRECTORY_LOCK)
+
+
 cdef int directory_set(char *base, size_t length, void *record) noexcept nogil:
     """Point every 2 MiB slot of ``[base, base + length)`` at ``record`` (NULL: clear them).
 

@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from numpy._core.multiarray import get_handler_name
 
 from numamem import _kernel, _pool, _topology
 from numamem._ndarray import Export
@@ -27,16 +26,13 @@ __all__ = [
 ]
 
 
-_HANDLER_NAME = re.compile(r"numamem_node(\d+)_(bind|preferred)")
-
-
 def owner(array) -> Region | PoolAllocation | Pool | None:
     """Return the numamem owner of ``array``'s memory, or None for other memory.
 
     The owner is a :class:`Region` (a mapping of its own), a :class:`PoolAllocation` (a block of
-    a node's pool, for small arrays of the creators), or the node's :class:`~numamem.pools.Pool`
-    itself for an array NumPy allocated inside :func:`numamem.on_node` (NumPy owns such an array
-    and gives its block back to the pool when it frees it). Follows the ``.base`` chain (ndarray
+    a node's pool, for small arrays of the creators), or the :class:`~numamem.pools.Pool` itself
+    for an array NumPy allocated through a pool's handler, inside :func:`numamem.on_node` or any
+    pool's (NumPy owns such an array and gives its block back to the pool when it frees it). Follows the ``.base`` chain (ndarray
     views, then the :class:`~numamem._ndarray.Export` or memoryview of the owner).
     """
     obj = array
@@ -54,13 +50,14 @@ def owner(array) -> Region | PoolAllocation | Pool | None:
 
 
 def _scope_pool(array: np.ndarray):
-    """The kernel pool whose NEP 49 handler allocated ``array`` (inside ``on_node``), or None."""
+    """The pool whose handler allocated ``array`` (inside ``on_node``, or any pool's handler), or None.
+
+    Asked of the pools' address directory (:func:`numamem._pool.pool_of`), so every pool is
+    recognised, whatever its source, shared through ``get_pool`` or made directly.
+    """
     if not array.flags.owndata:
         return None
-    match = _HANDLER_NAME.fullmatch(get_handler_name(array) or "")
-    if match is None:
-        return None
-    return _pool.pools().get((int(match.group(1)), match.group(2)))
+    return _pool.pool_of(array)
 
 
 def request_of(own) -> Request | None:
