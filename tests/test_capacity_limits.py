@@ -180,8 +180,8 @@ def test_a_bind_pool_mapping_beyond_the_nodes_available_memory_is_refused(tmp_pa
     preferred.free(preferred.malloc(8 * MiB))
 
 
-def test_requests_below_the_threshold_read_no_limit(tmp_path, limits, node0):
-    # The fast path pays nothing: below CAPACITY_CHECK no file is read, even with no headroom left.
+def test_requests_below_the_threshold_are_not_checked(tmp_path, limits, node0):
+    # The fast path pays nothing: below CAPACITY_CHECK no limit is read, even with no headroom left.
     proc, fs = _v2(tmp_path, limits={"box": (100 * MiB, 100 * MiB)}, own="/box")
     limits(proc_self_cgroup=proc, cgroup_fs=fs)
     assert _place.capacity(_place.CAPACITY_CHECK - 1) is None
