@@ -180,14 +180,24 @@ def test_a_bind_pool_mapping_beyond_the_nodes_available_memory_is_refused(tmp_pa
     preferred.free(preferred.malloc(8 * MiB))
 
 
-def test_requests_below_the_threshold_are_not_checked(tmp_path, limits, node0):
-    # The fast path pays nothing: below CAPACITY_CHECK no limit is read, even with no headroom left.
-    proc, fs = _v2(tmp_path, limits={"box": (100 * MiB, 100 * MiB)}, own="/box")
-    limits(proc_self_cgroup=proc, cgroup_fs=fs)
-    assert _place.capacity(_place.CAPACITY_CHECK - 1) is None
-    assert _place.capacity(_place.CAPACITY_CHECK).limit == "cgroup"
+def test_thresholds_and_the_pools_fast_path(tmp_path, limits, node0):
+    # The cgroup's headroom is compared from 2 MiB (a pool chunk) up, the node's memory from
+    # CAPACITY_CHECK up; blocks carved from chunks already mapped read no limit at all.
     pool = numamem.pools.get_pool(node0)
-    pool.free(pool.malloc(3 * MiB))
+    kept = pool.malloc(64)  # the pool has a chunk mapped
+    proc, fs = _v2(tmp_path, limits={"box": (100 * MiB, 100 * MiB)}, own="/box")  # no headroom
+    _node_meminfo(tmp_path, node0, 1024)  # 1 MiB available
+    limits(sysfs=tmp_path, proc_self_cgroup=proc, cgroup_fs=fs)
+    assert _place.CGROUP_CHECK == 2 * MiB and _place.CAPACITY_CHECK == 4 * MiB
+    assert _place.capacity(_place.CGROUP_CHECK - 1, node0) is None
+    assert _place.capacity(_place.CGROUP_CHECK).limit == "cgroup"
+    pool.free(pool.malloc(1000))  # carved from the mapped chunk: no check
+    with pytest.raises(NodeMemoryError, match="the cgroup memory limit leaves 0 bytes"):
+        pool.malloc(3 * MiB)  # a direct mapping
+    limits(sysfs=tmp_path)  # the system's cgroup (no limit here), the fabricated node
+    assert _place.capacity(_place.CAPACITY_CHECK - 4096, node0) is None
+    assert _place.capacity(_place.CAPACITY_CHECK, node0).limit == "node"
+    pool.free(kept)
 
 
 # ---- a real memory cgroup: an exception, not the memory cgroup's OOM killer --------------------
@@ -211,6 +221,14 @@ for policy in ("bind", "preferred"):
         numamem.ones(want, np.uint8, node=node, policy=policy, populate=True)
     except numamem.NodeMemoryError as exc:
         print(f"{policy} array:", exc)
+kept = []
+try:  # small arrays: each new 2 MiB pool chunk is checked
+    with numamem.on_node(node):
+        while True:
+            kept.append(np.ones(1 << 20, np.uint8))
+except MemoryError:
+    print("small arrays: MemoryError after", len(kept))
+del kept
 with numamem.on_node(node):
     small = np.ones(1 << 20, np.uint8)  # the process lives on, and the pools serve it
 print("alive", int(small.sum()))
@@ -272,6 +290,7 @@ def test_a_real_memory_cgroup_gives_exceptions_not_an_oom_kill(node0):
     assert done.returncode == 0, f"child ended with {done.returncode} (-9: the OOM killer)\n{done.stdout}{done.stderr}"
     lines = done.stdout.splitlines()
     assert lines[0] == "on_node: MemoryError" and lines[-1] == f"alive {MiB}", done.stdout
+    assert lines[-2].startswith("small arrays: MemoryError after"), done.stdout
     for what in ("bind pool", "preferred pool", "bind array", "preferred array"):
         (line,) = [x for x in lines if x.startswith(what + ":")]
         assert "the cgroup memory limit leaves" in line and str(directory) in line, line

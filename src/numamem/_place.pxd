@@ -38,6 +38,10 @@ cdef enum:
     # below it reading meminfo costs more than placing, and safety does not depend on the check
     # (populate under `preferred` then verify turns a full node into an error, never an OOM kill).
     CAPACITY_CHECK_BYTES = 4194304
+    # Requests from this size up (a pool's chunk, 2 MiB, included) are compared with the cgroup's
+    # headroom: there nothing later turns a shortfall into an error (populating past the cgroup's
+    # limit is its OOM killer's), and with no limit found the comparison costs nothing.
+    CGROUP_CHECK_BYTES = 2097152
 
 ctypedef struct PlaceResult:
     int step              # STEP_*: where it stopped

@@ -6,6 +6,7 @@ STEPS: dict[str, int]
 MODES: dict[str, int]
 POPULATED: dict[int, str | None]
 CAPACITY_CHECK: int
+CGROUP_CHECK: int
 
 class PlaceOutcome:
     step: str

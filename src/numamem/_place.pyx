@@ -53,6 +53,7 @@ STEP_NAMES = {
     STEP_VERIFY: "verify", STEP_BIND: "bind", STEP_MISPLACED: "misplaced", STEP_CAPACITY: "capacity",
 }
 CAPACITY_CHECK = CAPACITY_CHECK_BYTES
+CGROUP_CHECK = CGROUP_CHECK_BYTES
 STEPS = {name: step for step, name in STEP_NAMES.items()}
 MODES = {"strict": PLACE_STRICT, "preferred": PLACE_PREFERRED, "bind-lazy": PLACE_BIND_LAZY,
          "preferred-lazy": PLACE_PREFERRED_LAZY}
@@ -61,16 +62,17 @@ POPULATED = {POPULATED_NONE: None, POPULATED_MADVISE: "madvise", POPULATED_TOUCH
 
 # ---- capacity ----------------------------------------------------------------------------------
 # The one capacity rule, for arrays (numamem._placement) and the pools' kernel chunk source alike:
-# a request of CAPACITY_CHECK_BYTES or more that will be faulted in now is refused before anything
-# is mapped when it exceeds the tighter of
-#   * the node's available memory, MemFree plus Inactive(file) from its sysfs meminfo (clean
-#     inactive page cache is what reclaim takes first), for a strict (bind) request; and
+# a request that will be faulted in now is refused before anything is mapped when it exceeds
 #   * the headroom of the process's memory cgroup (limit - usage, the tightest over the cgroup
-#     and its ancestors), for every policy: populating past it calls the memory cgroup's OOM
-#     killer, whatever the NUMA policy.
+#     and its ancestors), under every policy, from CGROUP_CHECK_BYTES (a pool chunk) up:
+#     populating past it calls the memory cgroup's OOM killer, whatever the NUMA policy; or
+#   * for a strict (bind) request of CAPACITY_CHECK_BYTES or more, the node's available memory,
+#     MemFree plus Inactive(file) from its sysfs meminfo (clean inactive page cache is what
+#     reclaim takes first); smaller ones are left to populate under `preferred` and verification.
 # Which cgroup files to read is resolved once (numamem._cgroup, at import or use_limits()) into a
-# table of paths, so a check is two small file reads per limiting cgroup and no Python; below the
-# threshold nothing is read. A forked child inherits its parent's cgroup, so the table stays valid.
+# table of paths, so a check is two small file reads per limiting cgroup and no Python (none when
+# no cgroup sets a limit); below the thresholds nothing is read, and a pool's blocks carved from
+# mapped chunks never get here. A forked child inherits its parent's cgroup: the table stays valid.
 DEF LIMIT_PATH = 512
 DEF LIMIT_DIRS = 16
 
@@ -176,21 +178,22 @@ cdef long long cgroup_headroom(PlaceResult *out) noexcept nogil:
 
 
 cdef int check_capacity(size_t length, int node, PlaceResult *out) noexcept nogil:
-    """0 if a request of ``length`` bytes fits (or is below the check), else -1 with STEP_CAPACITY.
+    """0 if a request of ``length`` bytes fits (or is below the checks), else -1 with STEP_CAPACITY.
 
-    ``node >= 0``: a strict request, compared with the node's available memory and the cgroup's
-    headroom; ``node < 0``: a request that may spill to other nodes, compared with the cgroup's
-    headroom only. On -1, ``out.limit`` says which limit was short and ``out.available`` what it left.
+    ``node >= 0``: a strict request, compared with the cgroup's headroom and the node's available
+    memory; ``node < 0``: a request that may spill to other nodes, compared with the cgroup's
+    headroom only (the thresholds are in the comment above). On -1, ``out.limit`` says which limit
+    was short and ``out.available`` what it left.
     """
     cdef PlaceResult found
     cdef long long room
-    if length < CAPACITY_CHECK_BYTES:
+    if length < CGROUP_CHECK_BYTES:
         return 0
     memset(&found, 0, sizeof(PlaceResult))
     room = cgroup_headroom(&found)
     if room >= 0 and <unsigned long long>length > <unsigned long long>room:
         found.limit = LIMIT_CGROUP
-    elif node >= 0:
+    elif node >= 0 and length >= CAPACITY_CHECK_BYTES:
         room = node_available(node)
         if room < 0 or <unsigned long long>length <= <unsigned long long>room:
             return 0  # unknown: populate under `preferred` and the verification still guard
@@ -271,7 +274,8 @@ def capacity(size_t length, int node=-1):
     Returns
     -------
     PlaceOutcome or None
-        None when it fits (or is below ``CAPACITY_CHECK``); else an outcome whose ``step`` is
+        None when it fits (or is below ``CGROUP_CHECK``, or ``CAPACITY_CHECK`` for the node's
+        memory); else an outcome whose ``step`` is
         ``"capacity"``, for :func:`numamem.errors.from_place_result`.
     """
     cdef PlaceResult result

@@ -50,19 +50,21 @@ _stagger_slots = itertools.count()
 # the node's meminfo costs more than placing a small array, and safety does not depend on the
 # check (pages are populated under MPOL_PREFERRED and verified, so a full node is an exception,
 # never an OOM kill). Above it the check fails fast instead of spilling, then unmapping, a lot.
-# One threshold for arrays and the pools' chunk source (numamem._place).
+# The cgroup's headroom is compared from CGROUP_CHECK (2 MiB) up. One rule, in numamem._place,
+# for arrays and the pools' chunk source.
 CAPACITY_CHECK_BYTES = CAPACITY_CHECK
 
 
 def check_capacity(req: Request, spans, page_size: int, hugetlb: int) -> None:
     """Refuse a request the node(s) or the process's cgroup cannot hold, before mapping anything.
 
-    Pages that will be pre-faulted (``populate``) from :data:`CAPACITY_CHECK_BYTES` up are
-    compared with the tighter of two limits by the one capacity check (``numamem._place.capacity``,
-    which the pools' chunk source runs too): the node's available memory (``MemFree`` plus
-    inactive file pages) under ``bind``, and under every policy the headroom the process's cgroup
-    memory limit leaves (:mod:`numamem._cgroup`), since populating past it calls the cgroup's OOM
-    killer whatever the NUMA policy. hugetlbfs pages are compared with the node's free huge pages.
+    Pages that will be pre-faulted (``populate``) are compared with the tighter of two limits by
+    the one capacity check (``numamem._place.capacity``, which the pools' chunk source runs too):
+    from :data:`CAPACITY_CHECK_BYTES` up, the node's available memory (``MemFree`` plus inactive
+    file pages) under ``bind``; from 2 MiB up and under every policy, the headroom the process's
+    cgroup memory limit leaves (:mod:`numamem._cgroup`), since populating past it calls the
+    cgroup's OOM killer whatever the NUMA policy. hugetlbfs pages are compared with the node's free
+    huge pages.
     """
     if not req.populate and not hugetlb:
         return  # lazy placement: nothing is faulted in now
