@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import numamem
-from numamem import _cgroup, _place, _topology
+from numamem import _capacity, _cgroup
 from numamem.errors import NodeMemoryError
 
 MiB = 1 << 20
@@ -70,28 +70,19 @@ def test_no_cgroup_file_means_no_limit(tmp_path):
     assert _cgroup.cgroup_memory(tmp_path / "missing", tmp_path) is None
 
 
-def test_node_available_memory_counts_free_and_inactive_file_pages(tmp_path):
-    d = tmp_path / "devices/system/node/node3"
-    d.mkdir(parents=True)
-    (d / "meminfo").write_text(
-        "Node 3 MemTotal:       1000 kB\nNode 3 MemFree:         100 kB\nNode 3 Active(file):     400 kB\n"
-        "Node 3 Inactive(file):   200 kB\nNode 3 SReclaimable:     50 kB\n")
-    assert _topology.node_available_memory(3, tmp_path) == 300 * 1024
-
-
 @pytest.fixture
 def limits():
-    """Point the capacity check (``numamem._place.use_limits``) at fabricated trees; restored after."""
+    """Point the capacity check (``numamem._capacity.use_limits``) at fabricated trees; restored after."""
     previous = []
 
     def use(**roots):
-        before = _place.use_limits(**roots)
+        before = _capacity.use_limits(**roots)
         if not previous:
             previous.append(before)
 
     yield use
     if previous:
-        _place.use_limits(*previous[0])
+        _capacity.use_limits(*previous[0])
 
 
 @pytest.fixture
@@ -107,6 +98,20 @@ def _node_meminfo(root, node, free_kib, inactive_file_kib=0):
     d.mkdir(parents=True, exist_ok=True)
     (d / "meminfo").write_text(f"Node {node} MemTotal:  99999999 kB\nNode {node} MemFree:  {free_kib} kB\n"
                                f"Node {node} Inactive(file):  {inactive_file_kib} kB\n")
+
+
+def test_node_available_counts_free_and_inactive_file_pages_only(tmp_path, limits, node0):
+    # MemFree 3 MiB + Inactive(file) 2 MiB = 5 MiB; active file pages and reclaimable slab do not count.
+    d = tmp_path / "devices/system/node" / f"node{node0}"
+    d.mkdir(parents=True)
+    (d / "meminfo").write_text(
+        f"Node {node0} MemTotal:  99999999 kB\nNode {node0} MemFree:  3072 kB\n"
+        f"Node {node0} Active(file):  409600 kB\nNode {node0} Inactive(file):  2048 kB\n"
+        f"Node {node0} SReclaimable:  409600 kB\n")
+    limits(sysfs=tmp_path)  # the system's cgroup (no limit here), the fabricated node
+    assert _capacity.capacity(5 * MiB, node0) is None
+    short = _capacity.capacity(5 * MiB + 4096, node0)
+    assert (short.step, short.limit, short.available) == ("capacity", "node", 5 * MiB)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(policy="preferred", populate=True),
@@ -188,15 +193,15 @@ def test_thresholds_and_the_pools_fast_path(tmp_path, limits, node0):
     proc, fs = _v2(tmp_path, limits={"box": (100 * MiB, 100 * MiB)}, own="/box")  # no headroom
     _node_meminfo(tmp_path, node0, 1024)  # 1 MiB available
     limits(sysfs=tmp_path, proc_self_cgroup=proc, cgroup_fs=fs)
-    assert _place.CGROUP_CHECK == 2 * MiB and _place.CAPACITY_CHECK == 4 * MiB
-    assert _place.capacity(_place.CGROUP_CHECK - 1, node0) is None
-    assert _place.capacity(_place.CGROUP_CHECK).limit == "cgroup"
+    assert _capacity.CGROUP_CHECK == 2 * MiB and _capacity.CAPACITY_CHECK == 4 * MiB
+    assert _capacity.capacity(_capacity.CGROUP_CHECK - 1, node0) is None
+    assert _capacity.capacity(_capacity.CGROUP_CHECK).limit == "cgroup"
     pool.free(pool.malloc(1000))  # carved from the mapped chunk: no check
     with pytest.raises(NodeMemoryError, match="the cgroup memory limit leaves 0 bytes"):
         pool.malloc(3 * MiB)  # a direct mapping
     limits(sysfs=tmp_path)  # the system's cgroup (no limit here), the fabricated node
-    assert _place.capacity(_place.CAPACITY_CHECK - 4096, node0) is None
-    assert _place.capacity(_place.CAPACITY_CHECK, node0).limit == "node"
+    assert _capacity.capacity(_capacity.CAPACITY_CHECK - 4096, node0) is None
+    assert _capacity.capacity(_capacity.CAPACITY_CHECK, node0).limit == "node"
     pool.free(kept)
 
 

@@ -15,9 +15,9 @@ cgroup's page cache, which it would reclaim before an OOM kill: the headroom is 
 The roots are parameters so tests can fabricate a tree (as :func:`numamem._topology.read_topology`
 takes a sysfs root).
 
-The capacity check itself is C (``numamem._place.check_capacity``, run by arrays and the pools'
+The capacity check itself is C (``numamem._capacity.check_capacity``, run by arrays and the pools'
 chunk source alike, without Python): :func:`limit_files` resolves once which files it reads, and
-``numamem._place.use_limits`` hands them to it.
+``numamem._capacity.use_limits`` hands them to it.
 """
 from __future__ import annotations
 

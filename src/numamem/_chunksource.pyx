@@ -29,9 +29,10 @@ from numamem._libnuma cimport (
     MAP_ANONYMOUS, MAP_PRIVATE, bitmask, munmap, numa_allocate_cpumask, numa_bitmask_isbitset,
     numa_bitmask_nbytes, numa_free_cpumask, numa_node_to_cpus,
 )
+from numamem._capacity cimport check_capacity
 from numamem._place cimport (
-    PLACE_PREFERRED, PLACE_STRICT, STEP_MAP, STEP_PREFER, PlaceOps, PlaceResult, check_capacity,
-    fault_ops, kernel_ops, map_aligned, page_histogram, place_on_node, populate_range, result_object,
+    PLACE_PREFERRED, PLACE_STRICT, STEP_MAP, STEP_PREFER, PlaceOps, PlaceResult, fault_ops, kernel_ops,
+    map_aligned, page_histogram, place_on_node, populate_range, result_object,
 )
 
 cdef extern from "<stdlib.h>" nogil:
@@ -167,7 +168,7 @@ cdef char *_kernel_map(void *ctx, size_t length, int node, int mode, PlaceResult
     cdef int err = 0
     cdef char *base
     # A large mapping is refused before anything is mapped when it exceeds the cgroup's headroom
-    # or, strict, the node's available memory: the rule numamem.empty's follow (numamem._place).
+    # or, strict, the node's available memory: the rule numamem.empty's follow (numamem._capacity).
     if check_capacity(length, node if mode == PLACE_STRICT else -1, out) != 0:
         return NULL
     base = map_aligned(length, CHUNK_SIZE, MAP_PRIVATE | MAP_ANONYMOUS, BASE_PAGE, &err)

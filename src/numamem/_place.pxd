@@ -18,7 +18,7 @@ cdef enum:
     PLACE_BIND_LAZY = 3       # bind only; pages are placed when first touched
     PLACE_PREFERRED_LAZY = 4  # preferred only
 
-# Which limit a capacity check found short (PlaceResult.limit).
+# Which limit a capacity check (numamem._capacity) found short (PlaceResult.limit).
 cdef enum:
     LIMIT_NONE = 0
     LIMIT_NODE = 1            # the node's MemFree plus Inactive(file)
@@ -34,14 +34,6 @@ cdef enum:
 cdef enum:
     MASK_WORDS_MAX = 16
     HIST_SLOTS = 16
-    # Strict requests from this size up are compared with the node's free memory before mapping:
-    # below it reading meminfo costs more than placing, and safety does not depend on the check
-    # (populate under `preferred` then verify turns a full node into an error, never an OOM kill).
-    CAPACITY_CHECK_BYTES = 4194304
-    # Requests from this size up (a pool's chunk, 2 MiB, included) are compared with the cgroup's
-    # headroom: there nothing later turns a shortfall into an error (populating past the cgroup's
-    # limit is its OOM killer's), and with no limit found the comparison costs nothing.
-    CGROUP_CHECK_BYTES = 2097152
 
 ctypedef struct PlaceResult:
     int step              # STEP_*: where it stopped
@@ -79,9 +71,6 @@ ctypedef struct Faults:
     int misplace_last     # 1: the last page of each move_pages query is reported off the node
     int node              # the node the fake reports for pages it does not misplace
 
-cdef long long node_available(int node) noexcept nogil
-cdef long long cgroup_headroom(PlaceResult *out) noexcept nogil
-cdef int check_capacity(size_t length, int node, PlaceResult *out) noexcept nogil
 cdef int mask_words() noexcept nogil
 cdef int node_mask(int node, unsigned long *mask, unsigned long *maxnode) noexcept nogil
 cdef const PlaceOps *kernel_ops() noexcept nogil

@@ -1,12 +1,9 @@
-import os
 from typing import Any
 
 STEP_NAMES: dict[int, str]
 STEPS: dict[str, int]
 MODES: dict[str, int]
 POPULATED: dict[int, str | None]
-CAPACITY_CHECK: int
-CGROUP_CHECK: int
 
 class PlaceOutcome:
     step: str
@@ -22,10 +19,6 @@ class PlaceOutcome:
     def errno(self) -> int: ...
     @property
     def ok(self) -> bool: ...
-
-def use_limits(sysfs: str | os.PathLike[str] | None = ..., proc_self_cgroup: str | os.PathLike[str] | None = ...,
-               cgroup_fs: str | os.PathLike[str] | None = ...) -> tuple[str, str, str] | None: ...
-def capacity(length: int, node: int = ...) -> PlaceOutcome | None: ...
 
 class injected:
     def __init__(self, step: str | None = ..., errno: int = ..., misplace_every: int = ...,

@@ -23,21 +23,23 @@ in first-seen order: no sort, whose result the emulated guests have got wrong). 
 
 The three calls go through a :c:type:`PlaceOps` table: the kernel's, or a fault-injecting one
 (:class:`Faults`) so that every failure branch runs in tests on a one-node machine.
+
+The capacity check run before mapping (cgroup headroom, node memory) is :mod:`numamem._capacity`:
+its callers are arrays and the pools' chunk source, not this routine; it reports a shortfall in
+the same :c:type:`PlaceResult` (``STEP_CAPACITY``), which :c:func:`result_object` reads.
 """
 import os
 
 from libc.errno cimport EINVAL, EIO, ENOMEM, errno
 from libc.stdint cimport uintptr_t
-from libc.stdio cimport snprintf
-from libc.stdlib cimport calloc, free as c_free, strtoll
-from libc.string cimport memcpy, memset, strlen, strncpy, strstr
-from posix.fcntl cimport O_CLOEXEC, O_RDONLY, open
-from posix.unistd cimport _SC_PAGESIZE, close, read, sysconf
+from libc.stdlib cimport free as c_free
+from libc.string cimport memset
+from posix.unistd cimport _SC_PAGESIZE, sysconf
 
 from numamem._libnuma cimport (
     MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, MPOL_BIND, MPOL_MF_STRICT,
     MPOL_PREFERRED, PROT_READ, PROT_WRITE, madvise, mbind, mmap, move_pages, munmap,
-    nm_set_errno, numa_max_possible_node, numa_node_size64,
+    nm_set_errno, numa_max_possible_node,
 )
 
 cdef size_t BASE_PAGE = <size_t>sysconf(_SC_PAGESIZE)
@@ -52,237 +54,10 @@ STEP_NAMES = {
     STEP_NONE: "none", STEP_MAP: "map", STEP_PREFER: "prefer", STEP_POPULATE: "populate",
     STEP_VERIFY: "verify", STEP_BIND: "bind", STEP_MISPLACED: "misplaced", STEP_CAPACITY: "capacity",
 }
-CAPACITY_CHECK = CAPACITY_CHECK_BYTES
-CGROUP_CHECK = CGROUP_CHECK_BYTES
 STEPS = {name: step for step, name in STEP_NAMES.items()}
 MODES = {"strict": PLACE_STRICT, "preferred": PLACE_PREFERRED, "bind-lazy": PLACE_BIND_LAZY,
          "preferred-lazy": PLACE_PREFERRED_LAZY}
 POPULATED = {POPULATED_NONE: None, POPULATED_MADVISE: "madvise", POPULATED_TOUCH: "touch"}
-
-
-# ---- capacity ----------------------------------------------------------------------------------
-# The one capacity rule, for arrays (numamem._placement) and the pools' kernel chunk source alike:
-# a request that will be faulted in now is refused before anything is mapped when it exceeds
-#   * the headroom of the process's memory cgroup (limit - usage, the tightest over the cgroup
-#     and its ancestors), under every policy, from CGROUP_CHECK_BYTES (a pool chunk) up:
-#     populating past it calls the memory cgroup's OOM killer, whatever the NUMA policy; or
-#   * for a strict (bind) request of CAPACITY_CHECK_BYTES or more, the node's available memory,
-#     MemFree plus Inactive(file) from its sysfs meminfo (clean inactive page cache is what
-#     reclaim takes first); smaller ones are left to populate under `preferred` and verification.
-# Which cgroup files to read is resolved once (numamem._cgroup, at import or use_limits()) into a
-# table of paths, so a check is two small file reads per limiting cgroup and no Python (none when
-# no cgroup sets a limit); below the thresholds nothing is read, and a pool's blocks carved from
-# mapped chunks never get here. A forked child inherits its parent's cgroup: the table stays valid.
-DEF LIMIT_PATH = 512
-DEF LIMIT_DIRS = 16
-
-
-cdef struct LimitFiles:
-    char node_dir[LIMIT_PATH]           # .../devices/system/node
-    int version                         # 1 or 2 (0: no cgroup sets a limit)
-    int count
-    char dirs[LIMIT_DIRS][LIMIT_PATH]
-    char limit_file[LIMIT_DIRS][LIMIT_PATH]
-    char usage_file[LIMIT_DIRS][LIMIT_PATH]
-
-
-# Swapped whole by use_limits() while checks may read the old table without a lock: old tables are
-# kept (a few tens of KiB per call; it is called at import and by tests).
-cdef LimitFiles *LIMITS = NULL
-_OLD_LIMITS = []
-_LIMIT_ROOTS = None
-# v1 reports "no limit" as PAGE_COUNTER_MAX pages (0x7ffffffffffff000 with 4 KiB pages).
-cdef long long V1_UNLIMITED = 1LL << 62
-
-
-cdef Py_ssize_t _read_text(const char *path, char *buffer, size_t size) noexcept nogil:
-    """Read up to ``size - 1`` bytes of ``path`` into ``buffer`` (NUL-terminated); length, or -1."""
-    cdef int fd = open(path, O_RDONLY | O_CLOEXEC)
-    cdef Py_ssize_t total = 0, got
-    if fd < 0:
-        return -1
-    while <size_t>total < size - 1:
-        got = read(fd, buffer + total, size - 1 - total)
-        if got <= 0:
-            break
-        total += got
-    close(fd)
-    buffer[total] = 0
-    return total
-
-
-cdef long long _read_number(const char *path) noexcept nogil:
-    """The integer in ``path``; -1 when it is ``max`` (no limit), unreadable or not a number."""
-    cdef char buffer[64]
-    cdef char *end
-    cdef long long value
-    if _read_text(path, buffer, sizeof(buffer)) <= 0 or buffer[0] < 48 or buffer[0] > 57:
-        return -1
-    value = strtoll(buffer, &end, 10)
-    return value if end != buffer else -1
-
-
-cdef long long _meminfo_kib(const char *text, const char *key) noexcept nogil:
-    cdef const char *at = strstr(text, key)
-    if at == NULL:
-        return -1
-    return strtoll(at + strlen(key), NULL, 10)
-
-
-cdef long long node_available(int node) noexcept nogil:
-    """Bytes ``node`` can give a new allocation now: ``MemFree`` plus ``Inactive(file)``; -1 if unknown.
-
-    From the node's sysfs ``meminfo`` (as :func:`numamem._topology.node_available_memory`), else
-    libnuma's ``MemFree``.
-    """
-    cdef char path[LIMIT_PATH + 32]
-    cdef char text[8192]
-    cdef long long free_kib, inactive_kib, free_bytes = -1
-    cdef LimitFiles *files = LIMITS
-    if files != NULL and node >= 0:
-        snprintf(path, sizeof(path), "%s/node%d/meminfo", files.node_dir, node)
-        if _read_text(path, text, sizeof(text)) > 0:
-            free_kib = _meminfo_kib(text, "MemFree:")
-            inactive_kib = _meminfo_kib(text, "Inactive(file):")
-            if free_kib >= 0:
-                return (free_kib + (inactive_kib if inactive_kib > 0 else 0)) * 1024
-    if numa_node_size64(node, &free_bytes) < 0:
-        return -1
-    return free_bytes
-
-
-cdef long long cgroup_headroom(PlaceResult *out) noexcept nogil:
-    """Bytes the process's memory cgroup may still charge (the tightest over its ancestors); -1: no limit.
-
-    The usage counts the cgroup's page cache, which it would reclaim first: a lower estimate.
-    Fills ``out.cg_limit``, ``cg_usage``, ``cg_dir`` and ``cg_version`` for the tightest cgroup.
-    """
-    cdef LimitFiles *files = LIMITS
-    cdef long long best = -1, limit, usage, room
-    cdef int i
-    if files == NULL:
-        return -1
-    for i in range(files.count):
-        limit = _read_number(files.limit_file[i])
-        usage = _read_number(files.usage_file[i])
-        if limit < 0 or usage < 0 or (files.version == 1 and limit >= V1_UNLIMITED):
-            continue
-        room = limit - usage if limit > usage else 0
-        if best < 0 or room < best:
-            best = room
-            out.cg_limit = limit
-            out.cg_usage = usage
-            out.cg_dir = files.dirs[i]
-            out.cg_version = files.version
-    return best
-
-
-cdef int check_capacity(size_t length, int node, PlaceResult *out) noexcept nogil:
-    """0 if a request of ``length`` bytes fits (or is below the checks), else -1 with STEP_CAPACITY.
-
-    ``node >= 0``: a strict request, compared with the cgroup's headroom and the node's available
-    memory; ``node < 0``: a request that may spill to other nodes, compared with the cgroup's
-    headroom only (the thresholds are in the comment above). On -1, ``out.limit`` says which limit
-    was short and ``out.available`` what it left.
-    """
-    cdef PlaceResult found
-    cdef long long room
-    if length < CGROUP_CHECK_BYTES:
-        return 0
-    memset(&found, 0, sizeof(PlaceResult))
-    room = cgroup_headroom(&found)
-    if room >= 0 and <unsigned long long>length > <unsigned long long>room:
-        found.limit = LIMIT_CGROUP
-    elif node >= 0 and length >= CAPACITY_CHECK_BYTES:
-        room = node_available(node)
-        if room < 0 or <unsigned long long>length <= <unsigned long long>room:
-            return 0  # unknown: populate under `preferred` and the verification still guard
-        found.limit = LIMIT_NODE
-    else:
-        return 0
-    found.step = STEP_CAPACITY
-    found.err = ENOMEM
-    found.available = room
-    memcpy(out, &found, sizeof(PlaceResult))
-    return -1
-
-
-def use_limits(sysfs=None, proc_self_cgroup=None, cgroup_fs=None):
-    """Resolve which files the capacity check reads: the nodes' meminfo and the cgroup limits.
-
-    Called at import with the system's paths. Call it again after the process moved to another
-    cgroup or a limit was set on one that had none; tests pass fabricated trees.
-
-    Parameters
-    ----------
-    sysfs : path, optional
-        Replaces ``/sys`` for the nodes' ``devices/system/node/node<N>/meminfo``.
-    proc_self_cgroup, cgroup_fs : path, optional
-        As :func:`numamem._cgroup.cgroup_memory` takes them.
-
-    Returns
-    -------
-    tuple
-        The previous ``(sysfs, proc_self_cgroup, cgroup_fs)``, to restore them.
-    """
-    global LIMITS, _LIMIT_ROOTS
-    from numamem import _cgroup
-
-    cdef LimitFiles *files
-    sysfs = str(sysfs or "/sys")
-    proc_self_cgroup = str(proc_self_cgroup or _cgroup.PROC_SELF_CGROUP)
-    cgroup_fs = str(cgroup_fs or _cgroup.CGROUP_FS)
-    version, directories = _cgroup.limit_files(proc_self_cgroup, cgroup_fs)
-    node_dir = (sysfs.rstrip("/") + "/devices/system/node").encode()
-    if len(node_dir) >= LIMIT_PATH:
-        raise ValueError(f"sysfs path too long ({len(node_dir)} bytes): {sysfs!r}")
-    found = []
-    for directory, limit_file, usage_file in directories:
-        encoded = [os.fsencode(p) for p in (directory, limit_file, usage_file)]
-        if max(len(e) for e in encoded) >= LIMIT_PATH:
-            raise ValueError(f"cgroup path too long for the capacity check: {directory!r}")
-        found.append(encoded)
-    if len(found) > LIMIT_DIRS:
-        found = found[:LIMIT_DIRS]  # the innermost ones (deeper trees than this are not seen)
-    files = <LimitFiles *>calloc(1, sizeof(LimitFiles))
-    if files == NULL:
-        raise MemoryError("cannot allocate the capacity check's file table")
-    strncpy(files.node_dir, node_dir, LIMIT_PATH - 1)
-    files.version = version
-    files.count = len(found)
-    for i, (directory, limit_file, usage_file) in enumerate(found):
-        strncpy(files.dirs[i], directory, LIMIT_PATH - 1)
-        strncpy(files.limit_file[i], limit_file, LIMIT_PATH - 1)
-        strncpy(files.usage_file[i], usage_file, LIMIT_PATH - 1)
-    if LIMITS != NULL:
-        _OLD_LIMITS.append(<uintptr_t>LIMITS)
-    LIMITS = files
-    previous, _LIMIT_ROOTS = _LIMIT_ROOTS, (sysfs, proc_self_cgroup, cgroup_fs)
-    return previous
-
-
-def capacity(size_t length, int node=-1):
-    """Run the capacity check (:c:func:`check_capacity`) for a request of ``length`` bytes.
-
-    Parameters
-    ----------
-    length : int
-        Bytes that will be faulted in now.
-    node : int
-        The node of a strict (bind) request; -1 for a request that may spill (the cgroup only).
-
-    Returns
-    -------
-    PlaceOutcome or None
-        None when it fits (or is below ``CGROUP_CHECK``, or ``CAPACITY_CHECK`` for the node's
-        memory); else an outcome whose ``step`` is
-        ``"capacity"``, for :func:`numamem.errors.from_place_result`.
-    """
-    cdef PlaceResult result
-    cdef int rc
-    with nogil:
-        rc = check_capacity(length, node, &result)
-    return None if rc == 0 else result_object(&result, node)
 
 
 # ---- node masks ------------------------------------------------------------------------------
@@ -648,7 +423,7 @@ cdef class PlaceOutcome:
     ----------
     step : str
         ``"none"`` (it succeeded), or where it stopped: ``"map"``, ``"prefer"``, ``"populate"``,
-        ``"verify"``, ``"bind"`` or ``"misplaced"``.
+        ``"verify"``, ``"bind"``, ``"misplaced"`` or ``"capacity"`` (:mod:`numamem._capacity`).
     errno : int
         The failing call's errno (0 when ``move_pages`` found pages off the node).
     node : int
@@ -771,6 +546,3 @@ cdef void *_aligned_alloc(size_t length, size_t align) noexcept nogil:
         return NULL
     memset(memory, 0, length)
     return memory
-
-
-use_limits()

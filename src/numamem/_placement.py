@@ -31,8 +31,8 @@ import itertools
 import numpy as np
 
 from numamem import _chunksource, _kernel, _topology
-from numamem._place import CAPACITY_CHECK, capacity as _capacity_shortfall
 from numamem._blocksplit import BlockSpan, split_blocks
+from numamem._capacity import CAPACITY_CHECK, capacity as _capacity_shortfall
 from numamem._region import Region
 from numamem._request import HUGETLB_SIZES, POOL_ALIGN, POOL_MAX_BYTES, Request, nbytes_of, resolve_align
 from numamem.errors import (
@@ -50,7 +50,7 @@ _stagger_slots = itertools.count()
 # the node's meminfo costs more than placing a small array, and safety does not depend on the
 # check (pages are populated under MPOL_PREFERRED and verified, so a full node is an exception,
 # never an OOM kill). Above it the check fails fast instead of spilling, then unmapping, a lot.
-# The cgroup's headroom is compared from CGROUP_CHECK (2 MiB) up. One rule, in numamem._place,
+# The cgroup's headroom is compared from CGROUP_CHECK (2 MiB) up. One rule, in numamem._capacity,
 # for arrays and the pools' chunk source.
 CAPACITY_CHECK_BYTES = CAPACITY_CHECK
 
@@ -59,7 +59,7 @@ def check_capacity(req: Request, spans, page_size: int, hugetlb: int) -> None:
     """Refuse a request the node(s) or the process's cgroup cannot hold, before mapping anything.
 
     Pages that will be pre-faulted (``populate``) are compared with the tighter of two limits by
-    the one capacity check (``numamem._place.capacity``, which the pools' chunk source runs too):
+    the one capacity check (``numamem._capacity.capacity``, which the pools' chunk source runs too):
     from :data:`CAPACITY_CHECK_BYTES` up, the node's available memory (``MemFree`` plus inactive
     file pages) under ``bind``; from 2 MiB up and under every policy, the headroom the process's
     cgroup memory limit leaves (:mod:`numamem._cgroup`), since populating past it calls the
@@ -88,7 +88,7 @@ def check_capacity(req: Request, spans, page_size: int, hugetlb: int) -> None:
                 raise HugePageError(node, nbytes, free, hugetlb)
         return
     total = sum(-(-span.nbytes // page_size) * page_size for span in spans)
-    # The rule is the C check's (numamem._place.check_capacity), the pools' chunk source's too:
+    # The rule is the C check's (numamem._capacity.check_capacity), the pools' chunk source's too:
     # the whole request against the cgroup's headroom, each node's share under bind against it.
     where = req.node if req.node is not None else (list(req.nodes) or None)
     outcome, requested = _capacity_shortfall(total), total

@@ -390,28 +390,6 @@ def node_free_memory(node_id: int) -> int:
     return _node_meminfo(node_dir)[1]
 
 
-_MEMINFO_AVAILABLE = re.compile(r"^Node\s+\d+\s+(MemFree|Inactive\(file\)):\s+(\d+)\s*kB", re.MULTILINE)
-
-
-def node_available_memory(node_id: int, sysfs_root: str | Path | None = None) -> int:
-    """Bytes ``node_id`` can give a new allocation now: ``MemFree`` plus ``Inactive(file)``.
-
-    Clean file pages at the inactive end of the LRU are what reclaim takes first, usually without
-    I/O, so a node full of page cache is not full. Left out: active file pages (the kernel
-    protects them, and reclaiming them thrashes the working set), reclaimable slab (only part of
-    it can be freed, and the node gives no estimate of which), and anonymous memory (swap). Erring
-    low refuses a request that might have fit; erring high is caught later anyway (pre-faulting
-    under ``MPOL_PREFERRED``, then verification), so the low side is the safe one.
-
-    ``sysfs_root`` replaces ``/sys`` (tests fabricate a node's ``meminfo``).
-    """
-    node_dir = Path(sysfs_root or SYSFS) / "devices/system/node" / f"node{node_id}"
-    text = _read(node_dir / "meminfo", "")
-    if not text:
-        return topology(refresh=True).node(node_id).mem_free
-    return sum(int(kib) * 1024 for _, kib in _MEMINFO_AVAILABLE.findall(text))
-
-
 def node_hugepages(node_id: int, page_size: int) -> HugePagePool:
     """The node's hugetlbfs pool of ``page_size`` pages right now (zero pages if none exist)."""
     pools = _hugepage_pools(Path(SYSFS) / "devices/system/node" / f"node{node_id}")
