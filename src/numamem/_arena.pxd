@@ -51,6 +51,7 @@ cdef struct Chunk:
     size_t length             # CHUNK_SIZE for pooled chunks; the mapping length for direct ones
     size_t request            # bytes asked for a direct mapping (0 for pooled chunks)
     long long cached_at       # a cached direct mapping (live_bytes 0): when it was freed (monotonic ns)
+    size_t served_at          # and the pool's `served` then
     void *pool                # the NodePool it belongs to
     unsigned int free_mask    # bit g set: granule g is free
     int largest_free          # longest run of free granules
@@ -84,6 +85,7 @@ cdef struct NodePool:
     long long cache_decay_ns  # a cached mapping unused this long is unmapped at the next large call
     size_t maps               # mappings the source made since creation (chunks and direct)
     size_t reuses             # direct requests served by a cached mapping
+    size_t served             # bytes handed out since creation (blocks, runs, direct mappings)
     size_t in_use
     size_t mapped
     size_t peak_mapped

@@ -42,9 +42,12 @@ on its own):
   cached, so its peak follows live bytes exactly as without the cache.
 * **Cap**: at most ``cache_max`` bytes cached (``LARGE_CACHE_MAX``, 64 MiB, by default; per pool,
   :func:`arena_set_cache`), the oldest unmapped first; a larger mapping is unmapped at once.
-* **Decay**: a mapping cached longer than ``cache_decay_ns`` (1 s by default) is unmapped at the
-  pool's next direct allocation or free (there is no background thread; ``release()`` and a
-  chunk or new mapping give everything back at once).
+* **Decay**: a mapping is unmapped once it has been cached longer than ``cache_decay_ns`` (1 s by
+  default), checked at the pool's next direct allocation or free, or once the pool has handed out
+  more than ``cache_max`` bytes while it stayed unused, checked whenever granules are taken: the
+  workload has moved on to other sizes. Blocks in rotation are reused well within that (all of them
+  fit in the cache, so each waits less than a cache's worth of requests). There is no background
+  thread; ``release()``, and mapping anything new, give everything back at once.
 * ``calloc`` of a reused mapping clears it (a fresh mapping is zero already).
 
 Locks: one mutex per pool, held only around list, mask and slab updates and the chunk source's
@@ -208,7 +211,7 @@ cdef Chunk *_new_chunk(NodePool *pool, size_t length, size_t request, PlaceResul
         return NULL
     if pool.cached != NULL:
         # Mapped memory grows only when nothing is cached (see "Cached direct mappings").
-        _unmap_detached(pool, _cache_trim(pool, 0, 0))
+        _unmap_detached(pool, _cache_trim(pool, 0, False))
     pool.maps += 1
     chunk.base = pool.source.map(pool.source.ctx, length, pool.node, pool.mode, out)
     if chunk.base == NULL:
@@ -245,9 +248,9 @@ cdef inline long long _now_ns() noexcept nogil:
     return <long long>now.tv_sec * 1000000000 + now.tv_nsec
 
 
-cdef Chunk *_cache_trim(NodePool *pool, size_t keep, long long now) noexcept nogil:
+cdef Chunk *_cache_trim(NodePool *pool, size_t keep, bint aged) noexcept nogil:
     """Take cached mappings off the pool beyond ``keep`` bytes (the newest are kept) and, if
-    ``now`` is not 0, those cached longer than the decay; caller holds the lock.
+    ``aged``, those past the decay (see above); caller holds the lock.
 
     They are unregistered and no longer counted as mapped; returns them chained by ``next``, for
     :func:`_unmap_detached` (after the lock is released, where the caller can).
@@ -256,9 +259,11 @@ cdef Chunk *_cache_trim(NodePool *pool, size_t keep, long long now) noexcept nog
     cdef Chunk *next
     cdef Chunk *detached = NULL
     cdef size_t kept = 0
+    cdef long long now = _now_ns() if aged else 0
     while chunk != NULL:
         next = chunk.next
-        if kept + chunk.length > keep or (now != 0 and now - chunk.cached_at >= pool.cache_decay_ns):
+        if kept + chunk.length > keep or (aged and (now - chunk.cached_at >= pool.cache_decay_ns
+                                                    or pool.served - chunk.served_at > pool.cache_max)):
             _unlink(&pool.cached, chunk)
             pool.cached_count -= 1
             pool.cached_bytes -= chunk.length
@@ -308,7 +313,7 @@ cdef size_t arena_set_cache(NodePool *pool, size_t max_bytes, long long decay_ns
     pool.cache_max = max_bytes
     pool.cache_decay_ns = decay_ns
     before = pool.cached_bytes
-    detached = _cache_trim(pool, max_bytes, 0)
+    detached = _cache_trim(pool, max_bytes, False)
     before -= pool.cached_bytes
     pthread_mutex_unlock(&pool.lock)
     _unmap_detached(pool, detached)
@@ -365,6 +370,7 @@ cdef inline void _add_live(NodePool *pool, Chunk *chunk, size_t nbytes) noexcept
         pool.idle_count -= 1
     chunk.live_bytes += nbytes
     pool.in_use += nbytes
+    pool.served += nbytes
     pool.allocations += 1
 
 
@@ -419,6 +425,9 @@ cdef char *_take_granules(NodePool *pool, int count, signed char kind, PlaceResu
     cdef Chunk *chunk = pool.chunks
     cdef Chunk *best = NULL
     cdef int first
+    if pool.cached != NULL:
+        # Cached mappings left unused while the pool serves other sizes are given back (decay).
+        _unmap_detached(pool, _cache_trim(pool, pool.cache_max, True))
     while chunk != NULL:
         if chunk.largest_free >= count and (best == NULL or chunk.largest_free < best.largest_free):
             best = chunk
@@ -601,7 +610,7 @@ cdef void *_alloc(NodePool *pool, size_t size, PlaceResult *why, bint zero) noex
     pthread_mutex_lock(&pool.lock)
     expired = NULL
     if pool.cached != NULL:
-        expired = _cache_trim(pool, pool.cache_max, _now_ns())
+        expired = _cache_trim(pool, pool.cache_max, True)
     chunk = _cache_take(pool, length)
     if chunk == NULL:
         zero = False    # a fresh mapping is zero already (a reused one holds its last user's bytes)
@@ -617,6 +626,7 @@ cdef void *_alloc(NodePool *pool, size_t size, PlaceResult *why, bint zero) noex
     _push(&pool.direct, chunk)
     pool.direct_count += 1
     pool.in_use += chunk.length
+    pool.served += chunk.length
     pool.allocations += 1
     pthread_mutex_unlock(&pool.lock)
     _unmap_detached(pool, expired)
@@ -649,7 +659,6 @@ cdef int _free_locked(NodePool *pool, Chunk *chunk, void *ptr) noexcept nogil:
     """Free a block known to be live; caller holds the lock, which this releases."""
     cdef int granule, granule_count
     cdef signed char kind
-    cdef long long now
     cdef Chunk *detached
     if chunk.request:
         if chunk.live_bytes == 0:
@@ -661,13 +670,13 @@ cdef int _free_locked(NodePool *pool, Chunk *chunk, void *ptr) noexcept nogil:
         pool.allocations -= 1
         if chunk.length <= pool.cache_max:
             # Kept for the next request it fits, registered and placed (see "Cached direct mappings").
-            now = _now_ns()
             chunk.live_bytes = 0
-            chunk.cached_at = now
+            chunk.cached_at = _now_ns()
+            chunk.served_at = pool.served
             _push(&pool.cached, chunk)
             pool.cached_count += 1
             pool.cached_bytes += chunk.length
-            detached = _cache_trim(pool, pool.cache_max, now)
+            detached = _cache_trim(pool, pool.cache_max, True)
             pthread_mutex_unlock(&pool.lock)
             _unmap_detached(pool, detached)
             return 0
@@ -791,7 +800,7 @@ cdef size_t arena_release(NodePool *pool) noexcept nogil:
     cdef Chunk *detached
     pthread_mutex_lock(&pool.lock)
     released = _release_idle(pool, 0) + pool.cached_bytes
-    detached = _cache_trim(pool, 0, 0)
+    detached = _cache_trim(pool, 0, False)
     pthread_mutex_unlock(&pool.lock)
     _unmap_detached(pool, detached)
     return released
