@@ -85,7 +85,7 @@ cdef struct NodePool:
     long long cache_decay_ns  # a cached mapping unused this long is unmapped at the next large call
     size_t maps               # mappings the source made since creation (chunks and direct)
     size_t reuses             # direct requests served by a cached mapping
-    size_t served             # bytes handed out since creation (blocks, runs, direct mappings)
+    size_t served             # bytes handed out since creation in granules (runs, slabs) and direct mappings
     size_t in_use
     size_t mapped
     size_t peak_mapped

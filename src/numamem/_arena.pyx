@@ -44,10 +44,11 @@ on its own):
   :func:`arena_set_cache`), the oldest unmapped first; a larger mapping is unmapped at once.
 * **Decay**: a mapping is unmapped once it has been cached longer than ``cache_decay_ns`` (1 s by
   default), checked at the pool's next direct allocation or free, or once the pool has handed out
-  more than ``cache_max`` bytes while it stayed unused, checked whenever granules are taken: the
-  workload has moved on to other sizes. Blocks in rotation are reused well within that (all of them
-  fit in the cache, so each waits less than a cache's worth of requests). There is no background
-  thread; ``release()``, and mapping anything new, give everything back at once.
+  more than ``cache_max`` bytes (in granules and direct mappings) while it stayed unused, checked
+  whenever granules are taken: the workload has moved on to other sizes. Blocks in rotation are
+  reused well within that (all of them fit in the cache, so each waits less than a cache's worth
+  of requests). The size-class fast path counts nothing (a new slab granule does). There is no
+  background thread; ``release()``, and mapping anything new, give everything back at once.
 * ``calloc`` of a reused mapping clears it (a fresh mapping is zero already).
 
 Locks: one mutex per pool, held only around list, mask and slab updates and the chunk source's
@@ -370,7 +371,6 @@ cdef inline void _add_live(NodePool *pool, Chunk *chunk, size_t nbytes) noexcept
         pool.idle_count -= 1
     chunk.live_bytes += nbytes
     pool.in_use += nbytes
-    pool.served += nbytes
     pool.allocations += 1
 
 
@@ -449,6 +449,7 @@ cdef char *_take_granules(NodePool *pool, int count, signed char kind, PlaceResu
     if count > 1:
         memset(&best.kind[first + 1], KIND_RUN_BODY, count - 1)
     best.largest_free = _longest_run(best.free_mask)
+    pool.served += <size_t>count << GRANULE_SHIFT
     return best.base + (<size_t>first << GRANULE_SHIFT)
 
 
@@ -565,28 +566,14 @@ cdef int _class_free(NodePool *pool, Chunk *chunk, int granule, void *ptr) noexc
 # ---- allocation ------------------------------------------------------------------------------
 cdef void *arena_alloc(NodePool *pool, size_t size, PlaceResult *why) noexcept nogil:
     """``size`` bytes from ``pool``, 64-byte aligned; NULL (with ``why`` filled if given) on failure."""
-    return _alloc(pool, size, why, False)
-
-
-cdef void *arena_calloc(NodePool *pool, size_t size, PlaceResult *why) noexcept nogil:
-    """``size`` zeroed bytes from ``pool``: recycled blocks are cleared, fresh mappings are zero."""
-    return _alloc(pool, size, why, True)
-
-
-cdef void *_alloc(NodePool *pool, size_t size, PlaceResult *why, bint zero) noexcept nogil:
     cdef int granules
     cdef char *memory
-    cdef Chunk *chunk
-    cdef Chunk *expired
-    cdef size_t length
     if size == 0:
         size = 1
     if size <= GRANULE:
         pthread_mutex_lock(&pool.lock)
         memory = <char *>_class_alloc(pool, CLASS_OF[(size + 63) >> 6], why)
         pthread_mutex_unlock(&pool.lock)
-        if zero and memory != NULL:
-            memset(memory, 0, size)
         return memory
     if size <= RUN_MAX * GRANULE:
         granules = <int>((size + GRANULE - 1) >> GRANULE_SHIFT)
@@ -595,9 +582,25 @@ cdef void *_alloc(NodePool *pool, size_t size, PlaceResult *why, bint zero) noex
         if memory != NULL:
             _add_live(pool, _lookup(memory), <size_t>granules << GRANULE_SHIFT)
         pthread_mutex_unlock(&pool.lock)
-        if zero and memory != NULL:
-            memset(memory, 0, size)
         return memory
+    return _direct_alloc(pool, size, why, False)
+
+
+cdef void *arena_calloc(NodePool *pool, size_t size, PlaceResult *why) noexcept nogil:
+    """``size`` zeroed bytes from ``pool``: recycled blocks are cleared, fresh mappings are zero."""
+    cdef void *memory
+    if size > RUN_MAX * GRANULE:
+        return _direct_alloc(pool, size, why, True)
+    memory = arena_alloc(pool, size, why)
+    if memory != NULL:
+        memset(memory, 0, size)
+    return memory
+
+
+cdef void *_direct_alloc(NodePool *pool, size_t size, PlaceResult *why, bint zero) noexcept nogil:
+    cdef Chunk *chunk
+    cdef Chunk *expired
+    cdef size_t length
     # A direct mapping of its own, 2 MiB-aligned (so no chunk shares a directory slot with it)
     # and rounded to whole pages only: rounding to 2 MiB doubled a 1 MiB + 1 byte request.
     length = (size + BASE_PAGE - 1) & ~(BASE_PAGE - 1)
