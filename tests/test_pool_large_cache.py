@@ -177,6 +177,13 @@ def test_cached_mappings_are_given_back_after_the_decay():
     pool.free(keep)  # the pool's next large call: the 4 MiB mapping is past its decay
     stats = pool.stats()
     assert stats["cached_mapping_bytes"] == 2 * MiB and stats["mapped"] == 2 * MiB
+    run = pool.malloc(3 * GRANULE)  # maps a chunk (giving the cache back): cache another one
+    pool.free(pool.malloc(2 * MiB))
+    assert pool.stats()["cached_mapping_bytes"] == 2 * MiB
+    time.sleep(0.2)
+    pool.free(run)  # a run's free finds it past its decay too
+    stats = pool.stats()
+    assert stats["cached_mapping_bytes"] == 0 and stats["mapped"] == CHUNK
 
 
 def test_cached_mappings_unused_while_the_pool_serves_other_sizes_are_given_back():

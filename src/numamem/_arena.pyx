@@ -43,12 +43,13 @@ on its own):
 * **Cap**: at most ``cache_max`` bytes cached (``LARGE_CACHE_MAX``, 64 MiB, by default; per pool,
   :func:`arena_set_cache`), the oldest unmapped first; a larger mapping is unmapped at once.
 * **Decay**: a mapping is unmapped once it has been cached longer than ``cache_decay_ns`` (1 s by
-  default), checked at the pool's next direct allocation or free, or once the pool has handed out
-  more than ``cache_max`` bytes (in granules and direct mappings) while it stayed unused, checked
-  whenever granules are taken: the workload has moved on to other sizes. Blocks in rotation are
-  reused well within that (all of them fit in the cache, so each waits less than a cache's worth
-  of requests). The size-class fast path counts nothing (a new slab granule does). There is no
-  background thread; ``release()``, and mapping anything new, give everything back at once.
+  default), or once the pool has handed out more than ``cache_max`` bytes (in granules and direct
+  mappings) while it stayed unused: the workload has moved on to other sizes. Blocks in rotation
+  are reused well within that (all of them fit in the cache, so each waits less than a cache's
+  worth of requests). Both are checked when the pool takes granules, frees a run, or allocates or
+  frees a direct mapping; the size-class fast path neither checks nor counts (a new slab granule
+  does). There is no background thread: a process that stops allocating keeps its cache until
+  ``release()``. Mapping anything new gives everything back at once.
 * ``calloc`` of a reused mapping clears it (a fresh mapping is zero already).
 
 Locks: one mutex per pool, held only around list, mask and slab updates and the chunk source's
@@ -699,6 +700,13 @@ cdef int _free_locked(NodePool *pool, Chunk *chunk, void *ptr) noexcept nogil:
         granule_count = chunk.run_len[granule]
         _give_granules(chunk, granule, granule_count)
         _sub_live(pool, chunk, (<size_t>granule_count) << GRANULE_SHIFT)
+        if pool.cached != NULL:
+            # Runs are freed often enough to find a cache past its decay (not the size classes:
+            # their free path stays as short as can be).
+            detached = _cache_trim(pool, pool.cache_max, True)
+            pthread_mutex_unlock(&pool.lock)
+            _unmap_detached(pool, detached)
+            return 0
     else:
         pthread_mutex_unlock(&pool.lock)
         return -1
