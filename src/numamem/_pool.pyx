@@ -312,9 +312,10 @@ cdef class Pool:
 
         A freed large block stays mapped and placed and serves the next request it fits (it is at
         most 1/16 larger), without a new mapping or placement check. The pool unmaps cached
-        mappings beyond ``max_bytes`` (oldest first), those unused for ``decay`` seconds (at its
-        next large allocation or free), and all of them before it maps new memory or at
-        :meth:`release`.
+        mappings beyond ``max_bytes`` (oldest first); those unused for ``decay`` seconds, or
+        while it handed out more than ``max_bytes`` in other blocks (checked at its next
+        allocation or free of anything but a small block); and all of them before it maps new
+        memory or at :meth:`release`.
 
         Parameters
         ----------
@@ -322,7 +323,8 @@ cdef class Pool:
             Bytes of freed mappings kept at most (0: none, every large block is unmapped on free
             as before); lowering it unmaps the excess now. Default for new pools: 64 MiB.
         decay : float, optional
-            Seconds a cached mapping may stay unused (default for new pools: 1.0).
+            Seconds a cached mapping may stay unused (default for new pools: 1.0; 0: none is
+            kept past the call that caches it).
 
         Returns
         -------
