@@ -312,6 +312,11 @@ def test_large_cache_arguments_are_checked(kw, error, match):
     assert pool.large_cache() == {"max_bytes": 64 * MiB, "decay": 1.0}
 
 
+def test_large_cache_takes_numpy_numbers():
+    pool = fake_pool()
+    assert pool.large_cache(max_bytes=np.int64(8 * MiB), decay=np.float32(0.5)) == {"max_bytes": 8 * MiB, "decay": 0.5}
+
+
 def test_no_cache_unmaps_on_free_as_before():
     pool = fake_pool()
     pool.large_cache(max_bytes=0)

@@ -28,6 +28,7 @@ from numamem._ndarray cimport BufferOwner, Export, array_over
 from numamem._place cimport PLACE_PREFERRED, PLACE_STRICT, STEP_MAP, PlaceResult, result_object
 from numamem._place import STEPS
 from numamem import _topology
+import numbers as _numbers
 import operator as _operator
 
 cdef extern from "numpy/arrayobject.h":
@@ -353,7 +354,7 @@ cdef class Pool:
                 raise ValueError(f"max_bytes must be >= 0 bytes, not {max_bytes}")
             limit = max_bytes
         if decay is not None:
-            if isinstance(decay, bool) or not isinstance(decay, (int, float)):
+            if isinstance(decay, bool) or not isinstance(decay, _numbers.Real):
                 raise TypeError(f"decay must be a number of seconds, not {decay!r}")
             if not (0 <= decay < 1e9):
                 raise ValueError(f"decay must be a finite number of seconds >= 0, not {decay!r}")
