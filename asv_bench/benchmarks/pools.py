@@ -11,6 +11,11 @@ The figures asked for by the pools issue:
   arrays of decreasing size (1020 KiB down to 60 KiB), through ``on_node``'s pool and through NumPy's
   default allocator: peak memory over peak live bytes, and memory still held after the workload.
 
+* :class:`LargeBlockReuse`, :class:`LargeBlockReuseRatio` -- allocate and free an array above
+  1 MiB (1.5, 2, 8, 32 MiB) in a loop, inside ``on_node`` (the pool's direct mapping, cached on free
+  and reused by the next request) against ``np.empty``, and the mappings the pool made meanwhile
+  (0 once warm: no mmap, no placement check per array).
+
 * :class:`SmallAllocationRatio`, :class:`TemporariesChainRatio` -- the same two comparisons as
   ratios measured in one process (and ``numamem.zeros`` over ``np.zeros``; issue 15 target for
   ``empty``/``zeros`` of 64 B to 64 KiB: at most 1.5), candidate and baseline alternating (``track_*``): asv times each
@@ -36,6 +41,10 @@ INNER = 1000
 #: Alternations per ratio in the same-process ``track_*`` ratios.
 ALTERNATIONS = smoke_or(41, 3)
 SMALL_SIZES = [64, 1 * KiB, 16 * KiB, 64 * KiB]
+#: Sizes above the pools' 1 MiB direct-mapping threshold (direct mappings, cached on free).
+LARGE_SIZES = [3 * MiB // 2, 2 * MiB, 8 * MiB, 32 * MiB]
+#: Allocations per timed call in the large-block benchmarks.
+INNER_LARGE = 100
 
 
 def _loop_np_empty(nbytes, node):
@@ -161,6 +170,68 @@ class SmallAllocationRatio:
         return same_process_ratio(_loop_numamem_zeros, _loop_np_zeros, nbytes, node0())
 
     track_numamem_zeros_over_np_zeros.unit = "ratio"
+
+
+def _loop_large_np_empty(nbytes, node):
+    start = time.perf_counter()
+    for _ in range(INNER_LARGE):
+        np.empty(nbytes, np.uint8)
+    return time.perf_counter() - start
+
+
+def _loop_large_on_node(nbytes, node):
+    with numamem.on_node(node):
+        start = time.perf_counter()
+        for _ in range(INNER_LARGE):
+            np.empty(nbytes, np.uint8)
+        return time.perf_counter() - start
+
+
+class LargeBlockReuse:
+    """``INNER_LARGE`` allocate-and-free cycles of one large array: ``np.empty`` inside ``on_node`` or not."""
+
+    params = (["np.empty", "np.empty-in-on_node"], LARGE_SIZES)
+    param_names = ["allocator", "nbytes"]
+    repeat = (10, 40, 20.0)
+
+    def setup(self, allocator, nbytes):
+        self.node = node0()
+        self.scope = numamem.on_node(self.node) if allocator == "np.empty-in-on_node" else None
+        if self.scope is not None:
+            self.scope.__enter__()
+        # Warm: the first array maps (and places) the block; the steady state reuses it.
+        self.time_allocate(allocator, nbytes)
+
+    def teardown(self, allocator, nbytes):
+        if self.scope is not None:
+            self.scope.__exit__(None, None, None)
+
+    def time_allocate(self, allocator, nbytes):
+        for _ in range(INNER_LARGE):
+            np.empty(nbytes, np.uint8)
+
+    def track_maps(self, allocator, nbytes):
+        """Mappings the node's pool made during ``INNER_LARGE`` warm cycles (0: every array reused one)."""
+        pool = numamem.pools.get_pool(self.node)
+        before = pool.stats()["maps"]
+        self.time_allocate(allocator, nbytes)
+        return pool.stats()["maps"] - before
+
+    track_maps.unit = "mappings"
+
+
+class LargeBlockReuseRatio:
+    """:class:`LargeBlockReuse` as a same-process ratio, ``on_node`` over ``np.empty``."""
+
+    params = [LARGE_SIZES]
+    param_names = ["nbytes"]
+    timeout = 300
+
+    def track_on_node_over_np_empty(self, nbytes):
+        """A large ``np.empty`` inside ``on_node`` over one outside (glibc keeps freed blocks too)."""
+        return same_process_ratio(_loop_large_on_node, _loop_large_np_empty, nbytes, node0())
+
+    track_on_node_over_np_empty.unit = "ratio"
 
 
 class ScopeOverhead:

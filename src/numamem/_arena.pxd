@@ -17,6 +17,9 @@ cdef enum:
     KIND_RUN_HEAD = -2
     KIND_RUN_BODY = -3
     IDLE_CHUNKS_KEPT = 4      # chunks with nothing live a pool keeps mapped (8 MiB); more are unmapped
+    LARGE_CACHE_MAX = 67108864    # default bytes of freed direct mappings a pool keeps for reuse (64 MiB)
+    LARGE_CACHE_DECAY_MS = 1000   # default: a cached mapping unused this long is given back
+    LARGE_FIT_SHIFT = 4           # a cached mapping serves a request it exceeds by at most 1/16
 
 # Answers of arena_check (why a pointer may not be freed through the public API).
 cdef enum:
@@ -47,6 +50,8 @@ cdef struct Chunk:
     char *base
     size_t length             # CHUNK_SIZE for pooled chunks; the mapping length for direct ones
     size_t request            # bytes asked for a direct mapping (0 for pooled chunks)
+    long long cached_at       # a cached direct mapping (live_bytes 0): when it was freed (monotonic ns)
+    size_t served_at          # and the pool's `served` then
     void *pool                # the NodePool it belongs to
     unsigned int free_mask    # bit g set: granule g is free
     int largest_free          # longest run of free granules
@@ -73,6 +78,14 @@ cdef struct NodePool:
     int idle_count            # pooled chunks with nothing live
     Chunk *direct             # direct mappings
     int direct_count
+    Chunk *cached             # freed direct mappings kept for reuse, newest first (still registered)
+    int cached_count
+    size_t cached_bytes
+    size_t cache_max          # bytes of freed direct mappings kept at most (0: none kept)
+    long long cache_decay_ns  # a cached mapping unused this long is unmapped at the next large call
+    size_t maps               # mappings the source made since creation (chunks and direct)
+    size_t reuses             # direct requests served by a cached mapping
+    size_t served             # bytes handed out since creation in granules (runs, slabs) and direct mappings
     size_t in_use
     size_t mapped
     size_t peak_mapped
@@ -83,6 +96,7 @@ cdef size_t class_size(int cls) noexcept nogil
 cdef NodePool *arena_create(int node, int mode, FakeSourceState *fake) noexcept nogil
 cdef void arena_destroy(NodePool *pool) noexcept nogil
 cdef void *arena_alloc(NodePool *pool, size_t size, PlaceResult *why) noexcept nogil
+cdef void *arena_calloc(NodePool *pool, size_t size, PlaceResult *why) noexcept nogil
 cdef void *arena_realloc(NodePool *pool, void *ptr, size_t new_size, PlaceResult *why) noexcept nogil
 cdef int arena_free(void *ptr) noexcept nogil
 cdef int arena_check(NodePool *pool, void *ptr) noexcept nogil
@@ -90,5 +104,6 @@ cdef int arena_free_checked(NodePool *pool, void *ptr) noexcept nogil
 cdef size_t arena_usable_size(void *ptr) noexcept nogil
 cdef NodePool *arena_pool_of(void *ptr) noexcept nogil
 cdef size_t arena_release(NodePool *pool) noexcept nogil
+cdef size_t arena_set_cache(NodePool *pool, size_t max_bytes, long long decay_ns) noexcept nogil
 cdef void arena_lock(NodePool *pool) noexcept nogil
 cdef void arena_unlock(NodePool *pool) noexcept nogil

@@ -14,7 +14,8 @@ Layout (every page of a chunk belongs to one node and one policy: invariant 2):
   request (64 KiB to 1 MiB). A freed run, and a slab whose last block is freed, give their
   granules back to the mask, where they coalesce with free neighbours and serve any later run or
   slab: memory follows the live bytes, whatever the mix of sizes.
-* Larger requests get a **direct mapping** of their own, registered like a chunk, unmapped on free.
+* Larger requests get a **direct mapping** of their own, registered like a chunk. A freed one is
+  **cached** for reuse (see "Cached direct mappings" below) or unmapped.
 * A chunk with nothing live is **idle**; a pool keeps ``IDLE_CHUNKS_KEPT`` of them (so a loop
   allocating and freeing does not map and unmap each time) and unmaps the rest at once. Idle chunks
   stay on the pool's one chunk list (counted, not moved: a block cycling alone in a chunk makes it
@@ -22,6 +23,34 @@ Layout (every page of a chunk belongs to one node and one policy: invariant 2):
   cupy's ``_try_malloc`` does).
 * A process-wide directory (``numamem._registry``) maps ``address >> 21`` to the chunk record, so
   ``free`` and ``realloc`` find size and pool from the pointer alone.
+
+Cached direct mappings (as cupy's pool and jemalloc's large extents keep freed large blocks): a
+loop of multi-MiB temporaries would otherwise pay map + placement + unmap (about 1 ms per 2 MiB) for
+each array. A freed direct mapping stays mapped, placed and registered (its directory entry now
+names a block that is not live, so a double free is refused and no lookup finds a live block) on
+the pool's ``cached`` list, and serves the next direct request it fits without a map or a
+placement check: its pages are those placed on the pool's node. The rules keep issue 12 item 5's
+contract (peak mapped follows the peak of live bytes within a stated factor; idle memory goes back
+on its own):
+
+* **Fit**: a cached mapping serves a request only if it exceeds the request's page-rounded length
+  by at most 1/16 (``LARGE_FIT_SHIFT``), best fit first. Repeated temporaries have the same size,
+  so a tight bound loses little reuse, and a live reused block wastes at most 6.25%, below the 10%
+  that the stated factor (1.1) allows. No splitting: a cached mapping is reused whole or not at all.
+* **Never alongside growth**: before the pool maps anything new (a chunk, or a direct request no
+  cached mapping fits) it unmaps every cached mapping. Mapped memory grows only when nothing is
+  cached, so its peak follows live bytes exactly as without the cache.
+* **Cap**: at most ``cache_max`` bytes cached (``LARGE_CACHE_MAX``, 64 MiB, by default; per pool,
+  :func:`arena_set_cache`), the oldest unmapped first; a larger mapping is unmapped at once.
+* **Decay**: a mapping is unmapped once it has been cached longer than ``cache_decay_ns`` (1 s by
+  default), or once the pool has handed out more than ``cache_max`` bytes (in granules and direct
+  mappings) while it stayed unused: the workload has moved on to other sizes. Blocks in rotation
+  are reused well within that (all of them fit in the cache, so each waits less than a cache's
+  worth of requests). Both are checked when the pool takes granules, frees a run, or allocates or
+  frees a direct mapping; the size-class fast path neither checks nor counts (a new slab granule
+  does). There is no background thread: a process that stops allocating keeps its cache until
+  ``release()``. Mapping anything new gives everything back at once.
+* ``calloc`` of a reused mapping clears it (a fresh mapping is zero already).
 
 Locks: one mutex per pool, held only around list, mask and slab updates and the chunk source's
 system calls, never while taking the GIL, so allocation from NumPy (GIL held) cannot deadlock with
@@ -32,6 +61,7 @@ from libc.errno cimport ENOMEM
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc as c_calloc, free as c_free
 from libc.string cimport memcpy, memset
+from posix.time cimport clock_gettime, timespec
 from posix.unistd cimport _SC_PAGESIZE, sysconf
 
 from numamem._chunksource cimport fake_source_init, kernel_source
@@ -45,6 +75,9 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_destroy(pthread_mutex_t *mutex)
     int pthread_mutex_lock(pthread_mutex_t *mutex)
     int pthread_mutex_unlock(pthread_mutex_t *mutex)
+
+cdef extern from "<time.h>" nogil:
+    int CLOCK_MONOTONIC_COARSE   # a few ms resolution, no system call: ample for the decay
 
 cdef unsigned int ALL_GRANULES = 0xFFFFFFFFU  # every granule of a chunk free
 
@@ -131,6 +164,8 @@ cdef NodePool *arena_create(int node, int mode, FakeSourceState *fake) noexcept 
     pthread_mutex_init(&pool.lock, NULL)
     pool.node = node
     pool.mode = mode
+    pool.cache_max = LARGE_CACHE_MAX
+    pool.cache_decay_ns = <long long>LARGE_CACHE_DECAY_MS * 1000000
     if fake != NULL:
         pool.fake = fake[0]
         fake_source_init(&pool.source, &pool.fake, node)
@@ -158,6 +193,7 @@ cdef void arena_destroy(NodePool *pool) noexcept nogil:
     registry_remove(&pool.lock)
     _free_chunk_list(pool, pool.chunks)
     _free_chunk_list(pool, pool.direct)
+    _free_chunk_list(pool, pool.cached)
     pthread_mutex_destroy(&pool.lock)
     c_free(pool)
 
@@ -193,6 +229,10 @@ cdef Chunk *_new_chunk(NodePool *pool, size_t length, size_t request, PlaceResul
         out.step = STEP_MAP
         out.err = ENOMEM
         return NULL
+    if pool.cached != NULL:
+        # Mapped memory grows only when nothing is cached (see "Cached direct mappings").
+        _unmap_detached(pool, _cache_trim(pool, 0, False))
+    pool.maps += 1
     chunk.base = pool.source.map(pool.source.ctx, length, pool.node, pool.mode, out)
     if chunk.base == NULL:
         c_free(chunk)
@@ -219,6 +259,85 @@ cdef Chunk *_new_chunk(NodePool *pool, size_t length, size_t request, PlaceResul
     if pool.mapped > pool.peak_mapped:
         pool.peak_mapped = pool.mapped
     return chunk
+
+
+# ---- cached direct mappings -----------------------------------------------------------------
+cdef inline long long _now_ns() noexcept nogil:
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now)
+    return <long long>now.tv_sec * 1000000000 + now.tv_nsec
+
+
+cdef Chunk *_cache_trim(NodePool *pool, size_t keep, bint aged) noexcept nogil:
+    """Take cached mappings off the pool beyond ``keep`` bytes (the newest are kept) and, if
+    ``aged``, those past the decay (see above); caller holds the lock.
+
+    They are unregistered and no longer counted as mapped; returns them chained by ``next``, for
+    :func:`_unmap_detached` (after the lock is released, where the caller can).
+    """
+    cdef Chunk *chunk = pool.cached
+    cdef Chunk *next
+    cdef Chunk *detached = NULL
+    cdef size_t kept = 0
+    cdef long long now = _now_ns() if aged else 0
+    while chunk != NULL:
+        next = chunk.next
+        if kept + chunk.length > keep or (aged and (now - chunk.cached_at >= pool.cache_decay_ns
+                                                    or pool.served - chunk.served_at > pool.cache_max)):
+            _unlink(&pool.cached, chunk)
+            pool.cached_count -= 1
+            pool.cached_bytes -= chunk.length
+            pool.mapped -= chunk.length
+            _register(chunk, False)
+            chunk.next = detached
+            detached = chunk
+        else:
+            kept += chunk.length
+        chunk = next
+    return detached
+
+
+cdef void _unmap_detached(NodePool *pool, Chunk *chunk) noexcept nogil:
+    cdef Chunk *next
+    while chunk != NULL:
+        next = chunk.next
+        pool.source.unmap(pool.source.ctx, chunk.base, chunk.length)
+        c_free(chunk)
+        chunk = next
+
+
+cdef Chunk *_cache_take(NodePool *pool, size_t length) noexcept nogil:
+    """The cached mapping that fits ``length`` best (see the fit rule above), made live; or NULL."""
+    cdef Chunk *chunk = pool.cached
+    cdef Chunk *best = NULL
+    cdef size_t most = length + (length >> LARGE_FIT_SHIFT)
+    while chunk != NULL:
+        if length <= chunk.length <= most and (best == NULL or chunk.length < best.length):
+            best = chunk
+            if chunk.length == length:
+                break
+        chunk = chunk.next
+    if best != NULL:
+        _unlink(&pool.cached, best)
+        pool.cached_count -= 1
+        pool.cached_bytes -= best.length
+        pool.reuses += 1
+    return best
+
+
+cdef size_t arena_set_cache(NodePool *pool, size_t max_bytes, long long decay_ns) noexcept nogil:
+    """Set the pool's cache of freed direct mappings; return the bytes unmapped to meet it."""
+    cdef Chunk *detached
+    cdef size_t before
+    pthread_mutex_lock(&pool.lock)
+    pool.cache_max = max_bytes
+    pool.cache_decay_ns = decay_ns
+    before = pool.cached_bytes
+    detached = _cache_trim(pool, max_bytes, False)
+    before -= pool.cached_bytes
+    pthread_mutex_unlock(&pool.lock)
+    _unmap_detached(pool, detached)
+    return before
 
 
 cdef Chunk *_map_with_retry(NodePool *pool, size_t length, size_t request, PlaceResult *why) noexcept nogil:
@@ -325,6 +444,9 @@ cdef char *_take_granules(NodePool *pool, int count, signed char kind, PlaceResu
     cdef Chunk *chunk = pool.chunks
     cdef Chunk *best = NULL
     cdef int first
+    if pool.cached != NULL:
+        # Cached mappings left unused while the pool serves other sizes are given back (decay).
+        _unmap_detached(pool, _cache_trim(pool, pool.cache_max, True))
     while chunk != NULL:
         if chunk.largest_free >= count and (best == NULL or chunk.largest_free < best.largest_free):
             best = chunk
@@ -346,6 +468,7 @@ cdef char *_take_granules(NodePool *pool, int count, signed char kind, PlaceResu
     if count > 1:
         memset(&best.kind[first + 1], KIND_RUN_BODY, count - 1)
     best.largest_free = _longest_run(best.free_mask)
+    pool.served += <size_t>count << GRANULE_SHIFT
     return best.base + (<size_t>first << GRANULE_SHIFT)
 
 
@@ -464,8 +587,6 @@ cdef void *arena_alloc(NodePool *pool, size_t size, PlaceResult *why) noexcept n
     """``size`` bytes from ``pool``, 64-byte aligned; NULL (with ``why`` filled if given) on failure."""
     cdef int granules
     cdef char *memory
-    cdef Chunk *chunk
-    cdef size_t length
     if size == 0:
         size = 1
     if size <= GRANULE:
@@ -481,6 +602,24 @@ cdef void *arena_alloc(NodePool *pool, size_t size, PlaceResult *why) noexcept n
             _add_live(pool, _lookup(memory), <size_t>granules << GRANULE_SHIFT)
         pthread_mutex_unlock(&pool.lock)
         return memory
+    return _direct_alloc(pool, size, why, False)
+
+
+cdef void *arena_calloc(NodePool *pool, size_t size, PlaceResult *why) noexcept nogil:
+    """``size`` zeroed bytes from ``pool``: recycled blocks are cleared, fresh mappings are zero."""
+    cdef void *memory
+    if size > RUN_MAX * GRANULE:
+        return _direct_alloc(pool, size, why, True)
+    memory = arena_alloc(pool, size, why)
+    if memory != NULL:
+        memset(memory, 0, size)
+    return memory
+
+
+cdef void *_direct_alloc(NodePool *pool, size_t size, PlaceResult *why, bint zero) noexcept nogil:
+    cdef Chunk *chunk
+    cdef Chunk *expired
+    cdef size_t length
     # A direct mapping of its own, 2 MiB-aligned (so no chunk shares a directory slot with it)
     # and rounded to whole pages only: rounding to 2 MiB doubled a 1 MiB + 1 byte request.
     length = (size + BASE_PAGE - 1) & ~(BASE_PAGE - 1)
@@ -491,18 +630,30 @@ cdef void *arena_alloc(NodePool *pool, size_t size, PlaceResult *why) noexcept n
             why.err = ENOMEM
         return NULL
     pthread_mutex_lock(&pool.lock)
-    chunk = _map_with_retry(pool, length, size, why)
+    expired = NULL
+    if pool.cached != NULL:
+        expired = _cache_trim(pool, pool.cache_max, True)
+    chunk = _cache_take(pool, length)
     if chunk == NULL:
-        pthread_mutex_unlock(&pool.lock)
-        return NULL
-    chunk.live_bytes = length
-    chunk.free_mask = 0
-    chunk.largest_free = 0
+        zero = False    # a fresh mapping is zero already (a reused one holds its last user's bytes)
+        chunk = _map_with_retry(pool, length, size, why)
+        if chunk == NULL:
+            pthread_mutex_unlock(&pool.lock)
+            _unmap_detached(pool, expired)
+            return NULL
+        chunk.free_mask = 0
+        chunk.largest_free = 0
+    chunk.request = size
+    chunk.live_bytes = chunk.length
     _push(&pool.direct, chunk)
     pool.direct_count += 1
-    pool.in_use += length
+    pool.in_use += chunk.length
+    pool.served += chunk.length
     pool.allocations += 1
     pthread_mutex_unlock(&pool.lock)
+    _unmap_detached(pool, expired)
+    if zero:
+        memset(chunk.base, 0, size)
     return chunk.base
 
 
@@ -530,12 +681,28 @@ cdef int _free_locked(NodePool *pool, Chunk *chunk, void *ptr) noexcept nogil:
     """Free a block known to be live; caller holds the lock, which this releases."""
     cdef int granule, granule_count
     cdef signed char kind
+    cdef Chunk *detached
     if chunk.request:
+        if chunk.live_bytes == 0:
+            pthread_mutex_unlock(&pool.lock)
+            return -1   # cached: freed already
         _unlink(&pool.direct, chunk)
         pool.direct_count -= 1
         pool.in_use -= chunk.length
-        pool.mapped -= chunk.length
         pool.allocations -= 1
+        if chunk.length <= pool.cache_max:
+            # Kept for the next request it fits, registered and placed (see "Cached direct mappings").
+            chunk.live_bytes = 0
+            chunk.cached_at = _now_ns()
+            chunk.served_at = pool.served
+            _push(&pool.cached, chunk)
+            pool.cached_count += 1
+            pool.cached_bytes += chunk.length
+            detached = _cache_trim(pool, pool.cache_max, True)
+            pthread_mutex_unlock(&pool.lock)
+            _unmap_detached(pool, detached)
+            return 0
+        pool.mapped -= chunk.length
         _register(chunk, False)
         pthread_mutex_unlock(&pool.lock)
         pool.source.unmap(pool.source.ctx, chunk.base, chunk.length)
@@ -551,6 +718,13 @@ cdef int _free_locked(NodePool *pool, Chunk *chunk, void *ptr) noexcept nogil:
         granule_count = chunk.run_len[granule]
         _give_granules(chunk, granule, granule_count)
         _sub_live(pool, chunk, (<size_t>granule_count) << GRANULE_SHIFT)
+        if pool.cached != NULL:
+            # Runs are freed often enough to find a cache past its decay (not the size classes:
+            # their free path stays as short as can be).
+            detached = _cache_trim(pool, pool.cache_max, True)
+            pthread_mutex_unlock(&pool.lock)
+            _unmap_detached(pool, detached)
+            return 0
     else:
         pthread_mutex_unlock(&pool.lock)
         return -1
@@ -580,7 +754,9 @@ cdef int _check_locked(NodePool *pool, Chunk *chunk, void *ptr) noexcept nogil:
     if <NodePool *>chunk.pool != pool:
         return CHECK_OTHER_POOL
     if chunk.request:
-        return CHECK_OK if (<char *>ptr) == chunk.base else CHECK_INTERIOR
+        if (<char *>ptr) != chunk.base:
+            return CHECK_INTERIOR
+        return CHECK_OK if chunk.live_bytes else CHECK_NOT_LIVE   # 0: a cached mapping
     granule = <int>(((<char *>ptr) - chunk.base) >> GRANULE_SHIFT)
     kind = chunk.kind[granule]
     offset = <size_t>((<char *>ptr) - chunk.base) & (GRANULE - 1)
@@ -648,9 +824,12 @@ cdef void *arena_realloc(NodePool *pool, void *ptr, size_t new_size, PlaceResult
 
 
 cdef size_t arena_release(NodePool *pool) noexcept nogil:
-    """Unmap every chunk with nothing live in it; return the bytes given back."""
+    """Unmap every chunk with nothing live in it and every cached mapping; return the bytes given back."""
     cdef size_t released
+    cdef Chunk *detached
     pthread_mutex_lock(&pool.lock)
-    released = _release_idle(pool, 0)
+    released = _release_idle(pool, 0) + pool.cached_bytes
+    detached = _cache_trim(pool, 0, False)
     pthread_mutex_unlock(&pool.lock)
+    _unmap_detached(pool, detached)
     return released

@@ -18,9 +18,9 @@ from libc.string cimport memset, strncpy
 
 from numamem._arena cimport (
     CHECK_FOREIGN, CHECK_INTERIOR, CHECK_NOT_LIVE, CHECK_OK, CHECK_OTHER_POOL, CHUNK_SIZE, GRANULE,
-    MAX_POOLS, RUN_MAX, Chunk, NodePool, arena_alloc, arena_check, arena_create,
-    arena_destroy, arena_free, arena_free_checked, arena_lock, arena_pool_of, arena_realloc, arena_release,
-    arena_unlock, arena_usable_size,
+    MAX_POOLS, RUN_MAX, Chunk, NodePool, arena_alloc, arena_calloc, arena_check, arena_create,
+    arena_destroy, arena_free, arena_free_checked, arena_lock, arena_pool_of, arena_realloc,
+    arena_release, arena_set_cache, arena_unlock, arena_usable_size,
 )
 from numamem._arena import class_sizes
 from numamem._registry import pool_count
@@ -29,6 +29,7 @@ from numamem._ndarray cimport BufferOwner, Export, array_over
 from numamem._place cimport PLACE_PREFERRED, PLACE_STRICT, STEP_MAP, PlaceResult, result_object
 from numamem._place import STEPS
 from numamem import _topology
+import numbers as _numbers
 import operator as _operator
 import weakref as _weakref
 
@@ -68,17 +69,10 @@ cdef void *_handler_malloc(void *ctx, size_t size) noexcept nogil:
 
 
 cdef void *_calloc(NodePool *pool, size_t nelem, size_t elsize, PlaceResult *why) noexcept nogil:
-    cdef size_t size
-    cdef void *memory
     if elsize != 0 and nelem > (<size_t>-1) // elsize:
         return NULL
-    size = nelem * elsize
-    memory = arena_alloc(pool, size, why)
-    if memory != NULL:
-        # Pool blocks may be recycled: zero them. Direct mappings are fresh, hence zero already.
-        if size <= RUN_MAX * GRANULE:
-            memset(memory, 0, size)
-    return memory
+    # Recycled blocks and reused cached mappings are cleared; fresh mappings are zero already.
+    return arena_calloc(pool, nelem * elsize, why)
 
 
 cdef void *_handler_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
@@ -318,11 +312,67 @@ cdef class Pool:
         return arena_usable_size(<void *>address)
 
     def release(self):
-        """Give chunks with nothing live in them back to the kernel; return the bytes released."""
+        """Give chunks with nothing live in them and cached mappings back to the kernel; return the bytes released."""
         cdef size_t released
         with nogil:
             released = arena_release(self._pool)
         return released
+
+    def large_cache(self, max_bytes=None, decay=None):
+        """Read or set how many freed direct mappings (blocks above 1 MiB) the pool keeps for reuse.
+
+        A freed large block stays mapped and placed and serves the next request it fits (it is at
+        most 1/16 larger), without a new mapping or placement check. The pool unmaps cached
+        mappings beyond ``max_bytes`` (oldest first); those unused for ``decay`` seconds, or
+        while it handed out more than ``max_bytes`` in other blocks (checked at its next
+        allocation or free of anything but a small block); and all of them before it maps new
+        memory or at :meth:`release`.
+
+        Parameters
+        ----------
+        max_bytes : int, optional
+            Bytes of freed mappings kept at most (0: none, every large block is unmapped on free
+            as before); lowering it unmaps the excess now. Default for new pools: 64 MiB.
+        decay : float, optional
+            Seconds a cached mapping may stay unused (default for new pools: 1.0; 0: none is
+            kept past the call that caches it).
+
+        Returns
+        -------
+        dict
+            The settings now: ``{"max_bytes": int, "decay": float}``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If ``max_bytes`` is not an int >= 0 or ``decay`` not a finite number >= 0.
+        """
+        cdef NodePool *pool = self._pool
+        cdef size_t limit
+        cdef long long decay_ns
+        arena_lock(pool)
+        limit, decay_ns = pool.cache_max, pool.cache_decay_ns
+        arena_unlock(pool)
+        if max_bytes is not None:
+            if isinstance(max_bytes, bool):
+                raise TypeError(f"max_bytes must be an int number of bytes, not {max_bytes!r}")
+            try:
+                max_bytes = _operator.index(max_bytes)
+            except TypeError:
+                raise TypeError(f"max_bytes must be an int number of bytes, not {max_bytes!r}") from None
+            if max_bytes < 0 or max_bytes > (<size_t>-1):
+                raise ValueError(f"max_bytes must be >= 0 bytes, not {max_bytes}")
+            limit = max_bytes
+        if decay is not None:
+            if isinstance(decay, bool) or not isinstance(decay, _numbers.Real):
+                raise TypeError(f"decay must be a number of seconds, not {decay!r}")
+            if not (0 <= decay < 1e9):
+                raise ValueError(f"decay must be a finite number of seconds >= 0, not {decay!r}")
+            decay_ns = <long long>(decay * 1e9)
+        if max_bytes is not None or decay is not None:
+            with nogil:
+                arena_set_cache(pool, limit, decay_ns)
+        return {"max_bytes": limit, "decay": decay_ns / 1e9}
 
     def stats(self):
         """Bytes and counts of the pool.
@@ -333,9 +383,11 @@ cdef class Pool:
             ``in_use`` (bytes of live blocks), ``mapped`` (bytes mapped), ``cached``
             (``mapped - in_use``), ``peak_mapped`` (highest ``mapped`` since creation or
             :meth:`reset_peak`), ``allocations`` (live blocks), ``chunks`` (2 MiB chunks),
-            ``idle_chunks`` (chunks with nothing live, kept for reuse), ``direct`` (direct
-            mappings), ``touched`` (chunks populated by touching, where the kernel lacks
-            ``MADV_POPULATE_WRITE``).
+            ``idle_chunks`` (chunks with nothing live, kept for reuse), ``direct`` (live direct
+            mappings), ``cached_mappings`` and ``cached_mapping_bytes`` (freed direct mappings
+            kept for reuse, see :meth:`large_cache`), ``reused_mappings`` (large requests they
+            served), ``maps`` (mappings made by the chunk source: chunks and direct), ``touched``
+            (chunks populated by touching, where the kernel lacks ``MADV_POPULATE_WRITE``).
         """
         cdef NodePool *pool = self._pool
         arena_lock(pool)
@@ -348,6 +400,10 @@ cdef class Pool:
             "chunks": pool.chunk_count,
             "idle_chunks": pool.idle_count,
             "direct": pool.direct_count,
+            "cached_mappings": pool.cached_count,
+            "cached_mapping_bytes": pool.cached_bytes,
+            "reused_mappings": pool.reuses,
+            "maps": pool.maps,
             "touched": pool.touched,
         }
         arena_unlock(pool)
@@ -478,11 +534,9 @@ cdef class PoolAllocation(BufferOwner):
         cdef void *memory
         cdef PlaceResult why
         with nogil:
-            memory = arena_alloc(pool._pool, size, &why)
+            memory = arena_calloc(pool._pool, size, &why) if zero else arena_alloc(pool._pool, size, &why)
         if memory == NULL:
             pool._raise_failed(size, &why)
-        if zero:
-            memset(memory, 0, size)
         self._set_memory(<char *>memory, size)
         self.pool = pool
         return self
@@ -559,14 +613,13 @@ cdef object pool_array(Pool pool, object request, object shape, size_t nbytes, i
         # A size-class block, with the GIL held: releasing and retaking it would cost a third of
         # np.empty's whole time on every array, to spare other threads the rare moments (one
         # per 2 MiB chunk mapped) when the pool maps and places a chunk.
-        memory = arena_alloc(pool._pool, nbytes, &why)
+        memory = arena_calloc(pool._pool, nbytes, &why) if zero else arena_alloc(pool._pool, nbytes, &why)
     else:
         with nogil:
-            memory = arena_alloc(pool._pool, nbytes, &why)
+            # Blocks are recycled: calloc clears them (invariant 5).
+            memory = arena_calloc(pool._pool, nbytes, &why) if zero else arena_alloc(pool._pool, nbytes, &why)
     if memory == NULL:
         pool._raise_failed(nbytes, &why)
-    if zero:
-        memset(memory, 0, nbytes)  # blocks are recycled (invariant 5)
     base = PoolExport.__new__(PoolExport)
     base._pool = pool
     base._address = <char *>memory
