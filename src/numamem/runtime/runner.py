@@ -29,7 +29,7 @@ from numamem.runtime.estimate import PUBLISHED_MACHINE, estimate_speedup, shares
 from numamem.runtime.executor import MODES, make_executor
 
 __all__ = ["FORMAT", "PUBLISHED_MACHINE", "RTOL", "estimate_nodes", "estimate_speedup", "float64_reference", "format_report",
-           "load_npz", "plan_traffic", "random_tensors", "run_graph", "softmax_logits"]
+           "load_npz", "plan_traffic", "random_tensors", "run_graph", "softmax_logits", "with_outputs"]
 
 FORMAT = "numamem-run/1"
 #: Largest relative error ``||y - ref|| / ||ref||`` accepted for every output of every mode.
@@ -234,7 +234,7 @@ def softmax_logits(graph: Graph) -> dict[str, str]:
     return out
 
 
-def _with_outputs(graph: Graph, names: Sequence[str]) -> Graph:
+def with_outputs(graph: Graph, names: Sequence[str]) -> Graph:
     """``graph`` with the activations ``names`` made graph outputs as well."""
     if not names:
         return graph
@@ -494,7 +494,7 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
     # as outputs too (they are live to the end anyway when the softmax is the last layer).
     logits = softmax_logits(graph)
     real_outputs = list(graph.outputs)
-    graph = _with_outputs(graph, list(logits.values()))
+    graph = with_outputs(graph, list(logits.values()))
     p = planner.plan(graph, nodes=nodes, **plan_options)
     rw, ri = random_tensors(graph, seed)
     ws = dict(rw if weights is None else weights)
