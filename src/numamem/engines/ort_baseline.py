@@ -107,8 +107,8 @@ class OnnxRuntimeBaseline:
             m = with_values(self.model, self.values)
         else:
             m = load_model(self.model, values=False)[0]
-            if any(t.HasField("data_location") and t.data_location == 1 for t in m.graph.initializer):
-                # TensorProto.EXTERNAL: ONNX Runtime finds the data next to the file, not in bytes
+            if any(t.data_location == t.EXTERNAL for t in m.graph.initializer):
+                # ONNX Runtime finds external data next to the file, not in serialized bytes
                 with open(self.model, "rb") as f:
                     return f.read(), {}
         logits = softmax_logits(m)
@@ -127,7 +127,7 @@ class OnnxRuntimeBaseline:
         Raises
         ------
         ImportError
-            Naming the extra, if ``onnxruntime`` (or ``onnx``, for placeholder models) is missing.
+            Naming the extra, if ``onnxruntime`` or ``onnx`` is missing.
         ValueError
             If the model needs an input ``inputs`` lacks.
         """

@@ -465,7 +465,8 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
         :class:`numamem.engines.ort_baseline.OnnxRuntimeBaseline`: its ``start(inputs, threads)``
         (given as many threads as the first mode has workers) returns an object whose ``step()``
         is timed in the same round-robin loop as the modes and whose ``outputs()`` are checked
-        against the reference. The report gets ``report[baseline.name]`` with its median, threads
+        against the reference (and, if it has ``logits()`` giving ``{output: logits}``, its logits
+        of a final softmax too). The report gets ``report[baseline.name]`` with its median, threads
         and ``planned_vs_<name>`` (its median / planned's; > 1 is numamem faster), or
         ``{"skipped": why}`` when ``start`` raises ``ImportError``. It does not change ``ok``.
 
