@@ -176,3 +176,16 @@ def test_run_graph_layer_with_no_splittable_axis():
     ref = np.exp(e - e.max()) / np.exp(e - e.max()).sum()
     for outs in report["_outputs"].values():
         assert M.rel_err(outs[s.name], ref) < 1e-6
+
+
+def test_onnxruntime_baseline_gives_the_logits_of_a_final_softmax(tmp_path):
+    path = str(tmp_path / "m.onnx")
+    onnx.save(M.mobilenet_block(), path)
+    x = np.random.default_rng(2).standard_normal((2, 16, 10, 10)).astype(np.float32)
+    session = OnnxRuntimeBaseline(path).start({"x": x}, 1)
+    session.step()
+    assert set(session.outputs()) == {"probs"}  # the extra output stays apart
+    (logits,) = session.logits().values()
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    assert M.rel_err(session.outputs()["probs"], e / e.sum(axis=1, keepdims=True)) < 1e-6
+    session.close()
