@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,11 +159,39 @@ def test_truncated_file_is_one_line(tmp_path, capsys):
     _one_line_error(capsys, ["plan", str(tmp_path / "nope.onnx")], "no such ONNX file")
 
 
-def test_run_light_squeezenet(capsys):
-    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", "light_squeezenet.onnx")
-    assert main(["run", path, "--iters", "1"]) == 0
+LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+
+
+def _check_light_run(argv, tmp_path, capsys, output, logits):
+    """``numamem run`` of a light model ending in a softmax: its comparison means something (the
+    softmax is not one-hot, the logits are compared in every mode and with ONNX Runtime)."""
+    report, outputs = tmp_path / "r.json", tmp_path / "y.npz"
+    assert main(argv + ["--json", str(report), "--outputs", str(outputs)]) == 0
     out = capsys.readouterr().out
-    assert "squeezenet" in out and "correctness: every mode within" in out and "onnxruntime: " in out
+    assert "correctness: every mode within" in out and "onnxruntime: " in out
+    assert f"checked: the outputs and the logits of the final softmax ({logits!r} for {output!r}, max rel err" in out
+    r = json.loads(report.read_text())
+    assert r["reference"]["logits"] == {output: logits}
+    for entry in list(r["modes"].values()) + [r["onnxruntime"]]:
+        assert set(entry["rel_err"]) == {output, logits} and entry["ok"]
+    with np.load(outputs) as y:
+        assert list(y.files) == [output]
+        assert float(y[output].max()) < 0.5, "the placeholder weights saturate the softmax"
+
+
+def test_run_light_squeezenet(tmp_path, capsys):
+    _check_light_run(["run", os.path.join(LIGHT, "light_squeezenet.onnx"), "--iters", "1"], tmp_path, capsys,
+                     "softmaxout_1", "softmaxout_1/reshape")
+
+
+def test_readme_example_light_resnet50(tmp_path, capsys, stress):
+    # The README's second example, as written there (less the iterations).
+    if not stress:
+        pytest.skip("ResNet-50 in three modes takes half a minute here: run with --stress")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert 'light/light_resnet50.onnx" --iters 5' in readme
+    _check_light_run(["run", os.path.join(LIGHT, "light_resnet50.onnx"), "--iters", "1"], tmp_path, capsys,
+                     "gpu_0/softmax_1", "r174")
 
 
 def test_run_onnx_compares_with_onnxruntime(tmp_path, capsys):

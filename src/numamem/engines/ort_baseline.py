@@ -22,7 +22,7 @@ import numpy as np
 
 from numamem.engines._nodes import require
 
-__all__ = ["OnnxRuntimeBaseline", "OrtSession"]
+__all__ = ["OnnxRuntimeBaseline", "OrtSession", "softmax_logits"]
 
 
 class OrtSession:
@@ -36,14 +36,19 @@ class OrtSession:
         Process CPU seconds of the last :meth:`step` (ONNX Runtime's threads are the process's).
     layer_seconds : tuple
         Empty: ONNX Runtime's per-node times are not numamem's layers.
+
+    ``logits`` maps output names to the names of extra session outputs holding the logits of the
+    Softmax that makes them (:meth:`logits`).
     """
 
     layer_seconds: tuple = ()
 
-    def __init__(self, session: Any, feeds: Mapping[str, np.ndarray], threads: int):
+    def __init__(self, session: Any, feeds: Mapping[str, np.ndarray], threads: int,
+                 logits: Mapping[str, str] | None = None):
         self._session = session
         self._feeds = dict(feeds)
         self._names = [o.name for o in session.get_outputs()]
+        self._logits = dict(logits or {})
         self._out: list[np.ndarray] = []
         self.threads = threads
         self.cpu_seconds = 0.0
@@ -57,8 +62,14 @@ class OrtSession:
         return t
 
     def outputs(self) -> dict[str, np.ndarray]:
-        """The last step's outputs by the model's output names."""
-        return dict(zip(self._names, self._out))
+        """The last step's outputs by the model's output names (without the logits)."""
+        extra = set(self._logits.values())
+        return {n: a for n, a in zip(self._names, self._out) if n not in extra}
+
+    def logits(self) -> dict[str, np.ndarray]:
+        """The last step's logits of each output a final Softmax makes, by that output's name."""
+        got = dict(zip(self._names, self._out))
+        return {o: got[l] for o, l in self._logits.items() if l in got}
 
     def close(self) -> None:
         """Drop the session (its threads and arena go with it)."""
@@ -86,13 +97,26 @@ class OnnxRuntimeBaseline:
         self.model = os.fspath(model)
         self.values = dict(values) if values else None
 
-    def _bytes(self) -> bytes:
-        if self.values:
-            from numamem.planner.onnx import with_values
+    def _model(self) -> tuple[bytes, dict[str, str]]:
+        """The serialized model to run (placeholders replaced) and the logits of its final
+        Softmaxes (:func:`softmax_logits`), which are made extra outputs so that they are
+        compared too. A model with external data runs from its file as it is, without them."""
+        from numamem.planner.onnx import load_model, with_values
 
-            return with_values(self.model, self.values).SerializeToString()
-        with open(self.model, "rb") as f:
-            return f.read()
+        if self.values:
+            m = with_values(self.model, self.values)
+        else:
+            m = load_model(self.model, values=False)[0]
+            if any(t.data_location == t.EXTERNAL for t in m.graph.initializer):
+                # ONNX Runtime finds external data next to the file, not in serialized bytes
+                with open(self.model, "rb") as f:
+                    return f.read(), {}
+        logits = softmax_logits(m)
+        listed = {o.name for o in m.graph.output}
+        for name in logits.values():
+            if name not in listed:
+                m.graph.output.append(_empty_value_info(name))
+        return m.SerializeToString(), logits
 
     def start(self, inputs: Mapping[str, np.ndarray], threads: int) -> OrtSession:
         """A session with ``threads`` intra-op threads over ``inputs`` (by the model's input names).
@@ -103,7 +127,7 @@ class OnnxRuntimeBaseline:
         Raises
         ------
         ImportError
-            Naming the extra, if ``onnxruntime`` (or ``onnx``, for placeholder models) is missing.
+            Naming the extra, if ``onnxruntime`` or ``onnx`` is missing.
         ValueError
             If the model needs an input ``inputs`` lacks.
         """
@@ -114,10 +138,39 @@ class OnnxRuntimeBaseline:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
-        session = ort.InferenceSession(self._bytes(), opts, providers=["CPUExecutionProvider"])
+        require("onnx", "onnx")
+        model, logits = self._model()
+        session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         feeds = {}
         for i in session.get_inputs():
             if i.name not in inputs:
                 raise ValueError(f"{self.model}: ONNX Runtime needs input {i.name!r}, which numamem's graph lacks")
             feeds[i.name] = np.ascontiguousarray(inputs[i.name])
-        return OrtSession(session, feeds, threads)
+        return OrtSession(session, feeds, threads, logits)
+
+
+#: ONNX ops between a final Softmax and the graph output that keep its values.
+_AFTER_SOFTMAX = ("Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze")
+
+
+def softmax_logits(model: Any) -> dict[str, str]:
+    """``{output: logits}`` for every output of the ONNX ``model`` made by a Softmax (through
+    Reshape/Flatten/Identity/Squeeze/Unsqueeze): the Softmax's input, unless it is a graph input
+    or initializer. The same logits as :func:`numamem.runtime.runner.softmax_logits` finds in
+    the imported graph, by the ONNX names."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    sources = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
+    out = {}
+    for o in model.graph.output:
+        node = producer.get(o.name)
+        while node is not None and node.op_type in _AFTER_SOFTMAX:
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type == "Softmax" and node.input[0] not in sources:
+            out[o.name] = node.input[0]
+    return out
+
+
+def _empty_value_info(name: str):
+    from onnx import helper
+
+    return helper.make_empty_tensor_value_info(name)

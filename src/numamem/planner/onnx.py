@@ -28,6 +28,7 @@ multi-GB model is planned from its shapes alone; :func:`onnx_weights` reads it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -94,18 +95,36 @@ def onnx_weights(model: Any, *, input_shapes: Mapping[str, Sequence[int]] | None
 
 
 def placeholder_values(model: Any, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random values of a sensible scale for the ``ConstantOfShape`` weight placeholders of ``model``.
+    """Random values for the ``ConstantOfShape`` weight placeholders of ``model``, scaled so that
+    activations stay of order one through the whole network.
 
-    The scale follows what reads the tensor (through Unsqueeze/Reshape/Squeeze/Transpose): Conv
-    filters He-normal (``sqrt(2/fan_in)``), Gemm and MatMul matrices LeCun-normal, batch-norm
-    scales ``1 + 0.1 N(0,1)`` and variances uniform on [0.5, 1.5], Mul operands around 1, every
-    other tensor (biases, means, shifts) ``0.1 N(0,1)``.
+    He or LeCun scaling alone keeps a plain Conv/ReLU stack in range, but not a residual network
+    whose batch norms are near-identity: every residual sum doubles the second moment, and ResNet-50's
+    logits come out in the tens of thousands, a one-hot softmax. So the scales follow the
+    expected second moment ``E[x^2]`` of every tensor, propagated through the graph in order
+    (:func:`_moment_of`; graph inputs are taken as standard normal, as ``numamem run``'s random
+    inputs are):
+
+    - a Conv filter, Gemm or MatMul matrix is normal with variance ``1 / (K * E[x^2])`` for a
+      contraction of ``K`` terms over an operand of second moment ``E[x^2]``, so its output has a
+      second moment of about one (He scaling on a ReLU output of unit variance, generalised);
+    - a BatchNormalization normalises what it is given: variance ``E[x^2] * U(0.5, 1.5)``, mean
+      ``0.1 sqrt(E[x^2]) N(0,1)``, scale ``1 + 0.1 N(0,1)``, shift ``0.1 N(0,1)``;
+    - Mul operands are ``1 + 0.1 N(0,1)``; every other placeholder (biases) ``0.1 N(0,1)``.
+
+    A placeholder reaches its reader through Unsqueeze/Reshape/Squeeze/Transpose/Cast/Identity/
+    Flatten. The values depend on the model and ``seed`` only, not on the inputs.
 
     Returns
     -------
     dict of str to ndarray
         By the placeholders' ONNX names.
     """
+    return _placeholders(model, seed)[0]
+
+
+def _placeholders(model: Any, seed: int) -> tuple[dict[str, np.ndarray], dict[str, "_Stats"]]:
+    """:func:`placeholder_values` and the expected statistics of every tensor, by ONNX name."""
     onnx = require_onnx()
     from onnx import numpy_helper
 
@@ -115,39 +134,221 @@ def placeholder_values(model: Any, seed: int = 0) -> dict[str, np.ndarray]:
     for node in m.graph.node:
         for i, n in enumerate(node.input):
             readers.setdefault(n, []).append((node, i))
-    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    inits = {}
+    for t in m.graph.initializer:
+        try:
+            inits[t.name] = numpy_helper.to_array(t)
+        except Exception:  # external data not read while planning: its statistics are not known
+            continue
     passthrough = ("Unsqueeze", "Reshape", "Squeeze", "Transpose", "Cast", "Identity", "Flatten")
 
     def use(name: str, depth: int = 0):
+        """The node reading placeholder ``name`` (through pass-through ops), its input index, and
+        the name under which that node reads it."""
         for node, i in readers.get(name, []):
             if node.op_type in passthrough and i == 0 and depth < 4:
                 return use(node.output[0], depth + 1)
-            return node, i
-        return None, 0
+            return node, i, name
+        return None, 0, name
 
-    out = {}
+    shapes = {node.output[0]: tuple(int(d) for d in inits[node.input[0]]) for node in m.graph.node
+              if node.op_type == "ConstantOfShape" and node.input and node.input[0] in inits}
+    # The shape its reader sees a placeholder with (after a Reshape, say) decides its fan-in.
+    seen_shape: dict[str, tuple[int, ...]] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m, data_prop=True)
+        for vi in inferred.graph.value_info:
+            dims = vi.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims):
+                seen_shape[vi.name] = tuple(int(d.dim_value) for d in dims)
+    except Exception:  # an inconsistent model: the placeholders' own shapes will do
+        pass
+    # Placeholders by the node that reads them: drawn when the propagation reaches that node.
+    read_by: dict[int, list] = {}
+    for name in shapes:
+        reader, i, seen_as = use(name)
+        if reader is not None:
+            read_by.setdefault(id(reader), []).append((name, i, seen_as))
+    # Statistics: graph inputs standard normal, constants their own, placeholders once drawn.
+    stats: dict[str, _Stats] = {n: _Stats.of(a) for n, a in inits.items() if a.dtype.kind == "f"}
+    for i in m.graph.input:
+        stats.setdefault(i.name, _Stats(0.0, 1.0))
+    values = dict(inits)
+    out: dict[str, np.ndarray] = {}
     for node in m.graph.node:
-        if node.op_type != "ConstantOfShape" or node.input[0] not in inits:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    v = numpy_helper.to_array(a.t)
+                    values[node.output[0]] = v
+                    if v.dtype.kind == "f":
+                        stats[node.output[0]] = _Stats.of(v)
             continue
-        shape = tuple(int(d) for d in inits[node.input[0]])
-        name = node.output[0]
-        reader, i = use(name)
-        op = reader.op_type if reader is not None else ""
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in reader.attribute} if reader is not None else {}
-        n = rng.standard_normal(shape)
-        if op == "Conv" and i == 1:
-            a = n * np.sqrt(2.0 / max(int(np.prod(shape[1:])), 1))
-        elif op in ("Gemm", "MatMul") and len(shape) >= 2 and i in (0, 1):
-            fan = shape[-1] if (op == "Gemm" and i == 1 and attrs.get("transB", 0)) else shape[-2]
-            a = n * np.sqrt(1.0 / max(fan, 1))
-        elif op == "BatchNormalization" and i == 4:
-            a = rng.uniform(0.5, 1.5, shape)
-        elif (op == "BatchNormalization" and i == 1) or op == "Mul":
-            a = 1.0 + 0.1 * n
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        for name, i, seen_as in read_by.get(id(node), ()):
+            shape = shapes[name]
+            seen = seen_shape.get(seen_as, shape) if seen_as != name else shape
+            a = out[name] = _draw(node.op_type, i, shape, seen, attrs, node, stats, rng)
+            values[name] = a
+            values[seen_as] = a.reshape(seen) if int(np.prod(seen)) == a.size else a
+            stats[name] = stats[seen_as] = _Stats.of(a)
+        if node.output and node.op_type != "ConstantOfShape":
+            st = _propagate(node.op_type, node, attrs, stats, values)
+            for o in node.output:
+                stats[o] = st
+    return out, stats
+
+
+@dataclass(frozen=True)
+class _Stats:
+    """Mean and second moment of a tensor's elements, the two numbers the propagation tracks."""
+
+    mean: float
+    ms: float
+
+    @classmethod
+    def of(cls, a: np.ndarray) -> "_Stats":
+        a = np.asarray(a, np.float64)
+        return cls(float(a.mean()), float(np.mean(a * a))) if a.size else cls(0.0, 0.0)
+
+    @property
+    def var(self) -> float:
+        return max(self.ms - self.mean ** 2, 0.0)
+
+    def scaled(self, f: float) -> "_Stats":
+        return _Stats(self.mean * f, self.ms * f * f)
+
+
+def _draw(op: str, i: int, shape: tuple, seen: tuple, attrs: Mapping[str, Any], node: Any,
+          stats: Mapping[str, "_Stats"], rng: np.random.Generator) -> np.ndarray:
+    """Values of a placeholder of ``shape``, input ``i`` of ``node`` which reads it with shape
+    ``seen`` (see :func:`placeholder_values`)."""
+    def ms(k: int) -> float:  # second moment of the node's input k (1 when not known)
+        st = stats.get(node.input[k]) if k < len(node.input) else None
+        return max(st.ms, 1e-12) if st is not None else 1.0
+
+    n = rng.standard_normal(shape)
+    if op == "Conv" and i == 1:
+        k = int(np.prod(seen[1:]))  # in-channels per group x kernel window
+        a = n / np.sqrt(max(k, 1) * ms(0))
+    elif op in ("Gemm", "MatMul") and i in (0, 1) and len(seen) >= 2:
+        if op == "Gemm":
+            trans = attrs.get("transA" if i == 0 else "transB", 0)
+            k = seen[0] if (i == 0) == bool(trans) else seen[1]
+            alpha = float(attrs.get("alpha", 1.0))
         else:
-            a = 0.1 * n
-        out[name] = a.astype(np.float32)
-    return out
+            k = seen[-1] if i == 0 else seen[-2]
+            alpha = 1.0
+        a = n / np.sqrt(max(k, 1) * ms(1 - i) * alpha ** 2)
+    elif op == "BatchNormalization" and i == 4:
+        a = ms(0) * rng.uniform(0.5, 1.5, shape)
+    elif op == "BatchNormalization" and i == 3:
+        a = 0.1 * np.sqrt(ms(0)) * n
+    elif (op == "BatchNormalization" and i == 1) or op == "Mul":
+        a = 1.0 + 0.1 * n
+    else:
+        a = 0.1 * n
+    return a.astype(np.float32)
+
+
+def _relu(st: "_Stats") -> "_Stats":
+    """Mean and second moment of ``max(z, 0)`` for a normal ``z`` of ``st``'s mean and moment."""
+    from math import erf, exp, pi, sqrt
+
+    mu, sd = st.mean, sqrt(st.var)
+    if sd == 0.0:
+        return _Stats(max(mu, 0.0), max(mu, 0.0) ** 2)
+    a = mu / sd
+    cdf, pdf = 0.5 * (1 + erf(a / sqrt(2))), exp(-a * a / 2) / sqrt(2 * pi)
+    return _Stats(mu * cdf + sd * pdf, (mu * mu + sd * sd) * cdf + mu * sd * pdf)
+
+
+#: Pooling on the statistics: the mean moves by ``shift`` standard deviations and the variance
+#: is multiplied by ``var`` (fitted on the light models' random networks; they need only be
+#: right within a small factor).
+_POOL = {"MaxPool": (0.5, 0.5), "GlobalMaxPool": (2.0, 0.3), "AveragePool": (0.0, 0.8),
+         "GlobalAveragePool": (0.0, 0.3)}
+
+
+def _propagate(op: str, node: Any, attrs: Mapping[str, Any], stats: Mapping[str, "_Stats"],
+               values: Mapping[str, np.ndarray]) -> "_Stats":
+    """Expected statistics of ``node``'s output from its inputs' (one rule per op; others pass
+    their first input's through)."""
+    ins = [stats.get(n, _Stats(0.0, 1.0)) if n else _Stats(0.0, 0.0) for n in node.input]
+    x = ins[0] if ins else _Stats(0.0, 1.0)
+
+    def arr(k: int) -> np.ndarray | None:
+        return values.get(node.input[k]) if k < len(node.input) else None
+
+    def contraction(k: int, a: "_Stats", b: "_Stats", bias: "_Stats | None", scale: float = 1.0) -> "_Stats":
+        # K products of independent terms (the weights are drawn independently of the data)
+        mean = scale * k * a.mean * b.mean
+        ms = scale ** 2 * (k * a.ms * b.ms + k * (k - 1) * (a.mean * b.mean) ** 2)
+        if bias is not None:
+            mean, ms = mean + bias.mean, ms + bias.ms + 2 * mean * bias.mean
+        return _Stats(mean, ms)
+
+    def dim(k: int, axis: int) -> int:
+        a = arr(k)
+        return int(a.shape[axis]) if a is not None and a.ndim >= 2 else 1
+
+    if op == "Conv":
+        w = arr(1)
+        k = int(np.prod(w.shape[1:])) if w is not None else 1
+        return contraction(k, x, ins[1], ins[2] if len(ins) > 2 else None)
+    if op == "Gemm":
+        k = dim(1, 1 if attrs.get("transB", 0) else 0) if arr(1) is not None else dim(0, 0 if attrs.get("transA", 0) else 1)
+        beta = float(attrs.get("beta", 1.0))
+        c = ins[2].scaled(beta) if len(ins) > 2 else None
+        return contraction(k, ins[0], ins[1], c, float(attrs.get("alpha", 1.0)))
+    if op == "MatMul":
+        k = dim(1, -2) if arr(1) is not None else dim(0, -1)
+        return contraction(k, ins[0], ins[1], None)
+    if op == "BatchNormalization":
+        p = [arr(k) for k in (1, 2, 3, 4)]
+        if any(v is None for v in p):
+            return x
+        s, b, m, v = (np.asarray(a, np.float64) for a in p)
+        g = s / np.sqrt(v + float(attrs.get("epsilon", 1e-5)))
+        mean = g * (x.mean - m) + b
+        ms = g * g * (x.ms - 2 * x.mean * m + m * m) + 2 * b * g * (x.mean - m) + b * b
+        return _Stats(float(np.mean(mean)), float(np.mean(ms)))
+    if op == "Relu":
+        return _relu(x)
+    if op == "LeakyRelu":
+        alpha = float(attrs.get("alpha", 0.01))
+        pos, neg = _relu(x), _relu(_Stats(-x.mean, x.ms))
+        return _Stats(pos.mean - alpha * neg.mean, pos.ms + alpha ** 2 * neg.ms)
+    if op == "Clip":
+        low = attrs.get("min", 0.0 if len(node.input) > 1 and _is_zero(arr(1)) else None)
+        return _relu(x) if low == 0.0 else x
+    if op in _POOL:
+        shift, var = _POOL[op]
+        sd = np.sqrt(x.var)
+        mean = x.mean + shift * sd
+        return _Stats(mean, mean ** 2 + var * x.var)
+    if op == "LRN":
+        f = (float(attrs.get("bias", 1.0)) + float(attrs.get("alpha", 1e-4)) * x.ms) ** -float(attrs.get("beta", 0.75))
+        return x.scaled(f)
+    if op in ("Add", "Sum", "Sub"):
+        sign = [1.0] + [(-1.0 if op == "Sub" else 1.0)] * (len(ins) - 1)
+        mean = sum(sg * st.mean for sg, st in zip(sign, ins))
+        return _Stats(mean, mean ** 2 + sum(st.var for st in ins))
+    if op == "Mul":
+        return _Stats(float(np.prod([st.mean for st in ins])), float(np.prod([st.ms for st in ins])))
+    if op == "Div" and len(ins) > 1:
+        return _Stats(x.mean / (ins[1].mean or 1.0), x.ms / max(ins[1].ms, 1e-12))
+    if op == "Concat":
+        return _Stats(float(np.mean([st.mean for st in ins])), float(np.mean([st.ms for st in ins])))
+    if op in ("Sigmoid", "HardSigmoid", "Softmax"):
+        return _Stats(0.5, 0.3)
+    if op in ("Tanh", "Erf"):
+        return _Stats(0.0, min(x.ms, 0.5))
+    return x
+
+
+def _is_zero(a: np.ndarray | None) -> bool:
+    return a is not None and a.size == 1 and float(a.reshape(-1)[0]) == 0.0
 
 
 def with_values(model: Any, values: Mapping[str, np.ndarray]):

@@ -14,7 +14,7 @@ import gc
 import math
 import os
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -29,7 +29,7 @@ from numamem.runtime.estimate import PUBLISHED_MACHINE, estimate_speedup, shares
 from numamem.runtime.executor import MODES, make_executor
 
 __all__ = ["FORMAT", "PUBLISHED_MACHINE", "RTOL", "estimate_nodes", "estimate_speedup", "float64_reference", "format_report",
-           "load_npz", "plan_traffic", "random_tensors", "run_graph"]
+           "load_npz", "plan_traffic", "random_tensors", "run_graph", "softmax_logits", "with_outputs"]
 
 FORMAT = "numamem-run/1"
 #: Largest relative error ``||y - ref|| / ||ref||`` accepted for every output of every mode.
@@ -210,6 +210,39 @@ def _rel_err(y: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(y, np.float64) - ref) / max(np.linalg.norm(ref), 1e-300))
 
 
+def softmax_logits(graph: Graph) -> dict[str, str]:
+    """The logits of every graph output that a final softmax makes: ``{output: logits tensor}``.
+
+    An output made by a ``softmax`` layer, possibly through ``reshape``/``flatten`` layers after
+    it (ONNX's Softmax before opset 13 over a 4-D tensor is imported as reshape, softmax,
+    reshape), has as logits the softmax's input, when that is computed by a layer (not a graph
+    input or weight) and is not itself an output. A softmax over 1000 classes can saturate to
+    one-hot, and then every error upstream vanishes from its output: the run compares the logits
+    too.
+    """
+    producer = {l.outputs[0]: l for l in graph.layers}
+    out = {}
+    for o in graph.outputs:
+        layer = producer.get(o)
+        while layer is not None and layer.op in ("reshape", "flatten"):
+            layer = producer.get(layer.inputs[0])
+        if layer is None or layer.op != "softmax":
+            continue
+        logits = layer.inputs[0]
+        if graph.tensors[logits].role is None:
+            out[o] = logits
+    return out
+
+
+def with_outputs(graph: Graph, names: Sequence[str]) -> Graph:
+    """``graph`` with the activations ``names`` made graph outputs as well."""
+    if not names:
+        return graph
+    keep = set(names)
+    tensors = [replace(t, role="output") if t.name in keep else t for t in graph.tensors.values()]
+    return Graph(graph.name, graph.dtype, tensors, graph.layers)
+
+
 # ================================================================================= traffic model
 def plan_traffic(plan: Plan, graph: Graph, holder: Callable[[str], int | None] | None = None
                  ) -> list[dict[tuple[int, int], int]]:
@@ -337,10 +370,16 @@ def _start_baseline(baseline: Any, executors: dict[str, Any], xs: Mapping[str, n
 
 
 def _baseline_entry(name: str, ex: Any, timings: _Timings, ref: Mapping[str, np.ndarray],
-                    modes: Mapping[str, Any]) -> dict[str, Any]:
-    """The report entry of a baseline engine: its median, threads, error and ratio to planned."""
+                    modes: Mapping[str, Any], logits: Mapping[str, str]) -> dict[str, Any]:
+    """The report entry of a baseline engine: its median, threads, error (outputs, and the
+    ``logits`` of :func:`softmax_logits` when its ``logits()`` gives them) and ratio to planned."""
     outputs = ex.outputs()
     errs = {n: _rel_err(outputs[n], ref[n]) for n in ref if n in outputs}
+    # Its logits come by output name (its own tensor names are not the graph's), same values.
+    theirs = ex.logits() if hasattr(ex, "logits") else {}
+    for o, n in logits.items():
+        if o in theirs and n in ref and np.size(theirs[o]) == np.size(ref[n]):
+            errs[n] = _rel_err(np.reshape(theirs[o], np.shape(ref[n])), ref[n])
     median = float(np.median(timings.seconds))
     planned = modes.get("planned", {}).get("median_s")
     entry = {"median_s": median, "seconds": timings.seconds, "threads": ex.threads,
@@ -426,15 +465,17 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
         :class:`numamem.engines.ort_baseline.OnnxRuntimeBaseline`: its ``start(inputs, threads)``
         (given as many threads as the first mode has workers) returns an object whose ``step()``
         is timed in the same round-robin loop as the modes and whose ``outputs()`` are checked
-        against the reference. The report gets ``report[baseline.name]`` with its median, threads
+        against the reference (and, if it has ``logits()`` giving ``{output: logits}``, its logits
+        of a final softmax too). The report gets ``report[baseline.name]`` with its median, threads
         and ``planned_vs_<name>`` (its median / planned's; > 1 is numamem faster), or
         ``{"skipped": why}`` when ``start`` raises ``ImportError``. It does not change ``ok``.
 
     Returns
     -------
     dict
-        The report (see ``docs/runtime.md``); ``ok`` is False when a mode's outputs are off the
-        reference by more than :data:`RTOL`.
+        The report (see ``docs/runtime.md``); ``ok`` is False when a mode's outputs, or the
+        logits of a final softmax (:func:`softmax_logits`, listed under
+        ``report["reference"]["logits"]``), are off the reference by more than :data:`RTOL`.
     """
     say = progress or (lambda msg: None)
     modes = list(modes)
@@ -450,6 +491,11 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
     for n in nodes:
         topo.check_memory_node(n, "nodes")
     plan_options = dict(plan_options or {})
+    # The logits of a final softmax are checked like outputs: the run is of the graph with them
+    # as outputs too (they are live to the end anyway when the softmax is the last layer).
+    logits = softmax_logits(graph)
+    real_outputs = list(graph.outputs)
+    graph = with_outputs(graph, list(logits.values()))
     p = planner.plan(graph, nodes=nodes, **plan_options)
     rw, ri = random_tensors(graph, seed)
     ws = dict(rw if weights is None else weights)
@@ -466,7 +512,7 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
                  "local_bytes": p.local_bytes, "remote_bytes": p.remote_bytes,
                  "axes": sorted({str(l.axis) for l in p.layers})},
         "all_tensors_bytes": total_tensor_bytes,
-        "reference": {"basis": ref_basis, "rtol": RTOL},
+        "reference": {"basis": ref_basis, "rtol": RTOL, "logits": logits},
         "layers": [{"name": l.name, "op": l.op} for l in graph.layers],
     }
     outputs_of: dict[str, dict[str, np.ndarray]] = {}
@@ -496,7 +542,7 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
                                                 outputs_of[mode], ref)
         if len(timed) > len(modes):
             report[baseline.name] = _baseline_entry(baseline.name, executors[baseline.name],
-                                                    timings[baseline.name], ref, report["modes"])
+                                                    timings[baseline.name], ref, report["modes"], logits)
     finally:
         for ex in executors.values():
             ex.close()
@@ -513,7 +559,7 @@ def run_graph(graph: Graph, nodes: Sequence[int] | None = None, modes: Sequence[
     for entry in report["modes"].values():
         entry.pop("_pairs", None)
     if keep_outputs:
-        report["_outputs"] = outputs_of
+        report["_outputs"] = {m: {n: outs[n] for n in real_outputs} for m, outs in outputs_of.items()}
     return report
 
 
@@ -578,6 +624,12 @@ def format_report(report: Mapping[str, Any], *, layers: bool = False) -> str:
             lines.append(f"onnxruntime: {base['median_s'] * 1e3:.2f} ms per iteration with {base['threads']} "
                          f"intra-op threads{vs}; max rel err {base['max_rel_err']:.2e}")
     ref = report["reference"]
+    if ref.get("logits"):
+        # The logits' own error, apart: a saturated softmax would hide it in the outputs'.
+        worst = {l: max(e["rel_err"].get(l, 0.0) for e in modes.values()) for l in ref["logits"].values()}
+        lines.append("checked: the outputs and the logits of the final softmax ("
+                     + ", ".join(f"{l!r} for {o!r}, max rel err {worst[l]:.2e}" for o, l in ref["logits"].items())
+                     + ")")
     if report["ok"]:
         lines.append(f"correctness: every mode within {ref['rtol']:g} of {ref['basis']}")
     else:
