@@ -24,7 +24,8 @@ class PoolPrep:
     Attributes
     ----------
     taps : tuple of Tap
-        The non-empty taps over the input region.
+        The non-empty taps over the input region; for a maximum, one that reaches every output
+        position comes first when there is one (the order of a maximum does not matter).
     is_max : bool
     scale : numpy.ndarray or float or None
         What ``out`` is multiplied by at the end (None for a maximum): a float, or an array
@@ -36,10 +37,16 @@ class PoolPrep:
     scale: np.ndarray | float | None
 
 
-def live_taps(c: Ctx, kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int]) -> tuple[Tap, ...]:
-    """The taps of the block of ``c`` that read some input (what a pool iterates)."""
-    tps = taps(window(c, stride, pad), kernel, extent(c.regions[0])[2:])
-    return tuple(t for t in tps if not t.empty)
+def live_taps(c: Ctx, kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int],
+              full_first: bool = False) -> tuple[Tap, ...]:
+    """The taps of the block of ``c`` that read some input (what a pool iterates).
+
+    With ``full_first`` a tap that reaches every output position (no border) is moved first.
+    """
+    tps = [t for t in taps(window(c, stride, pad), kernel, extent(c.regions[0])[2:]) if not t.empty]
+    if full_first:
+        tps.sort(key=lambda t: bool(t.border))  # stable: otherwise row-major
+    return tuple(tps)
 
 
 def window_pool_prepare(c: Ctx) -> PoolPrep:
@@ -47,15 +54,20 @@ def window_pool_prepare(c: Ctx) -> PoolPrep:
     (kh, kw), stride, pad = pool_params(c.attrs)
     is_max = c.op == "maxpool2d"
     # count_include_pad: padded zeros count in the average
-    return PoolPrep(live_taps(c, (kh, kw), stride, pad), is_max, None if is_max else 1.0 / (kh * kw))
+    return PoolPrep(live_taps(c, (kh, kw), stride, pad, is_max), is_max, None if is_max else 1.0 / (kh * kw))
 
 
 def accumulate(x: np.ndarray, out: np.ndarray, p: PoolPrep) -> None:
     """Every window's maximum or sum of ``x`` into ``out``, one strided ufunc per tap."""
-    # Every window holds at least one real element (padding <= kernel/2), so -inf never survives.
-    out[...] = -np.inf if p.is_max else 0
     op = np.maximum if p.is_max else np.add
-    for t in p.taps:
+    tps = p.taps
+    if tps and not tps[0].border:  # the first tap reaches every output: start from its copy
+        np.copyto(out, x[tps[0].src])  # (for a sum, 0 + x == x: the same values as adding it to zeros)
+        tps = tps[1:]
+    else:
+        # Every window holds at least one real element (padding <= kernel/2), so -inf never survives.
+        out[...] = -np.inf if p.is_max else 0
+    for t in tps:
         o = out[t.out]
         op(o, x[t.src], out=o)
     if p.scale is not None:

@@ -105,7 +105,7 @@ def _counts(n_out: int, first: int, stride: int, kernel: int, before: int, after
 def pool_prepare(c: Ctx) -> PoolPrep:
     """The block's :class:`~.pool.PoolPrep`: its taps, and for ``avgpool`` the divisors as factors."""
     (kh, kw), strides, pads, _ceil = pool_geometry(c.attrs)
-    tps = live_taps(c, (kh, kw), strides, (pads[0], pads[1]))
+    tps = live_taps(c, (kh, kw), strides, (pads[0], pads[1]), c.op == "maxpool")
     if c.op == "maxpool":
         return PoolPrep(tps, True, None)
     include = bool(c.attrs.get("count_include_pad", False))
