@@ -5,7 +5,8 @@ One call computes one *block* of a layer's output: a :class:`~numamem.planner.bo
 along and the region of each operand a block reads are the planner's rules
 (:mod:`numamem.planner.ops`), so the executor reads exactly what the plan counted.
 
-``k = bind(op, shapes, attrs, block, dtype)`` does the shape and region work once; ``k(inputs,
+``k = bind(op, shapes, attrs, block, dtype)`` does the shape and region work once (and, for the
+sliding-window ops, the window geometry: ``Kernel.prepare``); ``k(inputs,
 out, scratch)`` then computes the block, as often as wanted and from any thread (concurrent
 calls each with their own ``out`` and ``scratch``); ``run(...)`` does both at once. ``shapes``
 are the full operand shapes. Each of ``inputs`` is the full operand or exactly the region the

@@ -22,8 +22,8 @@ from numamem.planner.boxes import extent
 from numamem.planner.ops_onnx import conv_geometry, lrn_params, pool_geometry
 from numamem.runtime.kernels import conv as _conv
 from numamem.runtime.kernels._common import Buffer, Ctx, Tap, Window, taps, window
-from numamem.runtime.kernels.pool import PoolPrep, accumulate, live_taps
 from numamem.runtime.kernels.elementwise import activate, activation_scratch
+from numamem.runtime.kernels.pool import PoolPrep, accumulate, live_taps
 
 
 def _as_conv2d(c: Ctx) -> Ctx:
@@ -42,7 +42,19 @@ def _dilated(c: Ctx) -> bool:
 
 @dataclass(frozen=True)
 class DilatedPrep:
-    """A bound dilated ``conv`` block: its window, groups, taps (dilated) and activation."""
+    """A bound dilated ``conv`` block, worked out once (:func:`conv_prepare`).
+
+    Attributes
+    ----------
+    g : Window
+        Where the block reads its input.
+    groups : tuple of (slice, slice)
+        As :attr:`.conv.ConvPrep.groups`.
+    taps : tuple of Tap
+        The dilated kernel taps over the input region.
+    act : str or None
+        The fused activation.
+    """
 
     g: Window
     groups: tuple[tuple[slice, slice], ...]
