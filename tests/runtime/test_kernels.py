@@ -1,6 +1,7 @@
 """Block kernels against the float64 reference, for every op and every split of its output."""
 from __future__ import annotations
 
+import dataclasses
 import tracemalloc
 import zlib
 
@@ -11,6 +12,7 @@ from numamem.planner import ops
 from numamem.planner.boxes import Slice
 from numamem.runtime import kernels as K
 from numamem.runtime import reference as R
+from numamem.runtime.kernels._common import Window, taps
 
 RTOL = 1e-4
 
@@ -36,6 +38,7 @@ def _cases():
         ("conv-7x7-s2-p3", (2, 3, 15, 13), (4, 3, 7, 7), {"stride": 2, "padding": 3}),
         ("conv-1x1", (3, 8, 5, 6), (7, 8, 1, 1), {"activation": "relu6"}),
         ("conv-1x1-s2", (2, 8, 7, 7), (4, 8, 1, 1), {"stride": 2}),
+        ("conv-1x1-groups", (3, 8, 5, 6), (6, 4, 1, 1), {"groups": 2, "activation": "relu"}),
         ("conv-rect", (2, 3, 8, 9), (4, 3, 2, 3), {"stride": [1, 2], "padding": [1, 0]}),
         ("conv-groups2", (2, 6, 7, 7), (8, 3, 3, 3), {"padding": 1, "groups": 2, "activation": "gelu"}),
         ("conv-depthwise", (3, 6, 8, 8), (6, 1, 3, 3), {"padding": 1, "groups": 6, "activation": "relu6"}),
@@ -335,6 +338,8 @@ def _alloc_cases():
         ("matmul-tb", "matmul", [(4, 8, 256, 64), (4, 8, 256, 64)], {"transpose_b": True}, (0, 1, 3)),
         ("conv-3x3", "conv2d", [(4, 32, 64, 64), (64, 32, 3, 3), (64,)], {"padding": 1, "activation": "relu"}, (1, 8, 56)),
         ("conv-1x1", "conv2d", [(4, 64, 64, 64), (64, 64, 1, 1)], {}, (0, 0, 4)),
+        ("conv-1x1-rows", "conv2d", [(4, 64, 64, 64), (64, 64, 1, 1), (64,)], {"activation": "relu"}, (2, 3, 50)),
+        ("conv-1x1-cols", "conv2d", [(4, 64, 64, 64), (64, 64, 1, 1)], {}, (3, 10, 60)),
         ("conv-7x7-s2", "conv2d", [(1, 3, 224, 224), (64, 3, 7, 7)], {"stride": 2, "padding": 3, "activation": "gelu"}, (1, 0, 48)),
         ("conv-dw", "conv2d", [(4, 64, 64, 64), (64, 1, 3, 3), (64,)], {"padding": 1, "groups": 64, "activation": "relu6"}, (1, 5, 60)),
         ("conv-grouped", "conv2d", [(4, 64, 64, 64), (64, 16, 3, 3)], {"padding": 1, "groups": 4}, (1, 10, 60)),
@@ -473,3 +478,84 @@ def test_rows_wholly_in_padding_read_nothing():
     for restrict in (False, True):
         y = run_split("conv2d", xs, attrs, 2, [(t, t + 1) for t in range(ref.shape[2])], rng, restrict)
         assert rel_err(y, ref) <= RTOL
+
+
+# ------------------------------------------------------------- bind-time geometry, 1x1 GEMM
+def test_taps_match_brute_force():
+    """Each tap's output, border and input index tuples agree with the window arithmetic."""
+    rng = np.random.default_rng(21)
+    for _ in range(300):
+        nh, nw = (int(v) for v in rng.integers(1, 7, 2))
+        sh, sw, dh, dw = (int(v) for v in rng.integers(1, 4, 4))
+        kh, kw = (int(v) for v in rng.integers(1, 5, 2))
+        H, W = (int(v) for v in rng.integers(1, 12, 2))
+        org_h, org_w = (int(v) for v in rng.integers(-4, 4, 2))
+        g = Window(nh, nw, org_h, org_w, sh, sw)
+        tps = taps(g, (kh, kw), (H, W), (dh, dw))
+        assert [(t.i, t.j) for t in tps] == [(i, j) for i in range(kh) for j in range(kw)]
+        x = np.arange(H * W).reshape(H, W)
+        for t in tps:
+            rows = np.arange(nh) * sh + t.i * dh + org_h
+            cols = np.arange(nw) * sw + t.j * dw + org_w
+            inside = ((rows >= 0) & (rows < H))[:, None] & ((cols >= 0) & (cols < W))[None, :]
+            mark = np.zeros((nh, nw), int)
+            mark[t.out] += 1
+            for b in t.border:
+                mark[b] += 2
+            np.testing.assert_array_equal(mark, np.where(inside, 1, 2))  # a partition, exactly
+            assert t.empty == (not inside.any())
+            if not t.empty:
+                want = x[np.clip(rows, 0, H - 1)][:, np.clip(cols, 0, W - 1)][t.out]
+                np.testing.assert_array_equal(x[t.src], want)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_1x1_gemm_equals_im2col_on_random_blocks(seed):
+    """The 1x1 GEMM path (whole image, rows, columns, channel slices across groups) agrees with im2col."""
+    rng = np.random.default_rng(100 + seed)
+    groups = int(rng.choice([1, 2, 3]))
+    cg, opg = int(rng.integers(2, 6)), int(rng.integers(1, 6))  # cg == 1 would be depthwise
+    n, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
+    shapes = [(n, cg * groups, h, w), (opg * groups, cg, 1, 1), (opg * groups,)]
+    attrs = {"groups": groups, "activation": str(rng.choice(["relu", "gelu", "none"]))}
+    if attrs["activation"] == "none":
+        del attrs["activation"]
+    xs = make_inputs("conv2d", shapes, rng)
+    ref = R.apply("conv2d", xs, attrs)
+    for axis in range(4):
+        for restrict in (False, True):
+            ranges = cuts(ref.shape[axis], 3, rng)
+            for lo, hi in ranges:
+                if hi > lo:
+                    assert K.bind("conv2d", shapes, attrs, Slice(axis, lo, hi))._ctx.prep.method == "gemm"
+            y = run_split("conv2d", xs, attrs, axis, ranges, rng, restrict)
+            forced = run_split("conv2d", xs, dict(attrs, _method="im2col"), axis, ranges, rng, restrict)
+            np.testing.assert_allclose(y, forced, rtol=1e-5, atol=1e-5)
+            assert rel_err(y, ref) <= RTOL
+
+
+PREP_CASES = [
+    ("conv2d", [(2, 6, 9, 8), (4, 3, 3, 3), (4,)], {"padding": 1, "stride": 2, "groups": 2, "activation": "relu"}, (2, 1, 4)),
+    ("conv2d", [(2, 6, 9, 8), (6, 1, 3, 3)], {"padding": 1, "groups": 6}, (1, 1, 5)),
+    ("conv2d", [(2, 6, 9, 8), (4, 6, 1, 1)], {}, (3, 2, 7)),
+    ("conv2d", [(2, 6, 9, 8), (4, 6, 3, 2)], {"padding": [1, 0], "_method": "offsets"}, (0, 1, 2)),
+    ("maxpool2d", [(2, 3, 9, 8)], {"kernel": 3, "stride": 2, "padding": 1}, (2, 1, 4)),
+    ("avgpool2d", [(2, 3, 9, 8)], {"kernel": 3, "stride": 1, "padding": 1}, (3, 2, 6)),
+]
+
+
+@pytest.mark.parametrize("case", PREP_CASES, ids=lambda c: f"{c[0]}-{c[2]}")
+def test_body_without_bind_time_prep_computes_the_same(case):
+    """A body handed a context without ``prep`` (called directly) works it out and gives the same block."""
+    op, shapes, attrs, blk = case
+    rng = np.random.default_rng(5)
+    xs = make_inputs(op, shapes, rng)
+    bound = K.bind(op, shapes, attrs, Slice(*blk))
+    assert bound._ctx.prep is not None
+    ins = [x[c] for x, c in zip(xs, bound._cuts)]
+    scratch = np.empty(bound.scratch_bytes, np.uint8)
+    a = bound(xs, np.empty(bound.out_shape, np.float32), scratch)
+    b = np.empty(bound.out_shape, np.float32)
+    bufs = [np.empty(s.shape, s.dtype) for s in K.KERNELS[op].scratch(bound._ctx)]
+    K.KERNELS[op].run(ins, b, dataclasses.replace(bound._ctx, prep=None), bufs)
+    np.testing.assert_array_equal(a, b)

@@ -5,7 +5,8 @@ One call computes one *block* of a layer's output: a :class:`~numamem.planner.bo
 along and the region of each operand a block reads are the planner's rules
 (:mod:`numamem.planner.ops`), so the executor reads exactly what the plan counted.
 
-``k = bind(op, shapes, attrs, block, dtype)`` does the shape and region work once; ``k(inputs,
+``k = bind(op, shapes, attrs, block, dtype)`` does the shape and region work once (and, for the
+sliding-window ops, the window geometry: ``Kernel.prepare``); ``k(inputs,
 out, scratch)`` then computes the block, as often as wanted and from any thread (concurrent
 calls each with their own ``out`` and ``scratch``); ``run(...)`` does both at once. ``shapes``
 are the full operand shapes. Each of ``inputs`` is the full operand or exactly the region the
@@ -23,6 +24,7 @@ each stating its numerics and scratch: :mod:`.conv`, :mod:`.dense`, :mod:`.pool`
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from dataclasses import dataclass
@@ -54,12 +56,17 @@ class Kernel:
         ``scratch(ctx)`` -> list of :class:`~._common.Buffer` the body takes, in order.
     contiguous_out : bool
         Whether the body needs ``out`` C-contiguous (matmul-based ops).
+    prepare : callable or None
+        ``prepare(ctx)`` -> what the body would otherwise work out from the shapes on every call
+        (window geometry, taps, method); :func:`bind` runs it once for a non-empty block and
+        hands the result to the body and to ``scratch`` as ``ctx.prep``.
     """
 
     op: str
     run: Callable[..., None]
     scratch: Callable[[Ctx], list[Buffer]]
     contiguous_out: bool = False
+    prepare: Callable[[Ctx], Any] | None = None
 
 
 KERNELS: dict[str, Kernel] = {
@@ -67,15 +74,15 @@ KERNELS: dict[str, Kernel] = {
     for k in (
         Kernel("dense", dense.dense, elementwise.activation_scratch, True),
         Kernel("matmul", dense.matmul, no_scratch, True),
-        Kernel("conv2d", conv.conv2d, conv.conv2d_scratch, True),
+        Kernel("conv2d", conv.conv2d, conv.conv2d_scratch, True, conv.conv2d_prepare),
         Kernel("relu", elementwise.unary, no_scratch),
         Kernel("relu6", elementwise.unary, no_scratch),
         Kernel("gelu", elementwise.unary, elementwise.activation_scratch),
         Kernel("sigmoid", elementwise.unary, no_scratch),
         Kernel("add", elementwise.binary, elementwise.activation_scratch),
         Kernel("mul", elementwise.binary, no_scratch),
-        Kernel("maxpool2d", pool.window_pool, no_scratch),
-        Kernel("avgpool2d", pool.window_pool, no_scratch),
+        Kernel("maxpool2d", pool.window_pool, no_scratch, prepare=pool.window_pool_prepare),
+        Kernel("avgpool2d", pool.window_pool, no_scratch, prepare=pool.window_pool_prepare),
         Kernel("global_avgpool", pool.global_avgpool, no_scratch),
         Kernel("batchnorm", norm.batchnorm, no_scratch),
         Kernel("layernorm", norm.layernorm, norm.layernorm_scratch),
@@ -86,9 +93,9 @@ KERNELS: dict[str, Kernel] = {
         Kernel("concat", layout.concat, no_scratch),
         Kernel("embedding", layout.embedding, no_scratch),
         # ONNX-semantics ops (numamem.planner.ops_onnx)
-        Kernel("conv", window.conv, window.conv_scratch, True),
-        Kernel("maxpool", window.pool, no_scratch),
-        Kernel("avgpool", window.pool, no_scratch),
+        Kernel("conv", window.conv, window.conv_scratch, True, window.conv_prepare),
+        Kernel("maxpool", window.pool, no_scratch, prepare=window.pool_prepare),
+        Kernel("avgpool", window.pool, no_scratch, prepare=window.pool_prepare),
         Kernel("lrn", window.lrn, no_scratch),
         *(Kernel(op, mathops.unary, no_scratch) for op in (
             "tanh", "erf", "sqrt", "exp", "gelu_erf", "clip", "neg", "reciprocal", "abs", "log", "leaky_relu",
@@ -227,7 +234,10 @@ class BoundKernel:
     def __init__(self, op: str, shapes: Sequence[Sequence[int]], attrs: Mapping[str, Any] | None,
                  block: Any, dtype: Any):
         self._kern = _kernel(op)
-        self._ctx = ctx = _context(op, shapes, attrs, block, dtype)
+        ctx = _context(op, shapes, attrs, block, dtype)
+        if self._kern.prepare is not None and ctx.block.length:
+            ctx = dataclasses.replace(ctx, prep=self._kern.prepare(ctx))
+        self._ctx = ctx
         self.op = op
         self.block = ctx.block
         self.out_shape = ctx.bshape

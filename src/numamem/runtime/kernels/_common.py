@@ -1,4 +1,4 @@
-"""What every kernel body shares: the call context, scratch buffer specs and window geometry."""
+"""What every kernel body shares: the call context, scratch buffer specs and window geometry (taps)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,6 +44,10 @@ class Ctx:
         The layer's attributes, with the private ``_``-prefixed switches (conv2d's ``_method``).
     dtype : numpy.dtype
         The dtype of ``out``.
+    prep : object or None
+        What the kernel's ``prepare`` worked out once at bind (window geometry, taps, method), so
+        a call does none of it; None when the kernel has no ``prepare`` or it was not run (a
+        body called directly then works it out itself).
     """
 
     op: str
@@ -54,6 +58,7 @@ class Ctx:
     regions: list[Box | None]
     attrs: Mapping[str, Any]
     dtype: np.dtype
+    prep: Any = None
 
 
 def no_scratch(c: Ctx) -> list[Buffer]:
@@ -117,6 +122,77 @@ def valid(n_out: int, offset: int, stride: int, size: int) -> tuple[int, int, in
     if t1 <= t0:
         return 0, 0, 0
     return t0, t1, t0 * stride + offset
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One tap ``(i, j)`` of a sliding window over one input region, as index tuples.
+
+    ``out`` selects the block-local output positions whose input for this tap lies inside the
+    region and ``src`` the (strided) input positions they read, both as ``(..., rows, cols)`` so
+    they index a sample ``[C, H, W]`` and a batch ``[N, C, H, W]`` alike: ``a[out]`` and
+    ``x[src]`` have the same shape. ``border`` covers the rest of the output (the positions this
+    tap finds in the padding), as a few such index tuples; ``empty`` is True when the tap reads
+    nothing (then ``border`` is the whole output).
+
+    Attributes
+    ----------
+    i, j : int
+        Kernel row and column.
+    out, src : tuple
+    border : tuple of tuple
+    empty : bool
+    """
+
+    i: int
+    j: int
+    out: tuple
+    src: tuple
+    border: tuple
+    empty: bool
+
+
+def taps(g: Window, kernel: tuple[int, int], size: tuple[int, int],
+         dilation: tuple[int, int] = (1, 1)) -> tuple[Tap, ...]:
+    """Every tap of a ``kernel``-sized window (row-major) over an input region of ``size`` (H, W).
+
+    The one place that works out which output positions each kernel tap reaches: the
+    convolutions' im2col, per-tap and depthwise loops and the pools all iterate these. It runs
+    once per bound block (the kernels' ``prepare``), not per call.
+
+    Examples
+    --------
+    A 3-wide window with padding 1 over 4 inputs, one output row: tap 0 misses output 0.
+
+    >>> t = taps(Window(1, 4, 0, -1, 1, 1), (1, 3), (1, 4))[0]
+    >>> t.out, t.src, t.border
+    ((Ellipsis, slice(0, 1, None), slice(1, 4, None)), (Ellipsis, slice(0, 1, 1), slice(0, 3, 1)), ((Ellipsis, slice(0, 1, None), slice(0, 1, None)),))
+    """
+    nh, nw = g.nh, g.nw
+    H, W = size
+    out = []
+    for i in range(kernel[0]):
+        t0, t1, h0 = valid(nh, i * dilation[0] + g.org_h, g.sh, H)
+        for j in range(kernel[1]):
+            u0, u1, w0 = valid(nw, j * dilation[1] + g.org_w, g.sw, W)
+            if t1 == t0 or u1 == u0:
+                whole = (Ellipsis, slice(0, nh), slice(0, nw))
+                out.append(Tap(i, j, (Ellipsis, slice(0, 0), slice(0, 0)), (Ellipsis, slice(0, 0), slice(0, 0)),
+                               (whole,), True))
+                continue
+            border = []
+            if t0 > 0:
+                border.append((Ellipsis, slice(0, t0), slice(0, nw)))
+            if t1 < nh:
+                border.append((Ellipsis, slice(t1, nh), slice(0, nw)))
+            if u0 > 0:
+                border.append((Ellipsis, slice(t0, t1), slice(0, u0)))
+            if u1 < nw:
+                border.append((Ellipsis, slice(t0, t1), slice(u1, nw)))
+            src = (Ellipsis, slice(h0, h0 + (t1 - t0 - 1) * g.sh + 1, g.sh),
+                   slice(w0, w0 + (u1 - u0 - 1) * g.sw + 1, g.sw))
+            out.append(Tap(i, j, (Ellipsis, slice(t0, t1), slice(u0, u1)), src, tuple(border), False))
+    return tuple(out)
 
 
 def view_as(a: np.ndarray, shape: Shape) -> np.ndarray | None:

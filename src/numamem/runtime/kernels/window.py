@@ -14,13 +14,16 @@ the pools and ``lrn``.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
+from numamem.planner.boxes import extent
 from numamem.planner.ops_onnx import conv_geometry, lrn_params, pool_geometry
 from numamem.runtime.kernels import conv as _conv
-from numamem.runtime.kernels._common import Buffer, Ctx, valid, window
+from numamem.runtime.kernels._common import Buffer, Ctx, Tap, Window, taps, window
 from numamem.runtime.kernels.elementwise import activate, activation_scratch
+from numamem.runtime.kernels.pool import PoolPrep, accumulate, live_taps
 
 
 def _as_conv2d(c: Ctx) -> Ctx:
@@ -30,53 +33,75 @@ def _as_conv2d(c: Ctx) -> Ctx:
     for key in ("activation", "_method"):
         if c.attrs.get(key) is not None:
             attrs[key] = c.attrs[key]
-    return dataclasses.replace(c, attrs=attrs)
+    return dataclasses.replace(c, attrs=attrs, prep=None)
 
 
 def _dilated(c: Ctx) -> bool:
     return conv_geometry(c.attrs)[2] != (1, 1)
 
 
+@dataclass(frozen=True)
+class DilatedPrep:
+    """A bound dilated ``conv`` block, worked out once (:func:`conv_prepare`).
+
+    Attributes
+    ----------
+    g : Window
+        Where the block reads its input.
+    groups : tuple of (slice, slice)
+        As :attr:`.conv.ConvPrep.groups`.
+    taps : tuple of Tap
+        The dilated kernel taps over the input region.
+    act : str or None
+        The fused activation.
+    """
+
+    g: Window
+    groups: tuple[tuple[slice, slice], ...]
+    taps: tuple[Tap, ...]
+    act: str | None
+
+
+def conv_prepare(c: Ctx) -> Ctx | DilatedPrep:
+    """Without dilation the ``conv2d`` context (with its own prep) to hand over; else a :class:`DilatedPrep`."""
+    c2 = _as_conv2d(c)
+    if not _dilated(c):
+        return dataclasses.replace(c2, prep=_conv.conv2d_prepare(c2))
+    strides, pads, dil, _group = conv_geometry(c.attrs)
+    g = window(c, strides, (pads[0], pads[1]))
+    kh, kw = c.shapes[1][2:]
+    return DilatedPrep(g, _conv.conv_groups(c2), taps(g, (kh, kw), extent(c.regions[0])[2:], dil),
+                       c.attrs.get("activation"))
+
+
 def conv_scratch(c: Ctx) -> list[Buffer]:
     """``conv2d``'s scratch without dilation; the dilated column buffer (and gelu chunk) with it."""
     if not _dilated(c):
-        return _conv.conv2d_scratch(_as_conv2d(c))
+        return _conv.conv2d_scratch(c.prep if isinstance(c.prep, Ctx) else _as_conv2d(c))
     _o, cg, kh, kw = c.shapes[1]
     return [Buffer((cg * kh * kw, c.bshape[2] * c.bshape[3]), c.dtype)] + activation_scratch(c)
 
 
 def conv(ins, out, c: Ctx, bufs) -> None:
     """The block of ``conv`` into ``out`` (C-contiguous)."""
-    if not _dilated(c):
-        return _conv.conv2d(ins, out, _as_conv2d(c), bufs)
+    p = c.prep if c.prep is not None else conv_prepare(c)
+    if isinstance(p, Ctx):
+        return _conv.conv2d(ins, out, p, bufs)
     x, w = ins[0], ins[1]
     bias = ins[2] if len(ins) > 2 else None
-    strides, pads, (dh, dw), _group = conv_geometry(c.attrs)
-    g = window(c, strides, (pads[0], pads[1]))
     _o, cg, kh, kw = w.shape
     col = bufs[0]
-    P = g.nh * g.nw
-    groups = list(_conv.conv_groups(_as_conv2d(c)))
-    H, W = x.shape[2:]
+    P = p.g.nh * p.g.nw
+    c5 = col.reshape(cg, kh, kw, p.g.nh, p.g.nw)
+    mats = [(rows, chans, w[rows].reshape(rows.stop - rows.start, cg * kh * kw)) for rows, chans in p.groups]
     for n in range(out.shape[0]):
         on = out[n]
-        for rows, chans in groups:
-            xg = x[n, chans]
-            c5 = col.reshape(cg, kh, kw, g.nh, g.nw)
-            for i in range(kh):
-                t0, t1, h0 = valid(g.nh, i * dh + g.org_h, g.sh, H)
-                for j in range(kw):
-                    u0, u1, w0 = valid(g.nw, j * dw + g.org_w, g.sw, W)
-                    dst = c5[:, i, j]
-                    dst[...] = 0
-                    if t1 > t0 and u1 > u0:
-                        dst[:, t0:t1, u0:u1] = xg[:, h0: h0 + (t1 - t0 - 1) * g.sh + 1: g.sh,
-                                                  w0: w0 + (u1 - u0 - 1) * g.sw + 1: g.sw]
-            og = on[rows].reshape(rows.stop - rows.start, P)
-            np.matmul(w[rows].reshape(rows.stop - rows.start, cg * kh * kw), col, out=og)
-            if bias is not None:
-                og += bias[rows, None]
-        activate(on, c.attrs.get("activation"), bufs[1] if len(bufs) > 1 else None)
+        for rows, chans, wg in mats:
+            _conv.fill_cols(x[n, chans], c5, p.taps)
+            np.matmul(wg, col, out=on[rows].reshape(rows.stop - rows.start, P))
+    if bias is not None:
+        out += bias[:, None, None]
+    activate(out, p.act, bufs[1] if len(bufs) > 1 else None)
 
 
 def _counts(n_out: int, first: int, stride: int, kernel: int, before: int, after: int, size: int,
@@ -89,33 +114,24 @@ def _counts(n_out: int, first: int, stride: int, kernel: int, before: int, after
     return (np.minimum(end, size) - np.maximum(start, 0)).astype(np.float64)
 
 
-def pool(ins, out, c: Ctx, bufs) -> None:
-    """``maxpool`` or ``avgpool`` of the block into ``out``."""
-    x = ins[0]
+def pool_prepare(c: Ctx) -> PoolPrep:
+    """The block's :class:`~.pool.PoolPrep`: its taps, and for ``avgpool`` the divisors as factors."""
     (kh, kw), strides, pads, _ceil = pool_geometry(c.attrs)
-    g = window(c, strides, (pads[0], pads[1]))
-    H, W = x.shape[2:]
-    is_max = c.op == "maxpool"
-    out[...] = -np.inf if is_max else 0
-    for i in range(kh):
-        t0, t1, h0 = valid(g.nh, i + g.org_h, g.sh, H)
-        if t1 == t0:
-            continue
-        for j in range(kw):
-            u0, u1, w0 = valid(g.nw, j + g.org_w, g.sw, W)
-            if u1 == u0:
-                continue
-            src = x[:, :, h0: h0 + (t1 - t0 - 1) * g.sh + 1: g.sh, w0: w0 + (u1 - u0 - 1) * g.sw + 1: g.sw]
-            o = out[:, :, t0:t1, u0:u1]
-            (np.maximum if is_max else np.add)(o, src, out=o)
-    if is_max:
-        return
+    tps = live_taps(c, (kh, kw), strides, (pads[0], pads[1]), c.op == "maxpool")
+    if c.op == "maxpool":
+        return PoolPrep(tps, True, None)
     include = bool(c.attrs.get("count_include_pad", False))
     b = c.block
+    nh, nw = c.bshape[2:]
     full_h, full_w = c.shapes[0][2:]
-    ch = _counts(g.nh, b.start if b.axis == 2 else 0, g.sh, kh, pads[0], pads[2], full_h, include)
-    cw = _counts(g.nw, b.start if b.axis == 3 else 0, g.sw, kw, pads[1], pads[3], full_w, include)
-    out *= (1.0 / np.outer(ch, cw)).astype(out.dtype)
+    ch = _counts(nh, b.start if b.axis == 2 else 0, strides[0], kh, pads[0], pads[2], full_h, include)
+    cw = _counts(nw, b.start if b.axis == 3 else 0, strides[1], kw, pads[1], pads[3], full_w, include)
+    return PoolPrep(tps, False, (1.0 / np.outer(ch, cw)).astype(c.dtype))
+
+
+def pool(ins, out, c: Ctx, bufs) -> None:
+    """``maxpool`` or ``avgpool`` of the block into ``out``."""
+    accumulate(ins[0], out, c.prep if isinstance(c.prep, PoolPrep) else pool_prepare(c))
 
 
 def lrn(ins, out, c: Ctx, bufs) -> None:
