@@ -16,8 +16,8 @@ from numamem import _region, _topology
 def pytest_addoption(parser):
     parser.addoption("--stress", action="store_true", help="run the long variants of stress tests")
     parser.addoption("--frameworks", action="store_true",
-                     help="multi-node tier: also run the Dask, ONNX Runtime, PyTorch and ONNX-import "
-                          "guest tests (minutes per test under emulation; see tests/numa/conftest.py)")
+                     help="multi-node tier: run the Dask, ONNX Runtime and PyTorch guest tests in "
+                          "every topology, not only in 'two' (see tests/numa/conftest.py)")
 
 
 @pytest.fixture

@@ -209,3 +209,21 @@ def test_plugin_binds_a_running_plain_worker(mixed, topo):
 def test_plugin_rejects_a_bad_policy():
     with pytest.raises(ValueError, match="policy"):
         nd.NumaWorkerPlugin(policy="interleave")
+
+
+def test_tasks_reading_persisted_chunks_are_routed_to_their_node(client):
+    """Tasks over a *persisted* placed array get a node too: each persisted chunk is a Future in the
+    graph, which Dask lists as depending on itself; that self-loop once left every task reading
+    the chunks without a node (and without a resource annotation)."""
+    with client.as_current():
+        x = nd.persist(nd.placed_array((64, 512), np.float64, chunks=(16, 512), nodes=[0], fill=1.0))
+        wait(x)
+        localized, = nd.localize(np.sqrt(x).sum(axis=1))
+        want = nd.task_nodes(localized)
+        reads = [key for key in want if isinstance(key, tuple) and key[0] != x.name]
+        assert len(reads) >= 4, want  # the fused sqrt+sum of each chunk, at least
+        assert set(want.values()) == {0}
+        with get_task_stream(client) as stream:
+            total = client.compute(localized, optimize_graph=False).result(timeout=120)
+        assert {t["key"] for t in stream.data} & set(reads)
+        np.testing.assert_allclose(total, np.full(64, 512.0))

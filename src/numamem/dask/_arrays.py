@@ -265,7 +265,9 @@ def task_nodes(collection, client=None) -> dict:
         graph = HighLevelGraph.from_collections(str(id(graph)), graph, dependencies=())
     dsk = dict(graph)
     nodes = _seed_nodes(graph, dsk, client)
-    dependencies = graph.get_all_dependencies()
+    # A persisted chunk's graph entry is its Future, which Dask lists as depending on its own key;
+    # left in, that self-loop keeps every task reading the chunk out of Kahn's order below.
+    dependencies = {key: set(deps) - {key} for key, deps in graph.get_all_dependencies().items()}
     # Kahn's order: every task after its inputs.
     waiting = {key: len(deps) for key, deps in dependencies.items()}
     dependents = collections.defaultdict(list)
