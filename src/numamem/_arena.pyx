@@ -462,6 +462,10 @@ cdef char *_take_granules(NodePool *pool, int count, signed char kind, PlaceResu
         _push(&pool.chunks, best)
         pool.idle_count += 1
     first = _find_run(best.free_mask, count)
+    if first < 0:
+        # Unreachable (best.largest_free >= count), but it guards the writes below: without it a
+        # broken mask would write kind[-1] into the chunk header (gcc's -Wstringop-overflow).
+        return NULL
     best.free_mask &= ~(((<unsigned int>1 << count) - 1) << first)   # count <= RUN_MAX < 32
     best.kind[first] = kind
     best.run_len[first] = count
