@@ -1,6 +1,6 @@
 """Freed direct mappings (blocks above 1 MiB) cached by the pool for the next fitting request.
 
-The rules (numamem._arena, "Cached direct mappings"): reuse within 1/16 of the request, best fit;
+The rules (numamem._largecache): reuse within 1/16 of the request, best fit;
 at most ``large_cache()["max_bytes"]`` cached; given back after the decay (time, or the pool
 handing out a cache's worth of other memory), at ``release()`` and before the pool maps anything
 new, so that peak mapped memory still follows the peak of live bytes (issue 12 item 5).

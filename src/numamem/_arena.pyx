@@ -15,7 +15,8 @@ Layout (every page of a chunk belongs to one node and one policy: invariant 2):
   granules back to the mask, where they coalesce with free neighbours and serve any later run or
   slab: memory follows the live bytes, whatever the mix of sizes.
 * Larger requests get a **direct mapping** of their own, registered like a chunk. A freed one is
-  **cached** for reuse (see "Cached direct mappings" below) or unmapped.
+  **cached** for reuse or unmapped: the cache and its rules (fit, cap, decay, never alongside
+  growth) are :mod:`numamem._largecache`.
 * A chunk with nothing live is **idle**; a pool keeps ``IDLE_CHUNKS_KEPT`` of them (so a loop
   allocating and freeing does not map and unmap each time) and unmaps the rest at once. Idle chunks
   stay on the pool's one chunk list (counted, not moved: a block cycling alone in a chunk makes it
@@ -23,34 +24,6 @@ Layout (every page of a chunk belongs to one node and one policy: invariant 2):
   cupy's ``_try_malloc`` does).
 * A process-wide directory (``numamem._registry``) maps ``address >> 21`` to the chunk record, so
   ``free`` and ``realloc`` find size and pool from the pointer alone.
-
-Cached direct mappings (as cupy's pool and jemalloc's large extents keep freed large blocks): a
-loop of multi-MiB temporaries would otherwise pay map + placement + unmap (about 1 ms per 2 MiB) for
-each array. A freed direct mapping stays mapped, placed and registered (its directory entry now
-names a block that is not live, so a double free is refused and no lookup finds a live block) on
-the pool's ``cached`` list, and serves the next direct request it fits without a map or a
-placement check: its pages are those placed on the pool's node. The rules keep issue 12 item 5's
-contract (peak mapped follows the peak of live bytes within a stated factor; idle memory goes back
-on its own):
-
-* **Fit**: a cached mapping serves a request only if it exceeds the request's page-rounded length
-  by at most 1/16 (``LARGE_FIT_SHIFT``), best fit first. Repeated temporaries have the same size,
-  so a tight bound loses little reuse, and a live reused block wastes at most 6.25%, below the 10%
-  that the stated factor (1.1) allows. No splitting: a cached mapping is reused whole or not at all.
-* **Never alongside growth**: before the pool maps anything new (a chunk, or a direct request no
-  cached mapping fits) it unmaps every cached mapping. Mapped memory grows only when nothing is
-  cached, so its peak follows live bytes exactly as without the cache.
-* **Cap**: at most ``cache_max`` bytes cached (``LARGE_CACHE_MAX``, 64 MiB, by default; per pool,
-  :func:`arena_set_cache`), the oldest unmapped first; a larger mapping is unmapped at once.
-* **Decay**: a mapping is unmapped once it has been cached longer than ``cache_decay_ns`` (1 s by
-  default), or once the pool has handed out more than ``cache_max`` bytes (in granules and direct
-  mappings) while it stayed unused: the workload has moved on to other sizes. Blocks in rotation
-  are reused well within that (all of them fit in the cache, so each waits less than a cache's
-  worth of requests). Both are checked when the pool takes granules, frees a run, or allocates or
-  frees a direct mapping; the size-class fast path neither checks nor counts (a new slab granule
-  does). There is no background thread: a process that stops allocating keeps its cache until
-  ``release()``. Mapping anything new gives everything back at once.
-* ``calloc`` of a reused mapping clears it (a fresh mapping is zero already).
 
 Locks: one mutex per pool, held only around list, mask and slab updates and the chunk source's
 system calls, never while taking the GIL, so allocation from NumPy (GIL held) cannot deadlock with
@@ -61,12 +34,17 @@ from libc.errno cimport ENOMEM
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc as c_calloc, free as c_free
 from libc.string cimport memcpy, memset
-from posix.time cimport clock_gettime, timespec
 from posix.unistd cimport _SC_PAGESIZE, sysconf
 
 from numamem._chunksource cimport fake_source_init, kernel_source
+from numamem._arenatypes cimport chunk_push, chunk_unlink
+from numamem._largecache cimport (
+    LARGE_CACHE_DECAY_MS, LARGE_CACHE_MAX, cache_detach_all, cache_expired, cache_put, cache_take,
+    unmap_detached,
+)
 from numamem._registry cimport (
-    directory_lock, directory_lookup, directory_set, directory_unlock, registry_add, registry_remove,
+    directory_lock, directory_lookup, directory_set, directory_unlock, pthread_mutex_t, registry_add,
+    registry_remove,
 )
 from numamem._place cimport POPULATED_TOUCH, STEP_MAP, PlaceResult
 
@@ -75,9 +53,6 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_destroy(pthread_mutex_t *mutex)
     int pthread_mutex_lock(pthread_mutex_t *mutex)
     int pthread_mutex_unlock(pthread_mutex_t *mutex)
-
-cdef extern from "<time.h>" nogil:
-    int CLOCK_MONOTONIC_COARSE   # a few ms resolution, no system call: ample for the decay
 
 cdef unsigned int ALL_GRANULES = 0xFFFFFFFFU  # every granule of a chunk free
 
@@ -198,26 +173,7 @@ cdef void arena_destroy(NodePool *pool) noexcept nogil:
     c_free(pool)
 
 
-# ---- chunk lists -----------------------------------------------------------------------------
-cdef inline void _unlink(Chunk **head, Chunk *chunk) noexcept nogil:
-    if chunk.prev != NULL:
-        chunk.prev.next = chunk.next
-    else:
-        head[0] = chunk.next
-    if chunk.next != NULL:
-        chunk.next.prev = chunk.prev
-    chunk.prev = NULL
-    chunk.next = NULL
-
-
-cdef inline void _push(Chunk **head, Chunk *chunk) noexcept nogil:
-    chunk.prev = NULL
-    chunk.next = head[0]
-    if head[0] != NULL:
-        head[0].prev = chunk
-    head[0] = chunk
-
-
+# ---- chunks ----------------------------------------------------------------------------------
 cdef Chunk *_new_chunk(NodePool *pool, size_t length, size_t request, PlaceResult *why) noexcept nogil:
     """Map a chunk (or a direct mapping) from the pool's source; caller holds the lock."""
     cdef PlaceResult scratch
@@ -230,8 +186,8 @@ cdef Chunk *_new_chunk(NodePool *pool, size_t length, size_t request, PlaceResul
         out.err = ENOMEM
         return NULL
     if pool.cached != NULL:
-        # Mapped memory grows only when nothing is cached (see "Cached direct mappings").
-        _unmap_detached(pool, _cache_trim(pool, 0, False))
+        # Mapped memory grows only when nothing is cached (numamem._largecache).
+        unmap_detached(pool, cache_detach_all(pool))
     pool.maps += 1
     chunk.base = pool.source.map(pool.source.ctx, length, pool.node, pool.mode, out)
     if chunk.base == NULL:
@@ -261,85 +217,6 @@ cdef Chunk *_new_chunk(NodePool *pool, size_t length, size_t request, PlaceResul
     return chunk
 
 
-# ---- cached direct mappings -----------------------------------------------------------------
-cdef inline long long _now_ns() noexcept nogil:
-    cdef timespec now
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &now)
-    return <long long>now.tv_sec * 1000000000 + now.tv_nsec
-
-
-cdef Chunk *_cache_trim(NodePool *pool, size_t keep, bint aged) noexcept nogil:
-    """Take cached mappings off the pool beyond ``keep`` bytes (the newest are kept) and, if
-    ``aged``, those past the decay (see above); caller holds the lock.
-
-    They are unregistered and no longer counted as mapped; returns them chained by ``next``, for
-    :func:`_unmap_detached` (after the lock is released, where the caller can).
-    """
-    cdef Chunk *chunk = pool.cached
-    cdef Chunk *next
-    cdef Chunk *detached = NULL
-    cdef size_t kept = 0
-    cdef long long now = _now_ns() if aged else 0
-    while chunk != NULL:
-        next = chunk.next
-        if kept + chunk.length > keep or (aged and (now - chunk.cached_at >= pool.cache_decay_ns
-                                                    or pool.served - chunk.served_at > pool.cache_max)):
-            _unlink(&pool.cached, chunk)
-            pool.cached_count -= 1
-            pool.cached_bytes -= chunk.length
-            pool.mapped -= chunk.length
-            _register(chunk, False)
-            chunk.next = detached
-            detached = chunk
-        else:
-            kept += chunk.length
-        chunk = next
-    return detached
-
-
-cdef void _unmap_detached(NodePool *pool, Chunk *chunk) noexcept nogil:
-    cdef Chunk *next
-    while chunk != NULL:
-        next = chunk.next
-        pool.source.unmap(pool.source.ctx, chunk.base, chunk.length)
-        c_free(chunk)
-        chunk = next
-
-
-cdef Chunk *_cache_take(NodePool *pool, size_t length) noexcept nogil:
-    """The cached mapping that fits ``length`` best (see the fit rule above), made live; or NULL."""
-    cdef Chunk *chunk = pool.cached
-    cdef Chunk *best = NULL
-    cdef size_t most = length + (length >> LARGE_FIT_SHIFT)
-    while chunk != NULL:
-        if length <= chunk.length <= most and (best == NULL or chunk.length < best.length):
-            best = chunk
-            if chunk.length == length:
-                break
-        chunk = chunk.next
-    if best != NULL:
-        _unlink(&pool.cached, best)
-        pool.cached_count -= 1
-        pool.cached_bytes -= best.length
-        pool.reuses += 1
-    return best
-
-
-cdef size_t arena_set_cache(NodePool *pool, size_t max_bytes, long long decay_ns) noexcept nogil:
-    """Set the pool's cache of freed direct mappings; return the bytes unmapped to meet it."""
-    cdef Chunk *detached
-    cdef size_t before
-    pthread_mutex_lock(&pool.lock)
-    pool.cache_max = max_bytes
-    pool.cache_decay_ns = decay_ns
-    before = pool.cached_bytes
-    detached = _cache_trim(pool, max_bytes, False)
-    before -= pool.cached_bytes
-    pthread_mutex_unlock(&pool.lock)
-    _unmap_detached(pool, detached)
-    return before
-
-
 cdef Chunk *_map_with_retry(NodePool *pool, size_t length, size_t request, PlaceResult *why) noexcept nogil:
     # When the source fails, the node may be short of memory this pool holds idle: give it back
     # and try once more.
@@ -359,7 +236,7 @@ cdef void _evict(NodePool *pool, Chunk *chunk) noexcept nogil:
         # Only the slab a class is carving from can be left in a chunk with nothing live.
         if kind >= 0 and pool.classes[kind].current == &chunk.slab[g]:
             pool.classes[kind].current = NULL
-    _unlink(&pool.chunks, chunk)
+    chunk_unlink(&pool.chunks, chunk)
     pool.idle_count -= 1
     pool.chunk_count -= 1
     _register(chunk, False)
@@ -446,7 +323,7 @@ cdef char *_take_granules(NodePool *pool, int count, signed char kind, PlaceResu
     cdef int first
     if pool.cached != NULL:
         # Cached mappings left unused while the pool serves other sizes are given back (decay).
-        _unmap_detached(pool, _cache_trim(pool, pool.cache_max, True))
+        unmap_detached(pool, cache_expired(pool))
     while chunk != NULL:
         if chunk.largest_free >= count and (best == NULL or chunk.largest_free < best.largest_free):
             best = chunk
@@ -459,7 +336,7 @@ cdef char *_take_granules(NodePool *pool, int count, signed char kind, PlaceResu
             return NULL
         pool.chunk_count += 1
         # Nothing is live in it yet: it is idle until the caller counts its first block.
-        _push(&pool.chunks, best)
+        chunk_push(&pool.chunks, best)
         pool.idle_count += 1
     first = _find_run(best.free_mask, count)
     if first < 0:
@@ -636,26 +513,26 @@ cdef void *_direct_alloc(NodePool *pool, size_t size, PlaceResult *why, bint zer
     pthread_mutex_lock(&pool.lock)
     expired = NULL
     if pool.cached != NULL:
-        expired = _cache_trim(pool, pool.cache_max, True)
-    chunk = _cache_take(pool, length)
+        expired = cache_expired(pool)
+    chunk = cache_take(pool, length)
     if chunk == NULL:
         zero = False    # a fresh mapping is zero already (a reused one holds its last user's bytes)
         chunk = _map_with_retry(pool, length, size, why)
         if chunk == NULL:
             pthread_mutex_unlock(&pool.lock)
-            _unmap_detached(pool, expired)
+            unmap_detached(pool, expired)
             return NULL
         chunk.free_mask = 0
         chunk.largest_free = 0
     chunk.request = size
     chunk.live_bytes = chunk.length
-    _push(&pool.direct, chunk)
+    chunk_push(&pool.direct, chunk)
     pool.direct_count += 1
     pool.in_use += chunk.length
     pool.served += chunk.length
     pool.allocations += 1
     pthread_mutex_unlock(&pool.lock)
-    _unmap_detached(pool, expired)
+    unmap_detached(pool, expired)
     if zero:
         memset(chunk.base, 0, size)
     return chunk.base
@@ -690,27 +567,14 @@ cdef int _free_locked(NodePool *pool, Chunk *chunk, void *ptr) noexcept nogil:
         if chunk.live_bytes == 0:
             pthread_mutex_unlock(&pool.lock)
             return -1   # cached: freed already
-        _unlink(&pool.direct, chunk)
+        chunk_unlink(&pool.direct, chunk)
         pool.direct_count -= 1
         pool.in_use -= chunk.length
         pool.allocations -= 1
-        if chunk.length <= pool.cache_max:
-            # Kept for the next request it fits, registered and placed (see "Cached direct mappings").
-            chunk.live_bytes = 0
-            chunk.cached_at = _now_ns()
-            chunk.served_at = pool.served
-            _push(&pool.cached, chunk)
-            pool.cached_count += 1
-            pool.cached_bytes += chunk.length
-            detached = _cache_trim(pool, pool.cache_max, True)
-            pthread_mutex_unlock(&pool.lock)
-            _unmap_detached(pool, detached)
-            return 0
-        pool.mapped -= chunk.length
-        _register(chunk, False)
+        # Cached for the next request it fits, or (larger than the cap) detached to be unmapped.
+        detached = cache_put(pool, chunk)
         pthread_mutex_unlock(&pool.lock)
-        pool.source.unmap(pool.source.ctx, chunk.base, chunk.length)
-        c_free(chunk)
+        unmap_detached(pool, detached)
         return 0
     granule = <int>(((<char *>ptr) - chunk.base) >> GRANULE_SHIFT)
     kind = chunk.kind[granule]
@@ -725,9 +589,9 @@ cdef int _free_locked(NodePool *pool, Chunk *chunk, void *ptr) noexcept nogil:
         if pool.cached != NULL:
             # Runs are freed often enough to find a cache past its decay (not the size classes:
             # their free path stays as short as can be).
-            detached = _cache_trim(pool, pool.cache_max, True)
+            detached = cache_expired(pool)
             pthread_mutex_unlock(&pool.lock)
-            _unmap_detached(pool, detached)
+            unmap_detached(pool, detached)
             return 0
     else:
         pthread_mutex_unlock(&pool.lock)
@@ -833,7 +697,7 @@ cdef size_t arena_release(NodePool *pool) noexcept nogil:
     cdef Chunk *detached
     pthread_mutex_lock(&pool.lock)
     released = _release_idle(pool, 0) + pool.cached_bytes
-    detached = _cache_trim(pool, 0, False)
+    detached = cache_detach_all(pool)
     pthread_mutex_unlock(&pool.lock)
-    _unmap_detached(pool, detached)
+    unmap_detached(pool, detached)
     return released

@@ -20,8 +20,9 @@ from numamem._arena cimport (
     CHECK_FOREIGN, CHECK_INTERIOR, CHECK_NOT_LIVE, CHECK_OK, CHECK_OTHER_POOL, CHUNK_SIZE, GRANULE,
     MAX_POOLS, RUN_MAX, Chunk, NodePool, arena_alloc, arena_calloc, arena_check, arena_create,
     arena_destroy, arena_free, arena_free_checked, arena_lock, arena_pool_of, arena_realloc,
-    arena_release, arena_set_cache, arena_unlock, arena_usable_size,
+    arena_release, arena_unlock, arena_usable_size,
 )
+from numamem._largecache cimport arena_set_cache
 from numamem._arena import class_sizes
 from numamem._registry import pool_count
 from numamem._chunksource cimport FakeSourceState
