@@ -37,14 +37,14 @@ from libc.string cimport memcpy, memset
 from posix.unistd cimport _SC_PAGESIZE, sysconf
 
 from numamem._chunksource cimport fake_source_init, kernel_source
-from numamem._arenatypes cimport chunk_push, chunk_unlink
+from numamem._arenatypes cimport chunk_of, chunk_push, chunk_register, chunk_unlink
+from numamem._bitmaps cimport ALL_GRANULES, find_run, longest_run, slab_is_freed, slab_mark_freed
 from numamem._largecache cimport (
     LARGE_CACHE_DECAY_MS, LARGE_CACHE_MAX, cache_detach_all, cache_expired, cache_put, cache_take,
     unmap_detached,
 )
 from numamem._registry cimport (
-    directory_lock, directory_lookup, directory_set, directory_unlock, pthread_mutex_t, registry_add,
-    registry_remove,
+    directory_lock, directory_unlock, pthread_mutex_t, registry_add, registry_remove,
 )
 from numamem._place cimport POPULATED_TOUCH, STEP_MAP, PlaceResult
 
@@ -53,8 +53,6 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_destroy(pthread_mutex_t *mutex)
     int pthread_mutex_lock(pthread_mutex_t *mutex)
     int pthread_mutex_unlock(pthread_mutex_t *mutex)
-
-cdef unsigned int ALL_GRANULES = 0xFFFFFFFFU  # every granule of a chunk free
 
 cdef size_t BASE_PAGE = <size_t>sysconf(_SC_PAGESIZE)   # direct mappings are rounded to pages
 cdef size_t CLASS_SIZE[NUM_CLASSES]
@@ -102,15 +100,7 @@ cdef void arena_unlock(NodePool *pool) noexcept nogil:
     pthread_mutex_unlock(&pool.lock)
 
 
-# ---- directory: address -> chunk (numamem._registry) ------------------------------------------
-cdef inline Chunk *_lookup(void *ptr) noexcept nogil:
-    return <Chunk *>directory_lookup(ptr)
-
-
-cdef inline int _register(Chunk *chunk, bint add) noexcept nogil:
-    return directory_set(chunk.base, chunk.length, chunk if add else NULL)
-
-
+# ---- directory: address -> pool --------------------------------------------------------------
 cdef NodePool *arena_pool_of(void *ptr) noexcept nogil:
     """The pool whose chunk or direct mapping holds ``ptr``, or NULL for other memory.
 
@@ -120,7 +110,7 @@ cdef NodePool *arena_pool_of(void *ptr) noexcept nogil:
     cdef Chunk *chunk
     cdef NodePool *pool = NULL
     directory_lock()
-    chunk = _lookup(ptr)
+    chunk = chunk_of(ptr)
     if chunk != NULL and chunk.base <= <char *>ptr < chunk.base + chunk.length:
         pool = <NodePool *>chunk.pool
     directory_unlock()
@@ -157,7 +147,7 @@ cdef void _free_chunk_list(NodePool *pool, Chunk *chunk) noexcept nogil:
     cdef Chunk *next
     while chunk != NULL:
         next = chunk.next
-        _register(chunk, False)
+        chunk_register(chunk, False)
         pool.source.unmap(pool.source.ctx, chunk.base, chunk.length)
         c_free(chunk)
         chunk = next
@@ -204,7 +194,7 @@ cdef Chunk *_new_chunk(NodePool *pool, size_t length, size_t request, PlaceResul
         chunk.kind[i] = KIND_FREE
         chunk.slab[i].index = i
         chunk.slab[i].chunk = chunk
-    if _register(chunk, True) != 0:
+    if chunk_register(chunk, True) != 0:
         pool.source.unmap(pool.source.ctx, chunk.base, length)
         c_free(chunk)
         memset(out, 0, sizeof(PlaceResult))
@@ -239,7 +229,7 @@ cdef void _evict(NodePool *pool, Chunk *chunk) noexcept nogil:
     chunk_unlink(&pool.chunks, chunk)
     pool.idle_count -= 1
     pool.chunk_count -= 1
-    _register(chunk, False)
+    chunk_register(chunk, False)
     pool.mapped -= chunk.length
     pool.source.unmap(pool.source.ctx, chunk.base, chunk.length)
     c_free(chunk)
@@ -281,36 +271,6 @@ cdef inline void _sub_live(NodePool *pool, Chunk *chunk, size_t nbytes) noexcept
 
 
 # ---- granules --------------------------------------------------------------------------------
-cdef extern from *:
-    int __builtin_ctz(unsigned int x) nogil
-
-
-cdef inline int _longest_run(unsigned int mask) noexcept nogil:
-    # One step per run of free granules (not per granule): this runs on every run and slab change.
-    cdef int best = 0, ones
-    while mask:
-        mask >>= __builtin_ctz(mask)
-        if mask == ALL_GRANULES:
-            return 32 if best < 32 else best
-        ones = __builtin_ctz(~mask)
-        if ones > best:
-            best = ones
-        mask >>= ones
-    return best
-
-
-cdef inline int _find_run(unsigned int mask, int count) noexcept nogil:
-    """Lowest granule starting ``count`` free granules in ``mask``, or -1."""
-    # After each step bit i of `fits` says granules i .. i + have - 1 are free; `have` doubles.
-    cdef unsigned int fits = mask
-    cdef int have = 1, step
-    while have < count:
-        step = have if have < count - have else count - have
-        fits &= fits >> step
-        have += step
-    return __builtin_ctz(fits) if fits else -1
-
-
 cdef char *_take_granules(NodePool *pool, int count, signed char kind, PlaceResult *why) noexcept nogil:
     """``count`` contiguous free granules, marked ``kind``; caller holds the lock.
 
@@ -338,7 +298,7 @@ cdef char *_take_granules(NodePool *pool, int count, signed char kind, PlaceResu
         # Nothing is live in it yet: it is idle until the caller counts its first block.
         chunk_push(&pool.chunks, best)
         pool.idle_count += 1
-    first = _find_run(best.free_mask, count)
+    first = find_run(best.free_mask, count)
     if first < 0:
         # Unreachable (best.largest_free >= count), but it guards the writes below: without it a
         # broken mask would write kind[-1] into the chunk header (gcc's -Wstringop-overflow).
@@ -348,7 +308,7 @@ cdef char *_take_granules(NodePool *pool, int count, signed char kind, PlaceResu
     best.run_len[first] = count
     if count > 1:
         memset(&best.kind[first + 1], KIND_RUN_BODY, count - 1)
-    best.largest_free = _longest_run(best.free_mask)
+    best.largest_free = longest_run(best.free_mask)
     pool.served += <size_t>count << GRANULE_SHIFT
     return best.base + (<size_t>first << GRANULE_SHIFT)
 
@@ -357,7 +317,7 @@ cdef void _give_granules(Chunk *chunk, int first, int count) noexcept nogil:
     memset(&chunk.kind[first], <unsigned char>KIND_FREE, count)
     chunk.run_len[first] = 0
     chunk.free_mask |= ((<unsigned int>1 << count) - 1) << first
-    chunk.largest_free = _longest_run(chunk.free_mask)
+    chunk.largest_free = longest_run(chunk.free_mask)
 
 
 # ---- slabs -----------------------------------------------------------------------------------
@@ -402,7 +362,7 @@ cdef void *_class_alloc(NodePool *pool, int cls, PlaceResult *why) noexcept nogi
             memory = _take_granules(pool, 1, <signed char>cls, why)
             if memory == NULL:
                 return NULL
-            slab = &_lookup(memory).slab[((<uintptr_t>memory) >> GRANULE_SHIFT) & (GRANULES - 1)]
+            slab = &chunk_of(memory).slab[((<uintptr_t>memory) >> GRANULE_SHIFT) & (GRANULES - 1)]
             slab.free = NULL
             slab.bump = 0
             memset(slab.freed, 0, sizeof(slab.freed))
@@ -413,7 +373,7 @@ cdef void *_class_alloc(NodePool *pool, int cls, PlaceResult *why) noexcept nogi
     if block != NULL:
         slab.free = block.next
         memory = <char *>block
-        _mark_freed(slab, memory, False)
+        slab_mark_freed(slab, memory, False)
     else:
         memory = _slab_base(slab) + slab.bump
         slab.bump += size
@@ -422,32 +382,15 @@ cdef void *_class_alloc(NodePool *pool, int cls, PlaceResult *why) noexcept nogi
     return memory
 
 
-cdef inline unsigned int _block_bit(Slab *slab, void *ptr) noexcept nogil:
-    return <unsigned int>(((<uintptr_t>ptr) & (GRANULE - 1)) >> 6)
-
-
-cdef inline bint _is_freed(Slab *slab, void *ptr) noexcept nogil:
-    cdef unsigned int bit = _block_bit(slab, ptr)
-    return (slab.freed[bit >> 6] >> (bit & 63)) & 1
-
-
-cdef inline void _mark_freed(Slab *slab, void *ptr, bint freed) noexcept nogil:
-    cdef unsigned int bit = _block_bit(slab, ptr)
-    if freed:
-        slab.freed[bit >> 6] |= (<unsigned long long>1) << (bit & 63)
-    else:
-        slab.freed[bit >> 6] &= ~((<unsigned long long>1) << (bit & 63))
-
-
 cdef int _class_free(NodePool *pool, Chunk *chunk, int granule, void *ptr) noexcept nogil:
     """Free a block of a size class; -1 (nothing changed) if it is already free."""
     cdef Slab *slab = &chunk.slab[granule]
     cdef signed char kind = chunk.kind[granule]
     cdef ClassState *state = &pool.classes[kind]
     cdef FreeBlock *block = <FreeBlock *>ptr
-    if _is_freed(slab, ptr):
+    if slab_is_freed(slab, ptr):
         return -1
-    _mark_freed(slab, ptr, True)
+    slab_mark_freed(slab, ptr, True)
     block.next = slab.free
     slab.free = block
     slab.live -= 1
@@ -480,7 +423,7 @@ cdef void *arena_alloc(NodePool *pool, size_t size, PlaceResult *why) noexcept n
         pthread_mutex_lock(&pool.lock)
         memory = _take_granules(pool, granules, KIND_RUN_HEAD, why)
         if memory != NULL:
-            _add_live(pool, _lookup(memory), <size_t>granules << GRANULE_SHIFT)
+            _add_live(pool, chunk_of(memory), <size_t>granules << GRANULE_SHIFT)
         pthread_mutex_unlock(&pool.lock)
         return memory
     return _direct_alloc(pool, size, why, False)
@@ -554,7 +497,7 @@ cdef size_t _usable_size(Chunk *chunk, void *ptr) noexcept nogil:
 
 cdef size_t arena_usable_size(void *ptr) noexcept nogil:
     """Bytes usable at ``ptr`` (0 if no pool knows it)."""
-    cdef Chunk *chunk = _lookup(ptr)
+    cdef Chunk *chunk = chunk_of(ptr)
     return 0 if chunk == NULL else _usable_size(chunk, ptr)
 
 
@@ -606,7 +549,7 @@ cdef int arena_free(void *ptr) noexcept nogil:
     cdef NodePool *pool
     if ptr == NULL:
         return 0
-    chunk = _lookup(ptr)
+    chunk = chunk_of(ptr)
     if chunk == NULL:
         return -1
     pool = <NodePool *>chunk.pool
@@ -637,14 +580,14 @@ cdef int _check_locked(NodePool *pool, Chunk *chunk, void *ptr) noexcept nogil:
     if offset % CLASS_SIZE[kind] != 0:
         return CHECK_INTERIOR
     slab = &chunk.slab[granule]
-    if offset >= slab.bump or _is_freed(slab, ptr):
+    if offset >= slab.bump or slab_is_freed(slab, ptr):
         return CHECK_NOT_LIVE
     return CHECK_OK
 
 
 cdef int arena_check(NodePool *pool, void *ptr) noexcept nogil:
     """Whether ``ptr`` is the start of a live block of ``pool`` (CHECK_OK) or why not."""
-    cdef Chunk *chunk = _lookup(ptr)
+    cdef Chunk *chunk = chunk_of(ptr)
     cdef int answer
     if chunk == NULL:
         return CHECK_FOREIGN
@@ -656,7 +599,7 @@ cdef int arena_check(NodePool *pool, void *ptr) noexcept nogil:
 
 cdef int arena_free_checked(NodePool *pool, void *ptr) noexcept nogil:
     """Free ``ptr`` only if it is the start of a live block of ``pool``; else return why not."""
-    cdef Chunk *chunk = _lookup(ptr)
+    cdef Chunk *chunk = chunk_of(ptr)
     cdef int answer
     if chunk == NULL:
         return CHECK_FOREIGN
@@ -675,7 +618,7 @@ cdef void *arena_realloc(NodePool *pool, void *ptr, size_t new_size, PlaceResult
     cdef void *fresh
     if ptr == NULL:
         return arena_alloc(pool, new_size, why)
-    chunk = _lookup(ptr)
+    chunk = chunk_of(ptr)
     if chunk == NULL:
         return NULL
     old_size = _usable_size(chunk, ptr)

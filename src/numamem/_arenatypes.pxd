@@ -1,10 +1,11 @@
 # The records of numamem's pool allocator, shared by the modules that make it up: _arena.pyx (chunks,
 # granules, size classes, the pool's calls) and _largecache.pyx (the cache of freed direct
-# mappings). Declarations only (and two inline list helpers), no module of its own: both modules
-# cimport it, so neither cimports the other's records and the cache needs nothing from _arena.
+# mappings). Declarations and a few inline helpers (chunk lists, the address directory), no module
+# of its own: both modules cimport it, so the cache needs nothing from _arena and neither cimports
+# the other's records.
 from numamem._chunksource cimport ChunkSource, FakeSourceState
 
-from numamem._registry cimport pthread_mutex_t
+from numamem._registry cimport directory_lookup, directory_set, pthread_mutex_t
 
 cdef enum:
     CHUNK_SHIFT = 21
@@ -102,3 +103,13 @@ cdef inline void chunk_push(Chunk **head, Chunk *chunk) noexcept nogil:
     if head[0] != NULL:
         head[0].prev = chunk
     head[0] = chunk
+
+
+# The process-wide directory (numamem._registry) maps every 2 MiB slot of a chunk or direct mapping
+# to its record, so a free finds size and pool from the pointer alone.
+cdef inline Chunk *chunk_of(void *ptr) noexcept nogil:
+    return <Chunk *>directory_lookup(ptr)
+
+
+cdef inline int chunk_register(Chunk *chunk, bint add) noexcept nogil:
+    return directory_set(chunk.base, chunk.length, chunk if add else NULL)

@@ -37,8 +37,8 @@ off the pool come back chained, and :func:`unmap_detached` unmaps them once the 
 from libc.stdlib cimport free as c_free
 from posix.time cimport clock_gettime, timespec
 
-from numamem._arenatypes cimport chunk_push, chunk_unlink
-from numamem._registry cimport directory_set, pthread_mutex_t
+from numamem._arenatypes cimport chunk_push, chunk_register, chunk_unlink
+from numamem._registry cimport pthread_mutex_t
 
 cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_lock(pthread_mutex_t *mutex)
@@ -74,7 +74,7 @@ cdef Chunk *_cache_trim(NodePool *pool, size_t keep, bint aged) noexcept nogil:
             pool.cached_count -= 1
             pool.cached_bytes -= chunk.length
             pool.mapped -= chunk.length
-            directory_set(chunk.base, chunk.length, NULL)
+            chunk_register(chunk, False)
             chunk.next = detached
             detached = chunk
         else:
@@ -132,7 +132,7 @@ cdef Chunk *cache_put(NodePool *pool, Chunk *chunk) noexcept nogil:
     """
     if chunk.length > pool.cache_max:
         pool.mapped -= chunk.length
-        directory_set(chunk.base, chunk.length, NULL)
+        chunk_register(chunk, False)
         chunk.next = NULL
         return chunk
     # Kept registered and placed, its directory entry naming a block that is not live.
