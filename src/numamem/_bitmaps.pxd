@@ -37,8 +37,7 @@ cdef inline int find_run(unsigned int mask, int count) noexcept nogil:
     return __builtin_ctz(fits) if fits else -1
 
 
-# Bit (offset >> 6) of Slab.freed set: the block at that offset in the slab's granule is on the
-# slab's free list, so any free of it is a double free, refused in O(1) on every path.
+# A slab's freed bits (Slab.freed, _arenatypes.pxd): bit (offset in the granule >> 6) per block.
 cdef inline unsigned int _block_bit(Slab *slab, void *ptr) noexcept nogil:
     return <unsigned int>(((<uintptr_t>ptr) & (GRANULE - 1)) >> 6)
 

@@ -1,6 +1,6 @@
-# The cache of freed direct mappings of numamem's pools (see _largecache.pyx). Every function takes
-# the pool's lock held by its caller, except arena_set_cache (which takes it) and unmap_detached
-# (called after the lock is released, where the caller can).
+# The cache of freed direct mappings of numamem's pools (see _largecache.pyx). The caller holds the
+# pool's lock around each function, except arena_set_cache (which takes it) and unmap_detached
+# (called once the lock is released, where the caller can).
 from numamem._arenatypes cimport Chunk, NodePool
 
 cdef enum:
