@@ -68,7 +68,11 @@ def _resolve(name: str, known: dict[str, Path]) -> str | None:
     return None
 
 
-_CYTHON_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+([\w.]+)[ \t]+c?import[ \t]+([\w, ]+)|c?import[ \t]+([\w.]+))", re.M)
+# ``from X cimport a, b`` or ``from X cimport (a, b,\n c)`` (names over several lines), or
+# ``cimport X`` / ``import X``.
+_CYTHON_IMPORT = re.compile(
+    r"^[ \t]*(?:from[ \t]+([\w.]+)[ \t]+c?import[ \t]+(?:\(([^)]*)\)|([\w, ]+))|c?import[ \t]+([\w.]+))",
+    re.M)
 
 
 def _targets(base: str, names: list[str], known: dict[str, Path]) -> list[str]:
@@ -96,9 +100,10 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     else:
         for m in _CYTHON_IMPORT.finditer(path.read_text()):
             if m.group(1):
-                targets += _targets(m.group(1), [n.strip() for n in m.group(2).split(",") if n.strip()], known)
+                names = re.sub(r"#.*", "", m.group(2) if m.group(2) is not None else m.group(3))
+                targets += _targets(m.group(1), [n.split()[0] for n in names.split(",") if n.strip()], known)
             else:
-                targets.append(m.group(3))
+                targets.append(m.group(4))
     out = set()
     for t in targets:
         if t == "numamem" or t.startswith("numamem."):
@@ -173,3 +178,14 @@ def test_layers_rank_as_documented():
     assert layer_of("numamem._pool") < layer_of("numamem.planner.plan") < layer_of("numamem.models.cnn")
     assert layer_of("numamem.models") < layer_of("numamem.runtime.runner") < layer_of("numamem.cli.run")
     assert layer_of("numamem.cli") < layer_of("numamem")
+
+
+def test_cython_imports_are_read_across_lines(tmp_path):
+    """A parenthesised ``cimport`` list over several lines (with comments) is seen, name by name."""
+    known = modules()
+    source = tmp_path / "probe.pyx"
+    source.write_text("from numamem._arena cimport (\n    arena_alloc,  # a comment\n"
+                      "    arena_free as free_it,\n)\nfrom numamem._place cimport PlaceResult\n"
+                      "cimport numamem._registry\n")
+    assert imports_of("numamem.probe", source, known) == {
+        "numamem._arena", "numamem._place", "numamem._registry"}
