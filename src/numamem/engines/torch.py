@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from numamem.engines._nodes import (
-    NodeShare, NodeWorker, WeightArena, anon_bytes_per_node, delta, place_weights, require,
-    resolve_nodes, run_on_all, split_counts,
+    NodeShare, NodeWorker, WeightArena, anon_bytes_per_node, delta, place_weights, process_on_node,
+    require, resolve_nodes, run_on_all, split_counts,
 )
 
 __all__ = ["place_module", "replicas", "NodeReplicas", "module_placement"]
@@ -171,13 +171,18 @@ def _set_threads(n: int) -> None:
 
 
 def _split_inputs(inputs, bounds):
-    return [[x[a:b] for x in inputs] for a, b in bounds]
+    return [list(inputs) if (a, b) == (0, len(inputs[0])) else [x[a:b] for x in inputs] for a, b in bounds]
 
 
 def _join(outs):
-    """Concatenate per-node outputs along axis 0 (a tensor, or a tuple/list of tensors)."""
+    """Concatenate per-node outputs along axis 0 (a tensor, or a tuple/list of tensors).
+
+    One node's outputs are returned as they are (no copy).
+    """
     torch = _torch()
     first = outs[0]
+    if len(outs) == 1:
+        return first
     if isinstance(first, torch.Tensor):
         return torch.cat(outs, dim=0)
     if isinstance(first, (tuple, list)):
@@ -259,6 +264,17 @@ class NodeReplicas:
         return bounds
 
     @staticmethod
+    def _runs_here(worker: NodeWorker) -> bool:
+        """Whether the calling thread may run ``worker``'s replica itself.
+
+        Only when no thread of the process can work or allocate off the node
+        (:func:`~numamem.engines._nodes.process_on_node`): PyTorch runs an operator on the
+        calling thread's OpenMP team, which may predate any binding of that thread. And only
+        with the replica's intra-op thread count, so that the call computes as on the worker.
+        """
+        return process_on_node(worker.share.node) and _torch().get_num_threads() == worker.share.threads
+
+    @staticmethod
     def _forward(rep, args):
         torch = _torch()
         with torch.inference_mode():
@@ -278,7 +294,7 @@ class NodeReplicas:
         parts = _split_inputs(inputs, self.split(self._batch(inputs)))
         calls = [None if not len(p[0]) else (lambda r=r, p=p: self._forward(r, p))
                  for r, p in zip(self.replicas, parts)]
-        return _join([o for o in run_on_all(workers, calls) if o is not None])
+        return _join([o for o in run_on_all(workers, calls, here=self._runs_here) if o is not None])
 
     __call__ = run
 
