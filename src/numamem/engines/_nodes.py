@@ -262,6 +262,8 @@ def caller_on_node(share: NodeShare, policy: str = "local") -> bool:
     ``bind`` to the node (the same refusal to spill elsewhere). Threads the caller created before
     it was bound (an OpenMP team) are not covered: see :func:`process_on_node`.
     """
+    if process_on_node(share.node):
+        return True  # no thread can work or allocate elsewhere (cheap: the cached topology)
     if not os.sched_getaffinity(0) <= set(share.cpus):
         return False
     mode, nodes = _kernel.thread_policy()
@@ -290,7 +292,13 @@ def run_on_all(workers: Sequence[NodeWorker], calls: Sequence[Callable | None],
     wake-up. ``here`` must only say yes when that keeps the placement (:func:`caller_on_node`).
     Every call is waited for before an error is raised, so no worker is still busy afterwards.
     """
-    last = max((i for i, c in enumerate(calls) if c is not None), default=-1)
+    live = [i for i, c in enumerate(calls) if c is not None]
+    if len(live) == 1:  # the whole batch on one node: nothing runs concurrently
+        i = live[0]
+        results = [None] * len(calls)
+        results[i] = calls[i]() if here is not None and here(workers[i]) else workers[i].call(calls[i])
+        return results
+    last = live[-1] if live else -1
     inline = last >= 0 and here is not None and here(workers[last])
     pending: list = [None] * len(calls)
     for i, (w, c) in enumerate(zip(workers, calls)):

@@ -298,13 +298,15 @@ class NodeSessions:
 
     @staticmethod
     def _feeds(input_feed: Mapping[str, np.ndarray]) -> tuple[dict, int]:
-        feeds = {k: np.asarray(v) for k, v in input_feed.items()}
+        feeds = {k: v if type(v) is np.ndarray else np.asarray(v) for k, v in input_feed.items()}
         if not feeds:
             raise ValueError("input_feed is empty")
-        batches = {k: (v.shape[0] if v.ndim else None) for k, v in feeds.items()}
-        if len(set(batches.values())) != 1 or None in batches.values():
+        first = next(iter(feeds.values()))
+        batch = first.shape[0] if first.ndim else None
+        if batch is None or any(not v.ndim or v.shape[0] != batch for v in feeds.values()):
+            batches = {k: (v.shape[0] if v.ndim else None) for k, v in feeds.items()}
             raise ValueError(f"every feed needs the same batch on axis 0, got {batches}")
-        return feeds, next(iter(batches.values()))
+        return feeds, batch
 
     def run(self, output_names, input_feed: Mapping[str, np.ndarray], run_options=None) -> list[np.ndarray]:
         """Run like ``InferenceSession.run``: the batch split over the nodes, outputs joined.
