@@ -208,3 +208,79 @@ def test_compare_checks_its_arguments():
         compare(small_cnn(), engine="torch")
     with pytest.raises(ValueError, match="iters"):
         compare(small_cnn(), iters=0)
+
+
+# ------------------------------------------------------------------------------ small batches
+def _threads_running(monkeypatch):
+    """Record the thread that runs each ``run_rows`` call of NodeSessions."""
+    import threading
+
+    from numamem.engines import onnxruntime as eo
+
+    seen = []
+    real = eo.run_rows
+
+    def spy(*args, **kwargs):
+        seen.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(eo, "run_rows", spy)
+    return seen
+
+
+def test_single_part_runs_on_the_calling_thread_without_copies(monkeypatch, node0):
+    import threading
+
+    from numamem.engines import onnxruntime as eo
+
+    model = small_cnn()
+    seen = _threads_running(monkeypatch)
+    joined = []
+    real_join = eo.join_rows
+    monkeypatch.setattr(eo, "join_rows", lambda chunks: joined.append(chunks) or real_join(chunks))
+    with NodeSessions(model, nodes=[node0]) as s:
+        feeds = random_feeds(s.sessions[0], batch=1, seed=3)
+        got = s.run(None, feeds)
+        # A one-node process cannot work or allocate anywhere else, so the caller runs the part.
+        if _nodes.process_on_node(node0):
+            assert seen == [threading.current_thread()]
+        else:
+            assert len(seen) == 1
+        (chunk,) = joined[-1]
+        assert got[0] is chunk[0]  # ONNX Runtime's own output array, not a concatenated copy
+        np.testing.assert_allclose(got[0], _default_outputs(model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_caller_off_the_node_hands_the_part_over(monkeypatch, node0):
+    import threading
+
+    model = small_cnn()
+    seen = _threads_running(monkeypatch)
+    monkeypatch.setattr(_nodes.NodeWorker, "caller_on_node", lambda self: False)
+    with NodeSessions(model, nodes=[node0]) as s:
+        feeds = random_feeds(s.sessions[0], batch=2, seed=3)
+        got = s.run(None, feeds)[0]
+    assert len(seen) == 1 and seen[0] is not threading.current_thread()
+    assert seen[0].name.startswith(f"numamem-node{node0}")
+    np.testing.assert_allclose(got, _default_outputs(model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def _two_sessions_on(monkeypatch, node):
+    """Make NodeSessions see ``node`` twice: two parts on a one-node machine."""
+    from numamem.engines import onnxruntime as eo
+
+    share = _nodes.resolve_nodes([node])[0]
+    monkeypatch.setattr(eo, "resolve_nodes", lambda nodes, threads: [share, share])
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_batches_smaller_or_larger_than_the_node_count_equal_default(monkeypatch, node0, batch):
+    model = transformer_block()
+    _two_sessions_on(monkeypatch, node0)
+    with NodeSessions(model) as s:
+        assert len(s.sessions) == 2
+        feeds = random_feeds(s.sessions[0], batch=batch, seed=4)
+        assert [b - a for a, b in s.split(batch)] == {1: [1, 0], 2: [1, 1], 3: [2, 1]}[batch]
+        got = s.run(None, feeds)[0]
+    assert got.shape[0] == batch
+    np.testing.assert_allclose(got, _default_outputs(model, feeds)[0], rtol=1e-5, atol=1e-6)
