@@ -13,6 +13,7 @@ Needs the ``torch`` extra (``pip install numamem[torch]``; the CPU-only build is
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -25,7 +26,10 @@ __all__ = ["place_module", "replicas", "NodeReplicas", "module_placement"]
 
 
 def _torch():
-    return require("torch", "torch")
+    # Looked up first where Python keeps imported modules: run() needs torch several times per
+    # call, and import_module's machinery cost microseconds each time. A test that hides torch
+    # sets sys.modules["torch"] to None, which falls through to require() and its ImportError.
+    return sys.modules.get("torch") or require("torch", "torch")
 
 
 def _module_tensors(module) -> list[tuple[Any, list[tuple[Any, str, str]]]]:
