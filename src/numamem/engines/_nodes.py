@@ -150,6 +150,9 @@ class NodeWorker:
         self.share = share
         self.policy = policy
         self.binding = "unbound"
+        #: Whether the whole process can only run and allocate on this node (:func:`process_on_node`),
+        #: read once: run() asks on every call, and the process's cpuset does not change under it.
+        self.confined = process_on_node(share.node)
         self._holder: list = []
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
@@ -194,7 +197,7 @@ class NodeWorker:
 
     def caller_on_node(self) -> bool:
         """Whether the calling thread puts its work where this worker does (see :func:`caller_on_node`)."""
-        return caller_on_node(self.share, self.policy)
+        return self.confined or caller_on_node(self.share, self.policy)
 
     def close(self) -> None:
         """Stop the thread (after the calls already given to it)."""

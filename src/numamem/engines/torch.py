@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from numamem.engines._nodes import (
-    NodeShare, NodeWorker, WeightArena, anon_bytes_per_node, delta, place_weights, process_on_node,
-    require, resolve_nodes, run_on_all, split_counts,
+    NodeShare, NodeWorker, WeightArena, anon_bytes_per_node, delta, place_weights, require,
+    resolve_nodes, run_on_all, split_counts,
 )
 
 __all__ = ["place_module", "replicas", "NodeReplicas", "module_placement"]
@@ -276,7 +276,7 @@ class NodeReplicas:
         calling thread's OpenMP team, which may predate any binding of that thread. And only
         with the replica's intra-op thread count, so that the call computes as on the worker.
         """
-        return process_on_node(worker.share.node) and _torch().get_num_threads() == worker.share.threads
+        return worker.confined and _torch().get_num_threads() == worker.share.threads
 
     @staticmethod
     def _forward(rep, args):
