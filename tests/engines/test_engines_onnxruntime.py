@@ -211,20 +211,18 @@ def test_compare_checks_its_arguments():
 
 
 # ------------------------------------------------------------------------------ small batches
-def _threads_running(monkeypatch):
-    """Record the thread that runs each ``run_rows`` call of NodeSessions."""
+def _threads_running(session):
+    """Record the thread that runs each call of ``session`` (an ``InferenceSession``)."""
     import threading
 
-    from numamem.engines import onnxruntime as eo
-
     seen = []
-    real = eo.run_rows
+    real = session.run
 
     def spy(*args, **kwargs):
         seen.append(threading.current_thread())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(eo, "run_rows", spy)
+    session.run = spy
     return seen
 
 
@@ -234,11 +232,13 @@ def test_single_part_runs_on_the_calling_thread_without_copies(monkeypatch, node
     from numamem.engines import onnxruntime as eo
 
     model = small_cnn()
-    seen = _threads_running(monkeypatch)
-    joined = []
-    real_join = eo.join_rows
-    monkeypatch.setattr(eo, "join_rows", lambda chunks: joined.append(chunks) or real_join(chunks))
+    concatenated = []
+    monkeypatch.setattr(eo, "join_rows", lambda chunks: concatenated.append(chunks))
     with NodeSessions(model, nodes=[node0]) as s:
+        seen = _threads_running(s.sessions[0])
+        outputs = []
+        real = s.sessions[0].run
+        s.sessions[0].run = lambda *a, **k: outputs.append(real(*a, **k)) or outputs[-1]
         feeds = random_feeds(s.sessions[0], batch=1, seed=3)
         got = s.run(None, feeds)
         # A one-node process cannot work or allocate anywhere else, so the caller runs the part.
@@ -246,8 +246,8 @@ def test_single_part_runs_on_the_calling_thread_without_copies(monkeypatch, node
             assert seen == [threading.current_thread()]
         else:
             assert len(seen) == 1
-        (chunk,) = joined[-1]
-        assert got[0] is chunk[0]  # ONNX Runtime's own output array, not a concatenated copy
+        assert concatenated == []
+        assert got[0] is outputs[-1][0]  # ONNX Runtime's own output array, not a copy
         np.testing.assert_allclose(got[0], _default_outputs(model, feeds)[0], rtol=1e-5, atol=1e-6)
 
 
@@ -255,9 +255,9 @@ def test_a_caller_off_the_node_hands_the_part_over(monkeypatch, node0):
     import threading
 
     model = small_cnn()
-    seen = _threads_running(monkeypatch)
     monkeypatch.setattr(_nodes.NodeWorker, "caller_on_node", lambda self: False)
     with NodeSessions(model, nodes=[node0]) as s:
+        seen = _threads_running(s.sessions[0])
         feeds = random_feeds(s.sessions[0], batch=2, seed=3)
         got = s.run(None, feeds)[0]
     assert len(seen) == 1 and seen[0] is not threading.current_thread()
@@ -284,3 +284,11 @@ def test_batches_smaller_or_larger_than_the_node_count_equal_default(monkeypatch
         got = s.run(None, feeds)[0]
     assert got.shape[0] == batch
     np.testing.assert_allclose(got, _default_outputs(model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_join_rows_of_one_call_is_that_calls_outputs():
+    a, b = np.arange(6.0).reshape(3, 2), np.ones((3, 1), np.float32)
+    got = join_rows([[a, b]])
+    assert got[0] is a and got[1] is b
+    two = join_rows([[a, b], [a, b]])
+    assert two[0].shape == (6, 2) and not np.shares_memory(two[0], a)

@@ -219,7 +219,8 @@ def test_compare_a_module_needs_feeds(node0):
 
 
 # ------------------------------------------------------------------------------ small batches
-def _threads_running(monkeypatch):
+def _threads_running(monkeypatch, outputs=None):
+    """Record the thread (and the output) of each replica call."""
     import threading
 
     seen = []
@@ -227,7 +228,10 @@ def _threads_running(monkeypatch):
 
     def spy(rep, args):
         seen.append(threading.current_thread())
-        return real(rep, args)
+        out = real(rep, args)
+        if outputs is not None:
+            outputs.append(out)
+        return out
 
     monkeypatch.setattr(NodeReplicas, "_forward", staticmethod(spy))
     return seen
@@ -243,14 +247,13 @@ def test_single_part_runs_on_the_calling_thread_without_copies(monkeypatch, node
     x = torch.randn(1, 12, 64)
     with torch.inference_mode():
         want = m(x)
-    seen = _threads_running(monkeypatch)
+    outputs, joined = [], []
+    seen = _threads_running(monkeypatch, outputs)
+    monkeypatch.setattr(et, "_join", lambda outs: joined.append(outs))
     with NodeReplicas(m, nodes=[node0], threads_per_node=torch.get_num_threads()) as r:
-        out = []
-        real_join = et._join
-        monkeypatch.setattr(et, "_join", lambda outs: out.append(outs) or real_join(outs))
         got = r(x)
-    (only,) = out[-1]
-    assert got is only  # the replica's own output, not a concatenated copy
+    assert joined == [] and got is outputs[-1]  # the replica's own output, not a copy
+    # A one-node process cannot work or allocate anywhere else, so the caller runs the part.
     if _nodes.process_on_node(node0):
         assert seen == [threading.current_thread()]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -287,3 +290,12 @@ def test_batches_smaller_or_larger_than_the_node_count_equal_the_module(monkeypa
         assert [b - a for a, b in r.split(batch)] == {1: [1, 0], 2: [1, 1], 3: [2, 1]}[batch]
         got = r(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_join_of_one_replicas_outputs_is_those_outputs():
+    from numamem.engines import torch as et
+
+    t, u = torch.ones(2, 3), torch.zeros(2)
+    assert et._join([t]) is t
+    assert et._join([(t, u)])[0] is t
+    assert et._join([t, t]).shape == (4, 3)

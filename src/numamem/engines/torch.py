@@ -295,7 +295,12 @@ class NodeReplicas:
     def run(self, *inputs):
         """``module(*inputs)`` with axis 0 of every input split over the nodes; outputs joined."""
         workers = self._live()
-        parts = _split_inputs(inputs, self.split(self._batch(inputs)))
+        batch = self._batch(inputs)
+        if len(workers) == 1 and batch >= 1:
+            # One replica, one call: no split, no join, nothing to wait for.
+            w, rep = workers[0], self.replicas[0]
+            return self._forward(rep, inputs) if self._runs_here(w) else w.call(self._forward, rep, inputs)
+        parts = _split_inputs(inputs, self.split(batch))
         calls = [None if not len(p[0]) else (lambda r=r, p=p: self._forward(r, p))
                  for r, p in zip(self.replicas, parts)]
         return _join([o for o in run_on_all(workers, calls, here=self._runs_here) if o is not None])
