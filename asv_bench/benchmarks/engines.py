@@ -4,8 +4,11 @@
 * :class:`PerNodeVsDefault` -- the figure that matters: both modes alive in one process,
   iterations alternating (:func:`numamem.engines.compare`), ``track_speedup`` = median default
   time / median per-node time (same run, same load). ``> 1``: per-node is faster. On a one-node
-  machine both modes use the same node and CPUs: parity (about 1) is expected, less the cost of
-  handing the batch to a node's thread.
+  machine both modes use the same node and CPUs: parity (about 1) is expected.
+* :class:`SmallBatch` -- the same ratio at batches 1, 2 and 4 of a small block (width 64, 12
+  tokens: tens of microseconds per call), where any fixed cost of the per-node path (splitting,
+  handing a part to a node's thread, joining) shows. Parity is expected on one node, where the
+  calling thread runs the part itself.
 
 Models: a transformer-style block (MatMul, Add, Relu, LayerNormalization, Softmax) of width 512
 at batch 16 x 64 tokens, built with ``onnx.helper`` for ONNX Runtime and as ``torch.nn`` layers
@@ -19,6 +22,9 @@ import numpy as np
 from .common import cpu_nodes, smoke_or
 
 WIDTH, TOKENS, BATCH = smoke_or((512, 64, 16), (64, 8, 4))
+#: The small block of SmallBatch (width, tokens) and its batches.
+SMALL_WIDTH, SMALL_TOKENS = 64, 12
+SMALL_BATCHES = smoke_or([1, 2, 4], [1])
 #: Alternating iterations per mode in PerNodeVsDefault (the ratio is of medians over these).
 ROUNDS = smoke_or(21, 3)
 ENGINES = ["onnxruntime", "torch"]
@@ -67,12 +73,12 @@ def torch_block(width=WIDTH, seed=0):
     return torch.nn.TransformerEncoderLayer(width, 4, 4 * width, batch_first=True).eval()
 
 
-def _inputs(engine):
-    x = np.random.default_rng(1).standard_normal((BATCH, TOKENS, WIDTH)).astype(np.float32)
+def _inputs(engine, batch=BATCH, tokens=TOKENS, width=WIDTH):
+    x = np.random.default_rng(1).standard_normal((batch, tokens, width)).astype(np.float32)
     if engine == "onnxruntime":
-        return onnx_block(), {"x": x}
+        return onnx_block(width, tokens), {"x": x}
     torch = _require("torch")
-    return torch_block(), torch.from_numpy(x)
+    return torch_block(width), torch.from_numpy(x)
 
 
 class Run:
@@ -149,3 +155,27 @@ class PerNodeVsDefault:
         return self.report["estimate"]["per_node_vs_default"]
 
     track_estimate_two_sockets.unit = "ratio"
+
+
+class SmallBatch:
+    """``per-node`` against ``default`` at small batches of a small block (ratio of medians)."""
+
+    params = (ENGINES, SMALL_BATCHES)
+    param_names = ["engine", "batch"]
+    number = 1
+    repeat = 1
+    timeout = 600
+
+    def setup(self, engine, batch):
+        _require(engine)
+        from numamem.engines import compare
+
+        model, feeds = _inputs(engine, batch, SMALL_TOKENS, SMALL_WIDTH)
+        self.report = compare(model, feeds=feeds, nodes=cpu_nodes(), iters=smoke_or(201, 3))
+        if not self.report["ok"]:
+            raise AssertionError(f"per-node outputs differ from default: {self.report['modes']}")
+
+    def track_speedup(self, engine, batch):
+        return self.report["modes"]["per-node"]["speedup_vs_default"]
+
+    track_speedup.unit = "ratio"

@@ -217,3 +217,135 @@ def test_importing_engines_imports_no_engine():
 def test_node_share_is_a_named_record():
     s = NodeShare(0, (0, 1), 2)
     assert (s.node, s.cpus, s.threads) == (0, (0, 1), 2)
+
+
+# ------------------------------------------------------------------------------ hand-off and inline runs
+def test_split_counts_matches_the_proportional_rule_on_many_cases():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        weights = list(rng.integers(0, 5, size=rng.integers(1, 5)))
+        if not sum(weights):
+            continue
+        total = int(rng.integers(0, 40))
+        counts = split_counts(total, weights)
+        assert sum(counts) == total
+        exact = [total * w / sum(weights) for w in weights]
+        # every node within one item of its exact share, and none below its floor
+        assert all(int(e // 1) <= c <= int(e // 1) + 1 for c, e in zip(counts, exact)), (total, weights)
+    assert split_counts(3, [np.int64(2), np.int64(2)]) == [2, 1]  # the tie goes to the earlier node
+
+
+def test_worker_call_raises_the_calls_error_and_refuses_after_close(node0):
+    w = NodeWorker(resolve_nodes([node0])[0])
+    pending = w.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        pending.result()
+    with pytest.raises(ZeroDivisionError):  # a second wait says the same
+        pending.result()
+    assert pending.done()
+    assert w.call(lambda a, b=0: a + b, 2, b=3) == 5
+    w.close()
+    w.close()  # once only
+    with pytest.raises(RuntimeError, match="closed"):
+        w.submit(lambda: None)
+
+
+def test_dropped_worker_ends_its_thread(node0):
+    w = NodeWorker(resolve_nodes([node0])[0])
+    thread = w._thread
+    del w
+    import gc
+
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_run_on_all_runs_the_last_call_on_the_caller_only_when_told(node0):
+    share = resolve_nodes([node0])[0]
+    workers = [NodeWorker(share), NodeWorker(share)]
+    me = threading.current_thread()
+    where = lambda: threading.current_thread()  # noqa: E731
+    try:
+        first, last = run_on_all(workers, [where, where], here=lambda w: w is workers[1])
+        assert first is not me and first.name.startswith(f"numamem-node{node0}")
+        assert last is me
+        # one call only (a batch smaller than the node count): on the caller, or handed over
+        assert run_on_all(workers, [None, where], here=lambda w: True) == [None, me]
+        handed = run_on_all(workers, [where, None], here=lambda w: False)[0]
+        assert handed is not me and handed.name.startswith(f"numamem-node{node0}")
+        assert run_on_all(workers, [where, None])[0] is not me  # no ``here``: always handed over
+    finally:
+        for w in workers:
+            w.close()
+
+
+def test_run_on_all_waits_for_the_handed_calls_when_the_callers_call_fails(node0):
+    share = resolve_nodes([node0])[0]
+    workers = [NodeWorker(share), NodeWorker(share)]
+    done = threading.Event()
+
+    def slow():
+        import time
+
+        time.sleep(0.05)
+        done.set()
+
+    def boom():
+        raise RuntimeError("boom")
+
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            run_on_all(workers, [slow, boom], here=lambda w: True)
+        assert done.is_set()
+    finally:
+        for w in workers:
+            w.close()
+
+
+def _fake_topology(monkeypatch, memory_nodes, allowed_cpus, node_cpus):
+    from types import SimpleNamespace
+
+    topo = SimpleNamespace(memory_nodes=lambda: list(memory_nodes), allowed_cpus=frozenset(allowed_cpus),
+                           node=lambda n: SimpleNamespace(cpus=tuple(node_cpus[n])))
+    monkeypatch.setattr(_nodes._topology, "topology", lambda refresh=True: topo)
+
+
+def test_process_on_node_needs_one_memory_node_and_all_cpus_on_it(monkeypatch):
+    _fake_topology(monkeypatch, [0], {0, 1}, {0: (0, 1)})
+    assert _nodes.process_on_node(0)
+    assert not _nodes.process_on_node(1)
+    _fake_topology(monkeypatch, [0, 1], {0, 1}, {0: (0,), 1: (1,)})
+    assert not _nodes.process_on_node(0)
+    _fake_topology(monkeypatch, [0], {0, 1}, {0: (0,), 1: (1,)})  # CPUs of a memory-less node
+    assert not _nodes.process_on_node(0)
+
+
+@pytest.mark.parametrize("mode, nodes, worker_policy, expected", [
+    ("default", (), "local", True),
+    ("local", (), "preferred", True),
+    ("default", (), "bind", False),           # first touch may spill; a bind worker may not
+    ("bind", ("N",), "bind", True),
+    ("preferred", ("N",), "bind", False),
+    ("preferred", ("N",), "local", True),
+    ("bind", ("other",), "local", False),     # the caller's memory goes to another node
+    ("interleave", ("N", "other"), "local", False),
+])
+def test_caller_on_node_follows_the_callers_memory_policy(monkeypatch, node0, mode, nodes, worker_policy,
+                                                           expected):
+    monkeypatch.setattr(_nodes, "process_on_node", lambda node: False)  # as on a multi-node machine
+    ids = tuple(node0 if n == "N" else node0 + 1 for n in nodes)
+    monkeypatch.setattr(_nodes._kernel, "thread_policy", lambda: (mode, ids))
+    share = NodeShare(node0, tuple(sorted(os.sched_getaffinity(0))), 1)
+    assert _nodes.caller_on_node(share, worker_policy) is expected
+
+
+def test_caller_on_node_needs_the_callers_cpus_on_the_node(monkeypatch, node0):
+    monkeypatch.setattr(_nodes, "process_on_node", lambda node: False)
+    monkeypatch.setattr(_nodes._kernel, "thread_policy", lambda: ("default", ()))
+    cpus = tuple(sorted(os.sched_getaffinity(0)))
+    assert _nodes.caller_on_node(NodeShare(node0, cpus, 1))
+    if len(cpus) > 1:
+        assert not _nodes.caller_on_node(NodeShare(node0, cpus[:1], 1))
+    monkeypatch.setattr(_nodes, "process_on_node", lambda node: True)  # a one-node process: any thread
+    assert _nodes.caller_on_node(NodeShare(node0, cpus[:1], 1), "bind")

@@ -208,3 +208,87 @@ def test_compare_checks_its_arguments():
         compare(small_cnn(), engine="torch")
     with pytest.raises(ValueError, match="iters"):
         compare(small_cnn(), iters=0)
+
+
+# ------------------------------------------------------------------------------ small batches
+def _threads_running(session):
+    """Record the thread that runs each call of ``session`` (an ``InferenceSession``)."""
+    import threading
+
+    seen = []
+    real = session.run
+
+    def spy(*args, **kwargs):
+        seen.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    session.run = spy
+    return seen
+
+
+def test_single_part_runs_on_the_calling_thread_without_copies(monkeypatch, node0):
+    import threading
+
+    from numamem.engines import onnxruntime as eo
+
+    model = small_cnn()
+    concatenated = []
+    monkeypatch.setattr(eo, "join_rows", lambda chunks: concatenated.append(chunks))
+    with NodeSessions(model, nodes=[node0]) as s:
+        seen = _threads_running(s.sessions[0])
+        outputs = []
+        real = s.sessions[0].run
+        s.sessions[0].run = lambda *a, **k: outputs.append(real(*a, **k)) or outputs[-1]
+        feeds = random_feeds(s.sessions[0], batch=1, seed=3)
+        got = s.run(None, feeds)
+        # A one-node process cannot work or allocate anywhere else, so the caller runs the part.
+        if _nodes.process_on_node(node0):
+            assert seen == [threading.current_thread()]
+        else:
+            assert len(seen) == 1
+        assert concatenated == []
+        assert got[0] is outputs[-1][0]  # ONNX Runtime's own output array, not a copy
+        np.testing.assert_allclose(got[0], _default_outputs(model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_caller_off_the_node_hands_the_part_over(monkeypatch, node0):
+    import threading
+
+    model = small_cnn()
+    monkeypatch.setattr(_nodes.NodeWorker, "caller_on_node", lambda self: False)
+    with NodeSessions(model, nodes=[node0]) as s:
+        seen = _threads_running(s.sessions[0])
+        feeds = random_feeds(s.sessions[0], batch=2, seed=3)
+        got = s.run(None, feeds)[0]
+    assert len(seen) == 1 and seen[0] is not threading.current_thread()
+    assert seen[0].name.startswith(f"numamem-node{node0}")
+    np.testing.assert_allclose(got, _default_outputs(model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def _two_sessions_on(monkeypatch, node):
+    """Make NodeSessions see ``node`` twice: two parts on a one-node machine."""
+    from numamem.engines import onnxruntime as eo
+
+    share = _nodes.resolve_nodes([node])[0]
+    monkeypatch.setattr(eo, "resolve_nodes", lambda nodes, threads: [share, share])
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_batches_smaller_or_larger_than_the_node_count_equal_default(monkeypatch, node0, batch):
+    model = transformer_block()
+    _two_sessions_on(monkeypatch, node0)
+    with NodeSessions(model) as s:
+        assert len(s.sessions) == 2
+        feeds = random_feeds(s.sessions[0], batch=batch, seed=4)
+        assert [b - a for a, b in s.split(batch)] == {1: [1, 0], 2: [1, 1], 3: [2, 1]}[batch]
+        got = s.run(None, feeds)[0]
+    assert got.shape[0] == batch
+    np.testing.assert_allclose(got, _default_outputs(model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_join_rows_of_one_call_is_that_calls_outputs():
+    a, b = np.arange(6.0).reshape(3, 2), np.ones((3, 1), np.float32)
+    got = join_rows([[a, b]])
+    assert got[0] is a and got[1] is b
+    two = join_rows([[a, b], [a, b]])
+    assert two[0].shape == (6, 2) and not np.shares_memory(two[0], a)

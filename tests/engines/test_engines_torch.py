@@ -216,3 +216,86 @@ def test_compare_a_module_needs_feeds(node0):
     assert report["outputs"]["names"] == ["output0"]
     np.testing.assert_allclose(report["_outputs"]["per-node"]["output0"], report["_outputs"]["default"]["output0"],
                                rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ small batches
+def _threads_running(monkeypatch, outputs=None):
+    """Record the thread (and the output) of each replica call."""
+    import threading
+
+    seen = []
+    real = NodeReplicas._forward
+
+    def spy(rep, args):
+        seen.append(threading.current_thread())
+        out = real(rep, args)
+        if outputs is not None:
+            outputs.append(out)
+        return out
+
+    monkeypatch.setattr(NodeReplicas, "_forward", staticmethod(spy))
+    return seen
+
+
+def test_single_part_runs_on_the_calling_thread_without_copies(monkeypatch, node0):
+    import threading
+
+    from numamem.engines import _nodes
+    from numamem.engines import torch as et
+
+    m = transformer()
+    x = torch.randn(1, 12, 64)
+    with torch.inference_mode():
+        want = m(x)
+    outputs, joined = [], []
+    seen = _threads_running(monkeypatch, outputs)
+    monkeypatch.setattr(et, "_join", lambda outs: joined.append(outs))
+    with NodeReplicas(m, nodes=[node0], threads_per_node=torch.get_num_threads()) as r:
+        got = r(x)
+    assert joined == [] and got is outputs[-1]  # the replica's own output, not a copy
+    # A one-node process cannot work or allocate anywhere else, so the caller runs the part.
+    if _nodes.process_on_node(node0):
+        assert seen == [threading.current_thread()]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_replica_with_other_threads_than_the_caller_runs_on_its_worker(monkeypatch, node0):
+    import threading
+
+    m = small_cnn()
+    seen = _threads_running(monkeypatch)
+    threads = 1 if torch.get_num_threads() != 1 else 2
+    x = torch.randn(1, 3, 16, 16)
+    with NodeReplicas(m, nodes=[node0], threads_per_node=threads) as r:
+        got = r(x)
+    assert len(seen) == 1 and seen[0] is not threading.current_thread()
+    assert seen[0].name.startswith(f"numamem-node{node0}")
+    with torch.inference_mode():
+        torch.testing.assert_close(got, m(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_batches_smaller_or_larger_than_the_node_count_equal_the_module(monkeypatch, node0, batch):
+    from numamem.engines import _nodes
+    from numamem.engines import torch as et
+
+    share = _nodes.resolve_nodes([node0])[0]
+    monkeypatch.setattr(et, "resolve_nodes", lambda nodes, threads=None: [share, share])
+    m = transformer()
+    x = torch.randn(batch, 12, 64)
+    with torch.inference_mode():
+        want = m(x)
+    with NodeReplicas(m) as r:
+        assert len(r.replicas) == 2
+        assert [b - a for a, b in r.split(batch)] == {1: [1, 0], 2: [1, 1], 3: [2, 1]}[batch]
+        got = r(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_join_of_one_replicas_outputs_is_those_outputs():
+    from numamem.engines import torch as et
+
+    t, u = torch.ones(2, 3), torch.zeros(2)
+    assert et._join([t]) is t
+    assert et._join([(t, u)])[0] is t
+    assert et._join([t, t]).shape == (4, 3)

@@ -1,29 +1,36 @@
 """What the engine adapters share: nodes and their CPUs, batch splits, node-bound worker threads,
 weight arenas, and the process's anonymous memory per node from ``/proc/self/numa_maps``.
 
-The worker threads are a minimal team of their own (one ``ThreadPoolExecutor`` of one thread per
-node, bound by :func:`numamem.bind_thread` in its initializer): engines need nothing more than
-"run this call on node k's thread", and the runtime's worker team is not a public API.
+The worker threads are a minimal team of their own (one thread per node, bound by
+:func:`numamem.bind_thread` before its first call): engines need nothing more than "run this call
+on node k's thread", and the runtime's worker team is not a public API. A call is handed over
+with a queue and a lock, the lightest wake-up Python has (``concurrent.futures`` costs a third
+more per call); a call whose result the calling thread would only wait for runs on the calling
+thread itself when that thread already puts its work on the node (:func:`caller_on_node`).
 """
 from __future__ import annotations
 
-import concurrent.futures
+import _thread
 import importlib
 import os
+import queue
+import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from numamem import _topology
+from numamem import _kernel, _topology
 from numamem.arrays import empty
 from numamem.errors import PlacementWarning
 from numamem.inspect import placement
 from numamem.threads import THREAD_POLICIES, bind_thread
 
-__all__ = ["NodeShare", "resolve_nodes", "split_counts", "NodeWorker", "run_on_all", "PlacementWarning",
-           "WeightArena", "place_weights", "anon_bytes_per_node", "delta", "require"]
+__all__ = ["NodeShare", "resolve_nodes", "split_counts", "NodeWorker", "Pending", "run_on_all",
+           "caller_on_node", "process_on_node", "PlacementWarning", "WeightArena", "place_weights",
+           "anon_bytes_per_node", "delta", "require"]
 
 #: Alignment of each tensor carved from a weight arena (a cache line; what SIMD loads want).
 ARENA_ALIGN = 64
@@ -102,16 +109,21 @@ def split_counts(total: int, weights: Sequence[float]) -> list[int]:
     """
     if total < 0:
         raise ValueError(f"total must be >= 0, not {total}")
-    w = np.asarray(weights, dtype=np.float64)
-    if w.ndim != 1 or len(w) == 0 or np.any(w < 0) or w.sum() <= 0:
+    # Plain Python, not NumPy: a split is made per run call, and on the handful of nodes a machine
+    # has NumPy's per-call overhead (~15 us) was a visible part of a small batch's latency.
+    w = [float(x) for x in weights]
+    wsum = sum(w)
+    if not w or any(x < 0 for x in w) or not wsum > 0:
         raise ValueError(f"weights must be non-negative with a positive sum, not {list(weights)}")
-    exact = total * w / w.sum()
-    counts = np.floor(exact).astype(np.int64)
+    if len(w) == 1:
+        return [int(total)]
+    exact = [total * x / wsum for x in w]
+    counts = [int(e // 1) for e in exact]
     # Remainders go to the largest fractional parts; ties to the earlier node (stable sort).
-    order = np.argsort(-(exact - counts), kind="stable")
-    for i in order[: total - int(counts.sum())]:
+    order = sorted(range(len(w)), key=lambda i: -(exact[i] - counts[i]))
+    for i in order[: total - sum(counts)]:
         counts[i] += 1
-    return [int(c) for c in counts]
+    return counts
 
 
 class NodeWorker:
@@ -138,11 +150,24 @@ class NodeWorker:
         self.share = share
         self.policy = policy
         self.binding = "unbound"
+        #: Whether the whole process can only run and allocate on this node (:func:`process_on_node`),
+        #: read once: run() asks on every call, and the process's cpuset does not change under it.
+        self.confined = process_on_node(share.node)
         self._holder: list = []
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"numamem-node{share.node}", initializer=self._bind)
-        # Run the initializer now, so that a binding error surfaces here and not at first use.
-        self._pool.submit(lambda: None).result()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        # The thread holds the queue, not the worker: a worker dropped without close() is
+        # collected, and its finalizer ends the thread (as concurrent.futures does for its pools).
+        self._thread = threading.Thread(target=_serve, args=(self._jobs,), name=f"numamem-node{share.node}",
+                                        daemon=True)
+        self._thread.start()
+        self._stop = weakref.finalize(self, self._jobs.put, None)
+        # Bind first, so that a binding error surfaces here and not at first use.
+        try:
+            self.call(self._bind)
+        except BaseException:
+            self.close()
+            raise
 
     def _bind(self) -> None:
         try:
@@ -158,27 +183,148 @@ class NodeWorker:
                           f"({exc}); running with {self.binding} binding, memory goes where first "
                           "touch puts it (see placement())", PlacementWarning, stacklevel=2)
 
-    def submit(self, fn: Callable, *args, **kwargs) -> concurrent.futures.Future:
-        """Run ``fn(*args, **kwargs)`` on the node's thread."""
-        return self._pool.submit(fn, *args, **kwargs)
+    def submit(self, fn: Callable, *args, **kwargs) -> "Pending":
+        """Run ``fn(*args, **kwargs)`` on the node's thread; ``.result()`` waits for it."""
+        if self._closed:
+            raise RuntimeError(f"the worker of node {self.share.node} is closed")
+        job = Pending(fn, args, kwargs)
+        self._jobs.put(job)
+        return job
 
     def call(self, fn: Callable, *args, **kwargs):
         """Run ``fn`` on the node's thread and return its result (or raise its error)."""
         return self.submit(fn, *args, **kwargs).result()
 
+    def caller_on_node(self) -> bool:
+        """Whether the calling thread puts its work where this worker does (see :func:`caller_on_node`)."""
+        return self.confined or caller_on_node(self.share, self.policy)
+
     def close(self) -> None:
         """Stop the thread (after the calls already given to it)."""
-        self._pool.shutdown(wait=True)
+        if self._closed:
+            return
+        self._closed = True
+        self._stop()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
 
 
-def run_on_all(workers: Sequence[NodeWorker], calls: Sequence[Callable | None]) -> list:
+class Pending:
+    """A call given to a :class:`NodeWorker`: ``result()`` waits for it and returns or raises.
+
+    Completion is signalled by releasing a lock the submitter holds: one futex wake-up, where a
+    ``concurrent.futures.Future`` takes a condition variable and its bookkeeping.
+    """
+
+    __slots__ = ("_fn", "_args", "_kwargs", "_lock", "_value", "_error")
+
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict):
+        self._fn, self._args, self._kwargs = fn, args, kwargs
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._value = self._error = None
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn(*self._args, **self._kwargs)
+        except BaseException as exc:  # handed to the waiter, raised there
+            self._error = exc
+        finally:
+            self._fn = self._args = self._kwargs = None
+            self._lock.release()
+
+    def done(self) -> bool:
+        """Whether the call has finished."""
+        return not self._lock.locked()
+
+    def result(self):
+        """Wait for the call; return its value or raise its error."""
+        if self._lock.locked():
+            self._lock.acquire()
+            self._lock.release()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _serve(jobs: queue.SimpleQueue) -> None:
+    """A worker thread's loop: run each call given to it until ``None`` comes."""
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        job._run()
+
+
+def caller_on_node(share: NodeShare, policy: str = "local") -> bool:
+    """Whether work run by the calling thread lands where a :class:`NodeWorker` of ``share`` puts it.
+
+    True when the calling thread may run only on the node's CPUs and its memory policy puts its
+    new pages on the node: first touch (``default`` or ``local``) from those CPUs, or ``bind`` /
+    ``preferred`` naming this node alone. A worker with the ``bind`` policy is matched only by
+    ``bind`` to the node (the same refusal to spill elsewhere). Threads the caller created before
+    it was bound (an OpenMP team) are not covered: see :func:`process_on_node`.
+    """
+    if process_on_node(share.node):
+        return True  # no thread can work or allocate elsewhere (cheap: the cached topology)
+    if not os.sched_getaffinity(0) <= set(share.cpus):
+        return False
+    mode, nodes = _kernel.thread_policy()
+    if mode in ("bind", "preferred") and tuple(nodes) == (share.node,):
+        return policy != "bind" or mode == "bind"
+    return policy != "bind" and mode in ("default", "local")
+
+
+def process_on_node(node: int) -> bool:
+    """Whether every thread of the process, whatever its binding, runs and allocates on ``node``.
+
+    True when the only node this process may place memory on is ``node`` and every CPU it may
+    run on belongs to it (a one-node machine, or a cpuset of one node): then no thread, however
+    it was made, can put work or memory anywhere else.
+    """
+    topo = _topology.topology(refresh=False)
+    return topo.memory_nodes() == [node] and topo.allowed_cpus <= set(topo.node(node).cpus)
+
+
+def run_on_all(workers: Sequence[NodeWorker], calls: Sequence[Callable | None],
+               here: Callable[[NodeWorker], bool] | None = None) -> list:
     """Run ``calls[i]`` on ``workers[i]`` concurrently (``None``: nothing); results in order.
 
+    When ``here(worker)`` is true for the worker of the last call, that call runs on the calling
+    thread (after the others were handed over), which would otherwise only wait: no hand-off, no
+    wake-up. ``here`` must only say yes when that keeps the placement (:func:`caller_on_node`).
     Every call is waited for before an error is raised, so no worker is still busy afterwards.
     """
-    futures = [None if c is None else w.submit(c) for w, c in zip(workers, calls)]
-    concurrent.futures.wait([f for f in futures if f is not None])
-    return [None if f is None else f.result() for f in futures]
+    live = [i for i, c in enumerate(calls) if c is not None]
+    if len(live) == 1:  # the whole batch on one node: nothing runs concurrently
+        i = live[0]
+        results = [None] * len(calls)
+        results[i] = calls[i]() if here is not None and here(workers[i]) else workers[i].call(calls[i])
+        return results
+    last = live[-1] if live else -1
+    inline = last >= 0 and here is not None and here(workers[last])
+    pending: list = [None] * len(calls)
+    for i, (w, c) in enumerate(zip(workers, calls)):
+        if c is not None and not (inline and i == last):
+            pending[i] = w.submit(c)
+    results: list = [None] * len(calls)
+    first_error: BaseException | None = None
+    if inline:
+        try:
+            results[last] = calls[last]()
+        except BaseException as exc:
+            first_error = exc
+    for i, p in enumerate(pending):
+        if p is None:
+            continue
+        try:
+            results[i] = p.result()
+        except BaseException as exc:
+            if first_error is None:
+                first_error = exc
+    if first_error is not None:
+        raise first_error
+    return results
 
 
 class WeightArena:

@@ -146,12 +146,19 @@ def run_rows(session, output_names, feeds: Mapping[str, np.ndarray], start: int,
     Returns the list of each call's outputs (one call when the batch is symbolic).
     """
     step = fixed_batch or (stop - start)
+    if start == 0 and step == stop and all(len(v) == stop for v in feeds.values()):
+        return [session.run(output_names, feeds, run_options)]  # the whole feed: no slicing
     return [session.run(output_names, {k: v[lo:lo + step] for k, v in feeds.items()}, run_options)
             for lo in range(start, stop, step)]
 
 
 def join_rows(chunks: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
-    """Concatenate the outputs of several calls along axis 0, output by output."""
+    """Concatenate the outputs of several calls along axis 0, output by output.
+
+    One call's outputs are returned as they are (no copy).
+    """
+    if len(chunks) == 1:
+        return list(chunks[0])
     return [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(chunks[0]))]
 
 
@@ -291,13 +298,15 @@ class NodeSessions:
 
     @staticmethod
     def _feeds(input_feed: Mapping[str, np.ndarray]) -> tuple[dict, int]:
-        feeds = {k: np.asarray(v) for k, v in input_feed.items()}
+        feeds = {k: v if type(v) is np.ndarray else np.asarray(v) for k, v in input_feed.items()}
         if not feeds:
             raise ValueError("input_feed is empty")
-        batches = {k: (v.shape[0] if v.ndim else None) for k, v in feeds.items()}
-        if len(set(batches.values())) != 1 or None in batches.values():
+        first = next(iter(feeds.values()))
+        batch = first.shape[0] if first.ndim else None
+        if batch is None or any(not v.ndim or v.shape[0] != batch for v in feeds.values()):
+            batches = {k: (v.shape[0] if v.ndim else None) for k, v in feeds.items()}
             raise ValueError(f"every feed needs the same batch on axis 0, got {batches}")
-        return feeds, next(iter(batches.values()))
+        return feeds, batch
 
     def run(self, output_names, input_feed: Mapping[str, np.ndarray], run_options=None) -> list[np.ndarray]:
         """Run like ``InferenceSession.run``: the batch split over the nodes, outputs joined.
@@ -306,10 +315,21 @@ class NodeSessions:
         """
         parts = self._live()
         feeds, batch = self._feeds(input_feed)
+        if len(parts) == 1 and batch >= 1 and self.fixed_batch in (None, batch):
+            # One session, one call: no split, no join, nothing to wait for. A model of tens of
+            # microseconds per call would otherwise lose a visible share to the bookkeeping.
+            p = parts[0]
+            if p.worker.caller_on_node():
+                return p.session.run(output_names, feeds, run_options)
+            return p.worker.call(p.session.run, output_names, feeds, run_options)
         calls = [None if b == a else
                  (lambda p=p, a=a, b=b: run_rows(p.session, output_names, feeds, a, b, self.fixed_batch, run_options))
                  for p, (a, b) in zip(parts, self.split(batch))]
-        chunks = [c for r in run_on_all([p.worker for p in parts], calls) if r for c in r]
+        # The calling thread runs a part itself when it already works on that part's node
+        # (one-node machines, or a caller bound there): it would otherwise only wait. The
+        # session's intra-op threads were made by the node's worker and stay bound to it.
+        chunks = [c for r in run_on_all([p.worker for p in parts], calls, here=NodeWorker.caller_on_node)
+                  if r for c in r]
         return join_rows(chunks)
 
     def warm_up(self, input_feed: Mapping[str, np.ndarray]) -> None:

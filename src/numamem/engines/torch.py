@@ -13,6 +13,7 @@ Needs the ``torch`` extra (``pip install numamem[torch]``; the CPU-only build is
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -25,7 +26,10 @@ __all__ = ["place_module", "replicas", "NodeReplicas", "module_placement"]
 
 
 def _torch():
-    return require("torch", "torch")
+    # Looked up first where Python keeps imported modules: run() needs torch several times per
+    # call, and import_module's machinery cost microseconds each time. A test that hides torch
+    # sets sys.modules["torch"] to None, which falls through to require() and its ImportError.
+    return sys.modules.get("torch") or require("torch", "torch")
 
 
 def _module_tensors(module) -> list[tuple[Any, list[tuple[Any, str, str]]]]:
@@ -171,13 +175,18 @@ def _set_threads(n: int) -> None:
 
 
 def _split_inputs(inputs, bounds):
-    return [[x[a:b] for x in inputs] for a, b in bounds]
+    return [list(inputs) if (a, b) == (0, len(inputs[0])) else [x[a:b] for x in inputs] for a, b in bounds]
 
 
 def _join(outs):
-    """Concatenate per-node outputs along axis 0 (a tensor, or a tuple/list of tensors)."""
+    """Concatenate per-node outputs along axis 0 (a tensor, or a tuple/list of tensors).
+
+    One node's outputs are returned as they are (no copy).
+    """
     torch = _torch()
     first = outs[0]
+    if len(outs) == 1:
+        return first
     if isinstance(first, torch.Tensor):
         return torch.cat(outs, dim=0)
     if isinstance(first, (tuple, list)):
@@ -259,6 +268,17 @@ class NodeReplicas:
         return bounds
 
     @staticmethod
+    def _runs_here(worker: NodeWorker) -> bool:
+        """Whether the calling thread may run ``worker``'s replica itself.
+
+        Only when no thread of the process can work or allocate off the node
+        (:func:`~numamem.engines._nodes.process_on_node`): PyTorch runs an operator on the
+        calling thread's OpenMP team, which may predate any binding of that thread. And only
+        with the replica's intra-op thread count, so that the call computes as on the worker.
+        """
+        return worker.confined and _torch().get_num_threads() == worker.share.threads
+
+    @staticmethod
     def _forward(rep, args):
         torch = _torch()
         with torch.inference_mode():
@@ -275,10 +295,15 @@ class NodeReplicas:
     def run(self, *inputs):
         """``module(*inputs)`` with axis 0 of every input split over the nodes; outputs joined."""
         workers = self._live()
-        parts = _split_inputs(inputs, self.split(self._batch(inputs)))
+        batch = self._batch(inputs)
+        if len(workers) == 1 and batch >= 1:
+            # One replica, one call: no split, no join, nothing to wait for.
+            w, rep = workers[0], self.replicas[0]
+            return self._forward(rep, inputs) if self._runs_here(w) else w.call(self._forward, rep, inputs)
+        parts = _split_inputs(inputs, self.split(batch))
         calls = [None if not len(p[0]) else (lambda r=r, p=p: self._forward(r, p))
                  for r, p in zip(self.replicas, parts)]
-        return _join([o for o in run_on_all(workers, calls) if o is not None])
+        return _join([o for o in run_on_all(workers, calls, here=self._runs_here) if o is not None])
 
     __call__ = run
 
