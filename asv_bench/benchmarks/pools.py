@@ -116,11 +116,13 @@ def same_process_ratio(candidate, baseline, *args, alternations=None):
     return statistics.median(a) / statistics.median(b)
 
 
-class SmallAllocation:
-    """``INNER`` small allocations: NumPy's default, NumPy inside ``on_node``, ``numamem.empty``."""
+class _InScope:
+    """Setup for allocator parameters: ``np.empty-in-on_node`` runs inside ``on_node(node 0)``.
 
-    params = (["np.empty", "np.empty-in-on_node", "numamem.empty"], SMALL_SIZES)
-    param_names = ["allocator", "nbytes"]
+    The scope is entered in ``setup`` and left in ``teardown`` so the timed calls measure only the
+    allocations; one warm call first, so that the steady state is measured, not the first mapping.
+    """
+
     # Short calls on a shared machine: many samples, so that the median is stable.
     repeat = (10, 40, 20.0)
 
@@ -129,12 +131,18 @@ class SmallAllocation:
         self.scope = numamem.on_node(self.node) if allocator == "np.empty-in-on_node" else None
         if self.scope is not None:
             self.scope.__enter__()
-        # Warm the pool (or malloc's free lists): the steady state is measured, not the first chunk.
         self.time_allocate(allocator, nbytes)
 
     def teardown(self, allocator, nbytes):
         if self.scope is not None:
             self.scope.__exit__(None, None, None)
+
+
+class SmallAllocation(_InScope):
+    """``INNER`` small allocations: NumPy's default, NumPy inside ``on_node``, ``numamem.empty``."""
+
+    params = (["np.empty", "np.empty-in-on_node", "numamem.empty"], SMALL_SIZES)
+    param_names = ["allocator", "nbytes"]
 
     def time_allocate(self, allocator, nbytes):
         if allocator == "numamem.empty":
@@ -187,24 +195,14 @@ def _loop_large_on_node(nbytes, node):
         return time.perf_counter() - start
 
 
-class LargeBlockReuse:
-    """``INNER_LARGE`` allocate-and-free cycles of one large array: ``np.empty`` inside ``on_node`` or not."""
+class LargeBlockReuse(_InScope):
+    """``INNER_LARGE`` allocate-and-free cycles of one large array: ``np.empty`` inside ``on_node`` or not.
+
+    The warm call maps (and places) the block; the steady state reuses it.
+    """
 
     params = (["np.empty", "np.empty-in-on_node"], LARGE_SIZES)
     param_names = ["allocator", "nbytes"]
-    repeat = (10, 40, 20.0)
-
-    def setup(self, allocator, nbytes):
-        self.node = node0()
-        self.scope = numamem.on_node(self.node) if allocator == "np.empty-in-on_node" else None
-        if self.scope is not None:
-            self.scope.__enter__()
-        # Warm: the first array maps (and places) the block; the steady state reuses it.
-        self.time_allocate(allocator, nbytes)
-
-    def teardown(self, allocator, nbytes):
-        if self.scope is not None:
-            self.scope.__exit__(None, None, None)
 
     def time_allocate(self, allocator, nbytes):
         for _ in range(INNER_LARGE):

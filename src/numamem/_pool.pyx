@@ -180,6 +180,16 @@ _CHECK_MESSAGES = {
 }
 
 
+
+def _strict_int(value, name, what):
+    """``value`` as a Python int (NumPy integers too); a bool, float or str is a TypeError naming ``name``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be {what}, not {value!r}")
+    try:
+        return _operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {what}, not {value!r}") from None
+
 cdef class Pool:
     """A node's memory pool for one policy.
 
@@ -355,12 +365,7 @@ cdef class Pool:
         limit, decay_ns = pool.cache_max, pool.cache_decay_ns
         arena_unlock(pool)
         if max_bytes is not None:
-            if isinstance(max_bytes, bool):
-                raise TypeError(f"max_bytes must be an int number of bytes, not {max_bytes!r}")
-            try:
-                max_bytes = _operator.index(max_bytes)
-            except TypeError:
-                raise TypeError(f"max_bytes must be an int number of bytes, not {max_bytes!r}") from None
+            max_bytes = _strict_int(max_bytes, "max_bytes", "an int number of bytes")
             if max_bytes < 0 or max_bytes > (<size_t>-1):
                 raise ValueError(f"max_bytes must be >= 0 bytes, not {max_bytes}")
             limit = max_bytes
@@ -464,12 +469,7 @@ def get_pool(node, str policy="bind"):
         If this process may not place memory on ``node`` (no such node, no memory, outside the
         cpuset), checked when its pool is first asked for, before anything is mapped.
     """
-    if isinstance(node, bool):
-        raise TypeError(f"node must be an int node id, not {node!r}")
-    try:
-        node = _operator.index(node)
-    except TypeError:
-        raise TypeError(f"node must be an int node id, not {node!r}") from None
+    node = _strict_int(node, "node", "an int node id")
     key = (node, policy)
     pool = _POOLS.get(key)
     if pool is None:
