@@ -569,8 +569,8 @@ cdef class PoolAllocation(BufferOwner):
 # The creators' fast path (numamem._fast) makes one of these per array, and no PoolAllocation
 # until someone asks for the owner (numamem.owner, placement, close): most small arrays are
 # temporaries nobody inspects, and an owner with its info dict costs more than the array itself.
+# (No @cython.freelist here: Cython ignores it on a subtype, only the base class may keep one.)
 @cython.no_gc
-@cython.freelist(64)
 cdef class PoolExport(Export):
     """The ``.base`` of a pooled array from the creators: holds its block until the owner is asked for.
 
