@@ -77,6 +77,19 @@ def test_initializers_are_ortvalues_over_the_placed_arrays(node0):
         assert not np.allclose(before, after)
 
 
+def test_sessions_keep_no_serialized_copy_of_the_weights(node0):
+    """ONNX Runtime's Python session keeps the bytes it was built from; a per-node session must
+    not: they hold every initializer again, made by whichever thread serialized them (the guest
+    test saw such a copy land on the caller's node, not the session's)."""
+    model = small_cnn()
+    plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert plain._model_bytes is not None  # the attribute this guards against still exists
+    with NodeSessions(model, nodes=[node0]) as s:
+        assert [sess._model_bytes for sess in s.sessions] == [None]
+        feeds = random_feeds(s.sessions[0], batch=4)
+        np.testing.assert_allclose(s.run(None, feeds)[0], plain.run(None, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
 def test_placement_reports_weights_and_process_memory(node0):
     model = transformer_block()
     with NodeSessions(model, nodes=[node0]) as s:

@@ -170,8 +170,12 @@ def test_replicas_on_their_nodes_where_the_default_module_has_one(expected):
                                            torch.nn.Linear(256, 16)).eval()
 
         module = kc.run_in_thread(load)  # the framework's loading thread runs on the first node
+        # The weight matrices (64 KiB and more: fresh mappings, see fresh_large_allocations) are
+        # first-touched by the loading thread. The small biases come from a malloc arena, which
+        # a new thread may inherit from an exited one with pages already on another node.
         for name, p in module.named_parameters():
-            _assert_on(p.detach().numpy(), nodes[0], f"default {name}")
+            if p.nbytes >= 64 << 10:
+                _assert_on(p.detach().numpy(), nodes[0], f"default {name}")
         x = torch.randn(5, 1024)
         with torch.inference_mode():
             want = module(x)

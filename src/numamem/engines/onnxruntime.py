@@ -59,6 +59,19 @@ def _weights(proto, min_bytes: int) -> dict[str, np.ndarray]:
     return out
 
 
+def _drop_model_bytes(session) -> None:
+    """Let go of the serialized model an ``InferenceSession`` keeps (initializers and all).
+
+    ONNX Runtime's Python class holds the bytes it was built from only to rebuild itself in
+    ``set_providers`` or a provider fallback ("TODO: This is bad as we're holding the memory
+    indefinitely", its source says). A per-node session runs on the CPU provider only, and its
+    initializers come from placed arrays, so the bytes are a second full copy of the weights that
+    nothing reads. Without the attribute (another ONNX Runtime version) nothing is done.
+    """
+    if getattr(session, "_model_bytes", None) is not None:
+        session._model_bytes = None
+
+
 def _session_options(ort, options: Mapping[str, Any]):
     """``SessionOptions`` with ``options`` set as attributes (``TypeError`` naming an unknown one)."""
     so = ort.SessionOptions()
@@ -222,7 +235,6 @@ class NodeSessions:
         self.prepack = bool(prepack)
         weights = _weights(proto, min_initializer_bytes)
         names = list(weights)
-        model_bytes = proto.SerializeToString()
         self.weight_bytes = int(sum(w.nbytes for w in weights.values()))
         self._parts: list[_NodeSession] = []
         self._closed = False
@@ -246,7 +258,14 @@ class NodeSessions:
                     part.values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in zip(names, part.arena)}
                     for n, v in part.values.items():
                         so.add_initializer(n, v)
-                    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+                    # Serialized here, on the node's thread: ONNX Runtime's Python session keeps
+                    # the bytes it was built from (``_model_bytes``, initializers included) for its
+                    # whole life, so a copy made by the caller would hold a copy of the weights on
+                    # the caller's node. The bytes are then dropped (below) for the same reason.
+                    session = ort.InferenceSession(proto.SerializeToString(), so,
+                                                   providers=["CPUExecutionProvider"])
+                    _drop_model_bytes(session)
+                    return session
 
                 before = anon_bytes_per_node()
                 part.session = worker.call(build)
