@@ -26,6 +26,7 @@ A single small allocation takes well under a microsecond, below what one timed c
 so those benchmarks time a loop of ``INNER`` allocations (each array is freed as the next is made,
 as temporaries are); the loop's own cost is in both sides of every ratio.
 """
+import functools
 import gc
 import statistics
 import time
@@ -47,9 +48,9 @@ LARGE_SIZES = [3 * MiB // 2, 2 * MiB, 8 * MiB, 32 * MiB]
 INNER_LARGE = 100
 
 
-def _loop_np_empty(nbytes, node):
+def _loop_np_empty(nbytes, node, inner=INNER):
     start = time.perf_counter()
-    for _ in range(INNER):
+    for _ in range(inner):
         np.empty(nbytes, np.uint8)
     return time.perf_counter() - start
 
@@ -61,10 +62,10 @@ def _loop_np_zeros(nbytes, node):
     return time.perf_counter() - start
 
 
-def _loop_on_node(nbytes, node):
+def _loop_on_node(nbytes, node, inner=INNER):
     with numamem.on_node(node):
         start = time.perf_counter()
-        for _ in range(INNER):
+        for _ in range(inner):
             np.empty(nbytes, np.uint8)
         return time.perf_counter() - start
 
@@ -180,19 +181,8 @@ class SmallAllocationRatio:
     track_numamem_zeros_over_np_zeros.unit = "ratio"
 
 
-def _loop_large_np_empty(nbytes, node):
-    start = time.perf_counter()
-    for _ in range(INNER_LARGE):
-        np.empty(nbytes, np.uint8)
-    return time.perf_counter() - start
-
-
-def _loop_large_on_node(nbytes, node):
-    with numamem.on_node(node):
-        start = time.perf_counter()
-        for _ in range(INNER_LARGE):
-            np.empty(nbytes, np.uint8)
-        return time.perf_counter() - start
+_loop_large_np_empty = functools.partial(_loop_np_empty, inner=INNER_LARGE)
+_loop_large_on_node = functools.partial(_loop_on_node, inner=INNER_LARGE)
 
 
 class LargeBlockReuse(_InScope):
