@@ -260,18 +260,9 @@ def _onnx_feeds(path: str, spec: str, inputs: dict[str, tuple[np.dtype, list[int
     a one-line error naming it, not an exception from inside ONNX Runtime half-way through a run.
     Every input must have as many rows (axis 0), the batch the modes split.
     """
-    try:
-        with open(path, "rb") as fh:
-            loaded = np.load(fh, allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):
-                raise ValueError("a .npy file holds one unnamed array; write the inputs by name with numpy.savez")
-            with loaded as f:
-                data = {k: f[k] for k in f.files}
-    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
-    extra = sorted(set(data) - set(inputs))
-    if extra:
-        raise ValueError(f"{path}: {extra[0]!r} is not an input of {spec} (its inputs: {', '.join(inputs)})")
+    from numamem.runtime.runner import read_named_npz
+
+    data = read_named_npz(path, list(inputs), f"an input of {spec} (its inputs")
     rows = set()
     for name, (dtype, dims) in inputs.items():
         if name not in data:

@@ -116,17 +116,12 @@ def random_tensors(graph: Graph, seed: int = 0) -> tuple[dict[str, np.ndarray], 
     return weights, inputs
 
 
-def load_npz(path: str | os.PathLike, graph: Graph, names: Sequence[str], what: str) -> dict[str, np.ndarray]:
-    """Read tensors ``names`` from an ``.npz`` file (keys are tensor names) and check them.
+def read_named_npz(path: str | os.PathLike, names: Sequence[str], whose: str) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file by name, refusing a name not in ``names``.
 
-    Raises
-    ------
-    ValueError
-        If the file is not an ``.npz`` file, or naming a tensor that is missing, mis-shaped, not
-        one of ``names``, of a dtype that is not a real number of the graph's kind, holding
-        NaN or infinity, or holding embedding ids outside the table.
-    OSError
-        If the file cannot be read.
+    ``whose`` completes the refusal: ``"'x' is not " + whose + ": a, b)"``. Shapes and dtypes are
+    the caller's to check. A ``.npy`` file, a corrupt or truncated archive: ``ValueError`` naming
+    ``path``; a file that cannot be opened: ``OSError``.
     """
     try:
         with open(path, "rb") as fh:  # ours to close, also when np.load fails half-way
@@ -139,8 +134,23 @@ def load_npz(path: str | os.PathLike, graph: Graph, names: Sequence[str], what: 
         raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
     extra = sorted(set(data) - set(names))
     if extra:
-        raise ValueError(f"{path}: {extra[0]!r} is not a {what} of graph {graph.name!r} "
-                         f"(its {what}s: {', '.join(names)})")
+        raise ValueError(f"{path}: {extra[0]!r} is not {whose}: {', '.join(names)})")
+    return data
+
+
+def load_npz(path: str | os.PathLike, graph: Graph, names: Sequence[str], what: str) -> dict[str, np.ndarray]:
+    """Read tensors ``names`` from an ``.npz`` file (keys are tensor names) and check them.
+
+    Raises
+    ------
+    ValueError
+        If the file is not an ``.npz`` file, or naming a tensor that is missing, mis-shaped, not
+        one of ``names``, of a dtype that is not a real number of the graph's kind, holding
+        NaN or infinity, or holding embedding ids outside the table.
+    OSError
+        If the file cannot be read.
+    """
+    data = read_named_npz(path, names, f"a {what} of graph {graph.name!r} (its {what}s")
     for n in names:
         if n not in data:
             raise ValueError(f"{path}: {what} {n!r} is missing")
