@@ -339,3 +339,16 @@ def run_in_thread(fn, timeout: float = 600):
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+def assert_executor_on_its_nodes(ex, plan) -> None:
+    """Every block of a planned ``Executor`` and every arena on its plan node, read from the kernel."""
+    checked = 0
+    for view in ex.block_views():
+        b = view.block
+        hist = histogram(nodes_of(view.array))
+        assert hist == {b.node: sum(hist.values())}, (b.tensor, b.index, b.node, hist)
+        checked += 1
+    assert checked == len(plan.blocks)
+    for n, arena in zip(plan.nodes, ex.arenas):
+        assert histogram(nodes_of(arena)) == {n: arena.nbytes // PAGE}

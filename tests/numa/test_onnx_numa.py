@@ -71,15 +71,7 @@ def check_imported_cnn(nodes):
     with Executor(p) as ex:
         ex.load_weights(ws)
         y = ex.run({"data": x})["probs"].copy()
-        checked = 0
-        for view in ex.block_views():
-            b = view.block
-            hist = kc.histogram(kc.nodes_of(view.array))
-            assert hist == {b.node: sum(hist.values())}, (b.tensor, b.index, b.node, hist)
-            checked += 1
-        assert checked == len(p.blocks)
-        for n, arena in zip(p.nodes, ex.arenas):
-            assert kc.histogram(kc.nodes_of(arena)) == {n: arena.nbytes // kc.PAGE}
+        kc.assert_executor_on_its_nodes(ex, p)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3

@@ -37,15 +37,7 @@ def test_planned_blocks_are_on_their_nodes(memory_nodes):
     with Executor(p) as ex:
         ex.load_weights(ws)
         y = ex.run(xs)
-        checked = 0
-        for view in ex.block_views():
-            b = view.block
-            hist = kc.histogram(kc.nodes_of(view.array))
-            assert hist == {b.node: sum(hist.values())}, (b.tensor, b.index, b.node, hist)
-            checked += 1
-        assert checked == len(p.blocks)
-        for n, arena in zip(p.nodes, ex.arenas):
-            assert kc.histogram(kc.nodes_of(arena)) == {n: arena.nbytes // kc.PAGE}
+        kc.assert_executor_on_its_nodes(ex, p)
         # the executor's own report agrees with the witness
         assert ex.pages() == {str(n): {str(n): a.nbytes // kc.PAGE} for n, a in zip(p.nodes, ex.arenas)}
     ref = reference_forward(g, ws, xs)
