@@ -480,6 +480,26 @@ def _broadcast_box(shape: Shape, out_shape: Shape, axis: int, lo: int, hi: int) 
     return on_axis(shape, j, lo, hi)
 
 
+def conv_batch_or_channel_regions(in_shapes: Sequence[Shape], groups: int, axis: int, lo: int,
+                                  hi: int) -> list:
+    """What a convolution block of rows ``[lo, hi)`` of output axis 0 (batch) or 1 (channels) reads.
+
+    ``in_shapes`` is ``(x, w)`` or ``(x, w, bias)``. A channel block reads its own filters, its
+    bias entries, and the input channels of the groups those filters belong to (all of them
+    when ``groups == 1``). Shared by ``conv2d`` and ONNX ``Conv``, which differ only along the
+    spatial axes.
+    """
+    x, w = in_shapes[0], in_shapes[1]
+    if axis == 0:
+        return [on_axis(x, 0, lo, hi)] + [full(s) for s in in_shapes[1:]]
+    if groups == 1:
+        xr = full(x)
+    else:
+        opg, ipg = w[0] // groups, x[1] // groups
+        xr = on_axis(x, 1, (lo // opg) * ipg, ((hi - 1) // opg + 1) * ipg)
+    return [xr, on_axis(w, 0, lo, hi)] + ([((lo, hi),)] if len(in_shapes) == 3 else [])
+
+
 def _halo(lo: int, hi: int, kernel: int, stride: int, pad: int, size: int) -> tuple[int, int]:
     """Input rows read by output rows [lo, hi) of a sliding window (clipped to the input).
 
@@ -532,17 +552,8 @@ def input_regions(
                 _broadcast_box(b[:-2], out_shape[:-2], axis, lo, hi) + full(b[-2:])]
     if op == "conv2d":
         w = in_shapes[1]
-        bias = [((lo, hi),)] if len(in_shapes) == 3 else []
-        if axis == 0:
-            return [on_axis(x, 0, lo, hi)] + [full(s) for s in in_shapes[1:]]
-        if axis == 1:
-            groups = int(attrs.get("groups", 1))
-            if groups == 1:
-                xr = full(x)
-            else:
-                opg, ipg = w[0] // groups, x[1] // groups
-                xr = on_axis(x, 1, (lo // opg) * ipg, ((hi - 1) // opg + 1) * ipg)
-            return [xr, on_axis(w, 0, lo, hi)] + bias
+        if axis < 2:
+            return conv_batch_or_channel_regions(in_shapes, int(attrs.get("groups", 1)), axis, lo, hi)
         k = axis - 2
         stride = pair(attrs.get("stride", 1), "stride")[k]
         pad = pair(attrs.get("padding", 0), "padding")[k]

@@ -25,8 +25,8 @@ from typing import Mapping, Sequence
 
 from numamem.planner.boxes import Box, Shape, full, on_axis
 from numamem.planner.ops import (
-    OpRules, OpSpec, ShapeError, _broadcast_box, broadcast_shapes, check_activation, normalize_axis, pair,
-    register,
+    OpRules, OpSpec, ShapeError, _broadcast_box, broadcast_shapes, check_activation,
+    conv_batch_or_channel_regions, normalize_axis, pair, register,
 )
 
 Attrs = Mapping[str, object]
@@ -101,17 +101,9 @@ def _conv_shape(shapes: Sequence[Shape], attrs: Attrs) -> Shape:
 
 def _conv_regions(ins: Sequence[Shape], out: Shape, attrs: Attrs, axis: int, lo: int, hi: int) -> list:
     x, w = ins[0], ins[1]
-    bias: list = [((lo, hi),)] if len(ins) == 3 else []
-    if axis == 0:
-        return [on_axis(x, 0, lo, hi)] + [full(s) for s in ins[1:]]
     (sh, sw), (pt, pl, _pb, _pr), (dh, dw), group = conv_geometry(attrs)
-    if axis == 1:
-        if group == 1:
-            xr = full(x)
-        else:
-            opg, ipg = w[0] // group, x[1] // group
-            xr = on_axis(x, 1, (lo // opg) * ipg, ((hi - 1) // opg + 1) * ipg)
-        return [xr, on_axis(w, 0, lo, hi)] + bias
+    if axis < 2:
+        return conv_batch_or_channel_regions(ins, group, axis, lo, hi)
     k = axis - 2
     stride, before, dil = (sh, pt, dh) if k == 0 else (sw, pl, dw)
     extent = (w[2 + k] - 1) * dil + 1
