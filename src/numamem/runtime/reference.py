@@ -119,25 +119,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1, activation_name=None):
     -------
     ndarray, shape (N, O, OH, OW), float64
     """
-    x, w = _f64(x), _f64(w)
-    sh, sw = _pair(stride)
-    ph, pw = _pair(padding)
-    n, c, h, wd = x.shape
-    o, cg, kh, kw = w.shape
-    og = o // groups
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    oh = (h + 2 * ph - kh) // sh + 1
-    ow = (wd + 2 * pw - kw) // sw + 1
-    y = np.zeros((n, o, oh, ow))
-    for i in range(oh):
-        for j in range(ow):
-            win = xp[:, :, i * sh: i * sh + kh, j * sw: j * sw + kw]
-            for g in range(groups):
-                y[:, g * og:(g + 1) * og, i, j] = np.einsum(
-                    "nckl,ockl->no", win[:, g * cg:(g + 1) * cg], w[g * og:(g + 1) * og])
-    if b is not None:
-        y = y + _f64(b)[:, None, None]
-    return activation(y, activation_name)
+    # PyTorch's conv2d is ONNX Conv with symmetric pads and no dilation: one loop serves both.
+    return conv(x, w, b, strides=stride, pads=padding, dilations=1, group=groups,
+                activation_name=activation_name)
 
 
 def pool2d(x, kernel, stride=None, padding=0, kind="max"):
